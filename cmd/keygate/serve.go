@@ -1,0 +1,317 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/keys/memstore"
+	"github.com/keygate/keygate/keys/redisstore"
+	"github.com/keygate/keygate/proxy"
+	"github.com/keygate/keygate/quota"
+	"github.com/keygate/keygate/quota/memcounter"
+	"github.com/keygate/keygate/quota/rediscounter"
+)
+
+// listeners are the bound addresses of a running sidecar.
+type listeners struct {
+	Data, Admin, Metrics string
+}
+
+// serve runs the sidecar until ctx is done, then drains in-flight requests.
+// ready, when set, is called with the bound addresses once all listeners
+// accept connections.
+func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listeners)) error {
+	log, flushLog := newLogger(cfg, logOut)
+	defer flushLog()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxy.NewMetrics(reg, cfg.MetricsMaxOrgs)
+
+	rules, err := proxy.LoadRules(cfg.RoutesFile)
+	if err != nil {
+		return fmt.Errorf("KEYGATE_ROUTES_FILE: %w", err)
+	}
+
+	st, err := openStores(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.close()
+
+	auth := keys.NewAuthenticator(st.keys, keys.AuthOptions{
+		TTL:          cfg.AuthCacheTTL,
+		StaleAuth:    cfg.StaleAuth,
+		OnLookup:     metrics.AuthLookup,
+		OnRevocation: metrics.Revocation,
+	})
+	upstream := cfg.UpstreamURL
+	h := proxy.New(proxy.Options{
+		Upstream:        &upstream,
+		Store:           st.keys,
+		Auth:            auth,
+		Counter:         st.counter,
+		Rules:           rules,
+		FailOpen:        cfg.FailureMode == "open",
+		StoreTimeout:    cfg.RedisTimeout,
+		UpstreamTimeout: cfg.UpstreamTimeout,
+		TSSkew:          cfg.PartnerTSSkew,
+		Provider:        cfg.Provider,
+		Log:             log,
+		Metrics:         metrics,
+	})
+
+	var draining atomic.Bool
+	servers := []*namedServer{
+		{name: "data", addr: cfg.ListenAddr, srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			// No WriteTimeout: streamed responses (SSE) may last; the
+			// upstream timeout bounds the wait for headers, and each write
+			// gets its own deadline in the proxy.
+			ErrorLog: zap.NewStdLog(log.Named("http")),
+		}},
+		{name: "metrics", addr: cfg.MetricsAddr, srv: &http.Server{
+			Handler:           metricsMux(reg, st, &draining, cfg.RedisTimeout),
+			ReadHeaderTimeout: 5 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       60 * time.Second,
+		}},
+	}
+	if cfg.AdminToken != "" {
+		servers = append(servers, &namedServer{name: "admin", addr: cfg.AdminAddr, srv: &http.Server{
+			Handler:           h.AdminHandler(cfg.AdminToken),
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       60 * time.Second,
+		}})
+	} else {
+		log.Info("operator API off: KEYGATE_ADMIN_TOKEN is empty")
+	}
+
+	for _, s := range servers {
+		if err := s.listen(); err != nil {
+			for _, o := range servers {
+				o.close()
+			}
+			return err
+		}
+	}
+
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); _ = auth.Run(bg) }()
+	usageDone := make(chan struct{})
+	go func() { defer close(usageDone); h.RunUsage(bg) }()
+
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { errc <- s.serve() }()
+		log.Info("listening", zap.String("listener", s.name), zap.String("addr", s.ln.Addr().String()))
+	}
+	log.Info("keygate started", zap.String("upstream", redactURL(&upstream)), zap.String("store", st.kind),
+		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", cfg.SecretKey != ""))
+	if ready != nil {
+		l := listeners{}
+		for _, s := range servers {
+			switch s.name {
+			case "data":
+				l.Data = s.ln.Addr().String()
+			case "admin":
+				l.Admin = s.ln.Addr().String()
+			case "metrics":
+				l.Metrics = s.ln.Addr().String()
+			}
+		}
+		ready(l)
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		log.Error("listener failed", zap.Error(serveErr))
+	}
+
+	// Drain: report not ready, stop accepting, wait for in-flight requests.
+	draining.Store(true)
+	log.Info("shutting down", zap.Duration("timeout", cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	for _, s := range servers {
+		if err := s.srv.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("shutting down %s listener: %w", s.name, err))
+		}
+	}
+	stopBG()
+	<-watchDone
+	<-usageDone
+	if serveErr != nil {
+		errs = append(errs, serveErr)
+	}
+	log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// namedServer is one listener of the sidecar.
+type namedServer struct {
+	name, addr string
+	srv        *http.Server
+	ln         net.Listener
+}
+
+func (s *namedServer) listen() error {
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("%s listener on %s: %w", s.name, s.addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+func (s *namedServer) serve() error {
+	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s listener: %w", s.name, err)
+	}
+	return nil
+}
+
+func (s *namedServer) close() {
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+}
+
+// metricsMux serves /metrics, /healthz (the process is alive) and /readyz
+// (the store answers and the sidecar is not draining).
+func metricsMux(reg *prometheus.Registry, st *stores, draining *atomic.Bool, timeout time.Duration) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 4*timeout)
+		defer cancel()
+		if err := st.ready(ctx); err != nil {
+			http.Error(w, "store unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	return mux
+}
+
+// stores are the adapters picked by the configuration.
+type stores struct {
+	kind    string
+	keys    keys.Store
+	counter quota.Counter
+	ready   func(context.Context) error
+	close   func()
+}
+
+// openStores picks the embedded in-memory store or Redis.
+func openStores(cfg config, log *zap.Logger) (*stores, error) {
+	if cfg.RedisURL == "" {
+		log.Warn("KEYGATE_REDIS_URL is empty: using the embedded in-memory store (single process, not persisted)")
+		return &stores{
+			kind: "memory", keys: memstore.New(), counter: memcounter.New(),
+			ready: func(context.Context) error { return nil }, close: func() {},
+		}, nil
+	}
+	rdb, err := newRedisClient(cfg.RedisURL, cfg.RedisTimeout)
+	if err != nil {
+		return nil, err
+	}
+	counter := rediscounter.New(rdb)
+	ks := redisstore.New(rdb)
+	return &stores{
+		kind: "redis", keys: ks, counter: counter,
+		ready: func(ctx context.Context) error {
+			if err := ks.Ping(ctx); err != nil {
+				return err
+			}
+			return counter.Load(ctx)
+		},
+		close: func() { _ = rdb.Close() },
+	}, nil
+}
+
+// newRedisClient builds a client from a redis:// URL; addr= query
+// parameters name further nodes and make it a cluster client. Every call
+// honours its context's deadline.
+func newRedisClient(rawURL string, timeout time.Duration) (redis.UniversalClient, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("KEYGATE_REDIS_URL: %w", err)
+	}
+	if u.Query().Has("addr") {
+		opt, err := redis.ParseClusterURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("KEYGATE_REDIS_URL: %w", err)
+		}
+		opt.ContextTimeoutEnabled = true
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = max(timeout, time.Second), timeout, timeout
+		opt.PoolSize = max(opt.PoolSize, 64)
+		return redis.NewClusterClient(opt), nil
+	}
+	opt, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("KEYGATE_REDIS_URL: %w", err)
+	}
+	opt.ContextTimeoutEnabled = true
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = max(timeout, time.Second), timeout, timeout
+	opt.PoolSize = max(opt.PoolSize, 64)
+	return redis.NewClient(opt), nil
+}
+
+// redactURL drops the user info of a URL for logging.
+func redactURL(u *url.URL) string {
+	c := *u
+	c.User = nil
+	return c.String()
+}
+
+// newLogger builds the zap logger. Output is buffered (flushed every
+// second and on exit) so the access log costs no write per request.
+func newLogger(cfg config, out io.Writer) (*zap.Logger, func()) {
+	level, _ := zapcore.ParseLevel(cfg.LogLevel)
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.TimeKey = "ts"
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if cfg.LogFormat == "console" {
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	ws := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(out), Size: 256 << 10, FlushInterval: time.Second}
+	log := zap.New(zapcore.NewCore(enc, ws, level), zap.ErrorOutput(zapcore.AddSync(out)))
+	return log, func() { _ = ws.Stop() }
+}

@@ -1,0 +1,234 @@
+package keys
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Credential is what a request presents. Secret is always set; AccessKey is
+// set for the access-key/secret pair, whose key must then match.
+type Credential struct {
+	Secret    string
+	AccessKey string
+}
+
+// AuthOptions tune an Authenticator. Zero values pick the defaults noted.
+type AuthOptions struct {
+	// TTL is how long a verified key is trusted without a store read
+	// (default 5s). It bounds how long a lost revocation message can keep a
+	// deleted key alive.
+	TTL time.Duration
+	// StaleAuth is how long a verified key is still trusted from the cache
+	// while the store is unreachable (default 15m). Zero disables it.
+	StaleAuth time.Duration
+	// MaxEntries bounds the cache (default 100000).
+	MaxEntries int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// OnLookup, when set, is told whether each authentication was served
+	// from the cache ("hit"), read from the store ("miss") or served stale
+	// during an outage ("stale").
+	OnLookup func(result string)
+	// OnRevocation, when set, is told of each revocation received through
+	// Watch and how long after publication it was applied.
+	OnRevocation func(lag time.Duration)
+}
+
+// Authenticator turns credentials into principals. A verified key is cached
+// in-process for TTL so the hot path needs no store read; revocations received
+// from the store evict entries at once. It is safe for concurrent use; create
+// it with NewAuthenticator.
+type Authenticator struct {
+	store Store
+	opt   AuthOptions
+
+	mu      sync.RWMutex
+	entries map[SecretHash]Principal
+	// gen grows with every revocation so a store read that raced with one
+	// does not re-insert what was just revoked.
+	gen uint64
+}
+
+// NewAuthenticator returns an Authenticator over store.
+func NewAuthenticator(store Store, opt AuthOptions) *Authenticator {
+	if opt.TTL <= 0 {
+		opt.TTL = 5 * time.Second
+	}
+	if opt.MaxEntries <= 0 {
+		opt.MaxEntries = 100000
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	return &Authenticator{store: store, opt: opt, entries: make(map[SecretHash]Principal)}
+}
+
+// Authenticate verifies c. It returns ErrInvalidCredential for a malformed,
+// unknown, deleted or mismatched credential, and an error wrapping
+// ErrUnavailable when the store is needed but cannot be reached (the
+// credential may be fine).
+func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Principal, error) {
+	if !CheckSecret(c.Secret) {
+		return Principal{}, ErrInvalidCredential
+	}
+	h := HashSecret(c.Secret)
+	now := a.opt.Now()
+
+	a.mu.RLock()
+	cached, ok := a.entries[h]
+	gen := a.gen
+	a.mu.RUnlock()
+	if ok && now.Sub(cached.VerifiedAt) < a.opt.TTL {
+		a.observe("hit")
+		return matchAccessKey(cached, c)
+	}
+
+	p, err := a.load(ctx, h, now)
+	if err != nil {
+		if errors.Is(err, ErrUnavailable) && ok && a.opt.StaleAuth > 0 && now.Sub(cached.VerifiedAt) < a.opt.StaleAuth {
+			a.observe("stale")
+			cached.Stale = true
+			return matchAccessKey(cached, c)
+		}
+		if errors.Is(err, ErrNotFound) {
+			a.forget(h)
+			return Principal{}, ErrInvalidCredential
+		}
+		return Principal{}, err
+	}
+	a.observe("miss")
+
+	a.mu.Lock()
+	if a.gen == gen {
+		if len(a.entries) >= a.opt.MaxEntries {
+			a.evictOne(now)
+		}
+		a.entries[h] = p
+	}
+	a.mu.Unlock()
+	return matchAccessKey(p, c)
+}
+
+// load reads the key, its organization and its plan from the store.
+func (a *Authenticator) load(ctx context.Context, h SecretHash, now time.Time) (Principal, error) {
+	k, err := a.store.KeyByHash(ctx, h)
+	if err != nil {
+		return Principal{}, fmt.Errorf("reading key: %w", err)
+	}
+	// Compare the stored hash in constant time even though the lookup was by
+	// hash: a store must never be trusted to have matched exactly.
+	if subtle.ConstantTimeCompare(k.SecretHash[:], h[:]) != 1 {
+		return Principal{}, ErrNotFound
+	}
+	o, err := a.store.Org(ctx, k.OrgID)
+	if err != nil {
+		return Principal{}, fmt.Errorf("reading org of key: %w", err)
+	}
+	pl, err := a.store.Plan(ctx, o.PlanID)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Principal{}, fmt.Errorf("reading plan of org: %w", err)
+	}
+	k.SealedSecret = nil
+	return Principal{Key: k, Org: o, Plan: pl, VerifiedAt: now}, nil
+}
+
+func matchAccessKey(p Principal, c Credential) (Principal, error) {
+	if c.AccessKey != "" && subtle.ConstantTimeCompare([]byte(c.AccessKey), []byte(p.Key.UID)) != 1 {
+		return Principal{}, ErrInvalidCredential
+	}
+	return p, nil
+}
+
+// Revoke applies r to the local cache at once. The sidecar that deletes or
+// changes a key calls it so its own next request is refused without waiting
+// for the store's broadcast.
+func (a *Authenticator) Revoke(r Revocation) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gen++
+	for h, p := range a.entries {
+		if p.Key.OrgID == r.OrgID && (r.KeyUID == "" || p.Key.UID == r.KeyUID) {
+			delete(a.entries, h)
+		}
+	}
+}
+
+// Flush forgets every cached principal.
+func (a *Authenticator) Flush() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gen++
+	clear(a.entries)
+}
+
+// Run applies revocations from the store until ctx is done. When the watch
+// breaks it flushes the cache (messages may have been missed) and watches
+// again after a short pause.
+func (a *Authenticator) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := a.store.Watch(ctx, func(r Revocation) {
+			a.Revoke(r)
+			if a.opt.OnRevocation != nil && !r.PublishedAt.IsZero() {
+				a.opt.OnRevocation(a.opt.Now().Sub(r.PublishedAt))
+			}
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Revocations may have been missed while the watch was down: make
+		// every entry re-verify on its next use, but keep it for StaleAuth
+		// in case the store itself is down.
+		a.expireAll()
+		_ = err // outages surface through the store's own errors on use
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (a *Authenticator) expireAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gen++
+	for h, p := range a.entries {
+		p.VerifiedAt = p.VerifiedAt.Add(-a.opt.TTL)
+		a.entries[h] = p
+	}
+}
+
+func (a *Authenticator) forget(h SecretHash) {
+	a.mu.Lock()
+	delete(a.entries, h)
+	a.mu.Unlock()
+}
+
+// evictOne drops an expired entry if it finds one among the first few it
+// visits, else an arbitrary one. Called with mu held.
+func (a *Authenticator) evictOne(now time.Time) {
+	n := 0
+	var victim SecretHash
+	for h, p := range a.entries {
+		victim = h
+		if now.Sub(p.VerifiedAt) >= a.opt.StaleAuth || n >= 16 {
+			break
+		}
+		n++
+	}
+	delete(a.entries, victim)
+}
+
+func (a *Authenticator) observe(result string) {
+	if a.opt.OnLookup != nil {
+		a.opt.OnLookup(result)
+	}
+}

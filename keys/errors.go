@@ -1,0 +1,43 @@
+package keys
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors of the keys domain. Adapters translate their library errors
+// into these at their boundary; proxy maps them to HTTP in one place.
+var (
+	// ErrNotFound means the plan, organization or key does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a plan id, organization id or key name is taken.
+	ErrConflict = errors.New("already exists")
+	// ErrNoCredential means the request carried no credential at all.
+	ErrNoCredential = errors.New("no credential")
+	// ErrInvalidCredential means the credential is malformed, unknown, deleted
+	// or does not match.
+	ErrInvalidCredential = errors.New("invalid credential")
+	// ErrUnavailable means the store could not be reached in time. It never
+	// means the credential is wrong.
+	ErrUnavailable = errors.New("key store unavailable")
+	// ErrOverAllocated means the per-key maxima of an organization would add up
+	// to more than the organization's quota.
+	ErrOverAllocated = errors.New("per-key quotas would exceed the organization quota")
+)
+
+// InvalidError reports a field of a request that is not acceptable.
+type InvalidError struct {
+	Field  string
+	Reason string
+}
+
+func (e *InvalidError) Error() string { return fmt.Sprintf("invalid %s: %s", e.Field, e.Reason) }
+
+// PermissionError reports that a key lacks the permission a route needs.
+type PermissionError struct {
+	Need Permission
+}
+
+func (e *PermissionError) Error() string {
+	return fmt.Sprintf("API key lacks the %q permission", string(e.Need))
+}

@@ -1,0 +1,445 @@
+// Package memstore is the in-memory keys.Store: one process, nothing
+// persisted. It is the embedded store keygate uses when no Redis is
+// configured, and the reference the Redis store is compared with through
+// keys/storetest.
+package memstore
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keygate/keygate/keys"
+)
+
+var _ keys.Store = (*Store)(nil)
+
+// watchBuffer is how many revocations a watcher may fall behind before it is
+// dropped (its Watch returns an error, as a Redis subscriber that cannot keep
+// up is disconnected).
+const watchBuffer = 1024
+
+// errWatcherTooSlow ends the Watch of a watcher whose buffer overflowed.
+var errWatcherTooSlow = errors.New("watcher fell behind: revocations were dropped")
+
+// Store is an in-memory keys.Store. It is safe for concurrent use: one
+// RWMutex guards all state, and values are copied in and out so callers never
+// share memory with the store. The zero value is not usable; call New.
+type Store struct {
+	now func() time.Time
+
+	mu        sync.RWMutex
+	plans     map[int64]keys.Plan
+	orgs      map[string]keys.Org
+	usernames map[string]string            // username → org id
+	keys      map[string]keys.Key          // uid → key
+	byHash    map[keys.SecretHash]string   // secret hash → uid
+	byName    map[string]map[string]string // org id → name → uid
+	watchers  map[*watcher]struct{}
+}
+
+// watcher is one running Watch. Revocations are queued on ch without ever
+// blocking the writer; when ch is full the watcher is marked lost and its
+// Watch returns.
+type watcher struct {
+	ch       chan keys.Revocation
+	lost     chan struct{}
+	lostOnce sync.Once
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock sets the clock that stamps revocations (default time.Now).
+func WithClock(now func() time.Time) Option {
+	return func(s *Store) { s.now = now }
+}
+
+// New returns an empty Store.
+func New(opts ...Option) *Store {
+	s := &Store{
+		now:       time.Now,
+		plans:     make(map[int64]keys.Plan),
+		orgs:      make(map[string]keys.Org),
+		usernames: make(map[string]string),
+		keys:      make(map[string]keys.Key),
+		byHash:    make(map[keys.SecretHash]string),
+		byName:    make(map[string]map[string]string),
+		watchers:  make(map[*watcher]struct{}),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Ping always succeeds.
+func (s *Store) Ping(context.Context) error { return nil }
+
+// CreatePlan adds a plan; keys.ErrConflict when its id is taken.
+func (s *Store) CreatePlan(_ context.Context, p keys.Plan) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.plans[p.ID]; ok {
+		return fmt.Errorf("plan %d: %w", p.ID, keys.ErrConflict)
+	}
+	s.plans[p.ID] = copyPlan(p)
+	return nil
+}
+
+// Plan returns the plan with the given id.
+func (s *Store) Plan(_ context.Context, id int64) (keys.Plan, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	p, ok := s.plans[id]
+	if !ok {
+		return keys.Plan{}, fmt.Errorf("plan %d: %w", id, keys.ErrNotFound)
+	}
+	return copyPlan(p), nil
+}
+
+// Plans lists every plan ordered by id.
+func (s *Store) Plans(context.Context) ([]keys.Plan, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]keys.Plan, 0, len(s.plans))
+	for _, p := range s.plans {
+		out = append(out, copyPlan(p))
+	}
+	slices.SortFunc(out, func(a, b keys.Plan) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// CreateOrg adds an organization; keys.ErrConflict when its id or username is
+// taken.
+func (s *Store) CreateOrg(_ context.Context, o keys.Org) error {
+	if err := checkOrgID(o.ID); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.orgs[o.ID]; ok {
+		return fmt.Errorf("organization %s: %w", o.ID, keys.ErrConflict)
+	}
+	if o.Username != "" {
+		if _, ok := s.usernames[o.Username]; ok {
+			return fmt.Errorf("username %q: %w", o.Username, keys.ErrConflict)
+		}
+		s.usernames[o.Username] = o.ID
+	}
+	s.orgs[o.ID] = copyOrg(o)
+	return nil
+}
+
+// Org returns the organization with the given id.
+func (s *Store) Org(_ context.Context, id string) (keys.Org, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	o, ok := s.orgs[id]
+	if !ok {
+		return keys.Org{}, fmt.Errorf("organization %s: %w", id, keys.ErrNotFound)
+	}
+	return copyOrg(o), nil
+}
+
+// OrgByUsername returns the organization whose login is username.
+func (s *Store) OrgByUsername(_ context.Context, username string) (keys.Org, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.usernames[username]
+	if !ok {
+		return keys.Org{}, fmt.Errorf("username %q: %w", username, keys.ErrNotFound)
+	}
+	return copyOrg(s.orgs[id]), nil
+}
+
+// Orgs lists every organization ordered by id.
+func (s *Store) Orgs(context.Context) ([]keys.Org, error) {
+	return s.listOrgs(func(keys.Org) bool { return true }), nil
+}
+
+// SubOrgs lists the organizations created by partner, ordered by id.
+func (s *Store) SubOrgs(_ context.Context, partnerID string) ([]keys.Org, error) {
+	return s.listOrgs(func(o keys.Org) bool { return o.PartnerID == partnerID }), nil
+}
+
+func (s *Store) listOrgs(keep func(keys.Org) bool) []keys.Org {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []keys.Org
+	for _, o := range s.orgs {
+		if keep(o) {
+			out = append(out, copyOrg(o))
+		}
+	}
+	slices.SortFunc(out, func(a, b keys.Org) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// UpdateOrg replaces an existing organization and revokes all its keys. Its
+// username cannot change (a *keys.InvalidError).
+func (s *Store) UpdateOrg(_ context.Context, o keys.Org) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.orgs[o.ID]
+	if !ok {
+		return fmt.Errorf("organization %s: %w", o.ID, keys.ErrNotFound)
+	}
+	if o.Username != old.Username {
+		return &keys.InvalidError{Field: "username", Reason: "cannot be changed"}
+	}
+	s.orgs[o.ID] = copyOrg(o)
+	s.publish(keys.Revocation{OrgID: o.ID})
+	return nil
+}
+
+// CreateKey adds k to its organization under the allocation rule of
+// keys.Store.
+func (s *Store) CreateKey(_ context.Context, k keys.Key, allocLimit int64) error {
+	if err := checkKey(k); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.orgs[k.OrgID]; !ok {
+		return fmt.Errorf("organization %s: %w", k.OrgID, keys.ErrNotFound)
+	}
+	names := s.byName[k.OrgID]
+	if _, ok := names[k.Name]; ok {
+		return fmt.Errorf("key %q: %w", k.Name, keys.ErrConflict)
+	}
+	if _, ok := s.keys[k.UID]; ok {
+		return fmt.Errorf("key %s: %w", k.UID, keys.ErrConflict)
+	}
+	if k.MaxAPIRequests != nil && allocLimit >= 0 && s.allocatedExcept(k.OrgID, "")+*k.MaxAPIRequests > allocLimit {
+		return fmt.Errorf("key %q: %w", k.Name, keys.ErrOverAllocated)
+	}
+	if names == nil {
+		names = make(map[string]string)
+		s.byName[k.OrgID] = names
+	}
+	names[k.Name] = k.UID
+	s.keys[k.UID] = copyKey(k)
+	s.byHash[k.SecretHash] = k.UID
+	return nil
+}
+
+// allocatedExcept sums the per-key maxima of an organization's keys other
+// than uid. Called with mu held.
+func (s *Store) allocatedExcept(orgID, uid string) int64 {
+	var sum int64
+	for _, u := range s.byName[orgID] {
+		if u == uid {
+			continue
+		}
+		if m := s.keys[u].MaxAPIRequests; m != nil {
+			sum += *m
+		}
+	}
+	return sum
+}
+
+// SetKeyMax changes the per-key maximum of a key under the allocation rule
+// and revokes it.
+func (s *Store) SetKeyMax(_ context.Context, orgID, name string, max *int64, allocLimit int64) (keys.Key, error) {
+	if max != nil && *max < 0 {
+		return keys.Key{}, &keys.InvalidError{Field: "max_api_requests", Reason: "must not be negative"}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	uid, ok := s.byName[orgID][name]
+	if !ok {
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+	}
+	if max != nil && allocLimit >= 0 && s.allocatedExcept(orgID, uid)+*max > allocLimit {
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrOverAllocated)
+	}
+	k := s.keys[uid]
+	k.MaxAPIRequests = copyInt(max)
+	s.keys[uid] = k
+	s.publish(keys.Revocation{OrgID: orgID, KeyUID: uid})
+	return copyKey(k), nil
+}
+
+// SetSealedSecret replaces the sealed secret of a key.
+func (s *Store) SetSealedSecret(_ context.Context, uid string, sealed []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[uid]
+	if !ok {
+		return fmt.Errorf("key %s: %w", uid, keys.ErrNotFound)
+	}
+	k.SealedSecret = slices.Clone(sealed)
+	s.keys[uid] = k
+	return nil
+}
+
+// KeyByHash returns the key whose secret hashes to h.
+func (s *Store) KeyByHash(_ context.Context, h keys.SecretHash) (keys.Key, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	uid, ok := s.byHash[h]
+	if !ok {
+		return keys.Key{}, fmt.Errorf("key by hash: %w", keys.ErrNotFound)
+	}
+	return copyKey(s.keys[uid]), nil
+}
+
+// KeyByUID returns the key with the given access_key.
+func (s *Store) KeyByUID(_ context.Context, uid string) (keys.Key, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	k, ok := s.keys[uid]
+	if !ok {
+		return keys.Key{}, fmt.Errorf("key %s: %w", uid, keys.ErrNotFound)
+	}
+	return copyKey(k), nil
+}
+
+// Keys lists the keys of an organization ordered by creation time, then name.
+func (s *Store) Keys(_ context.Context, orgID string) ([]keys.Key, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []keys.Key
+	for _, uid := range s.byName[orgID] {
+		out = append(out, copyKey(s.keys[uid]))
+	}
+	slices.SortFunc(out, func(a, b keys.Key) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out, nil
+}
+
+// DeleteKey removes the key called name from an organization, returns it and
+// revokes it.
+func (s *Store) DeleteKey(_ context.Context, orgID, name string) (keys.Key, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	uid, ok := s.byName[orgID][name]
+	if !ok {
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+	}
+	k := s.keys[uid]
+	delete(s.byName[orgID], name)
+	if len(s.byName[orgID]) == 0 {
+		delete(s.byName, orgID)
+	}
+	delete(s.keys, uid)
+	if s.byHash[k.SecretHash] == uid {
+		delete(s.byHash, k.SecretHash)
+	}
+	s.publish(keys.Revocation{OrgID: orgID, KeyUID: uid})
+	return copyKey(k), nil
+}
+
+// Watch calls fn for every revocation made after it started until ctx is
+// done, when it returns ctx.Err(). fn runs on Watch's goroutine with no lock
+// held, so it may call back into the store. Writers never wait for a watcher:
+// a watcher that falls more than 1024 revocations behind is dropped and its
+// Watch returns an error, so its caller knows it missed some.
+func (s *Store) Watch(ctx context.Context, fn func(keys.Revocation)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w := &watcher{ch: make(chan keys.Revocation, watchBuffer), lost: make(chan struct{})}
+	s.mu.Lock()
+	s.watchers[w] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.watchers, w)
+		s.mu.Unlock()
+	}()
+	for {
+		// Deliver what is queued before noticing a loss or the end.
+		select {
+		case r := <-w.ch:
+			fn(r)
+			continue
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.lost:
+			return errWatcherTooSlow
+		case r := <-w.ch:
+			fn(r)
+		}
+	}
+}
+
+// publish stamps r and queues it for every watcher without blocking. Called
+// with mu held, so watchers see revocations in the order of the changes.
+func (s *Store) publish(r keys.Revocation) {
+	r.PublishedAt = s.now()
+	for w := range s.watchers {
+		select {
+		case w.ch <- r:
+		default:
+			w.lostOnce.Do(func() { close(w.lost) })
+		}
+	}
+}
+
+// checkOrgID refuses organization ids the Redis store could not hash-tag, so
+// both stores accept the same ids.
+func checkOrgID(id string) error {
+	if id == "" {
+		return &keys.InvalidError{Field: "id", Reason: "must not be empty"}
+	}
+	if strings.ContainsAny(id, "{}") {
+		return &keys.InvalidError{Field: "id", Reason: "must not contain braces"}
+	}
+	return nil
+}
+
+// checkKey refuses keys the Redis store could not index, so both stores
+// accept the same keys.
+func checkKey(k keys.Key) error {
+	switch {
+	case k.UID == "" || strings.Contains(k.UID, "/"):
+		return &keys.InvalidError{Field: "uid", Reason: "must be non-empty and contain no slash"}
+	case k.Name == "":
+		return &keys.InvalidError{Field: "name", Reason: "must not be empty"}
+	case k.MaxAPIRequests != nil && *k.MaxAPIRequests < 0:
+		return &keys.InvalidError{Field: "max_api_requests", Reason: "must not be negative"}
+	}
+	return checkOrgID(k.OrgID)
+}
+
+func copyInt(p *int64) *int64 {
+	if p == nil {
+		return nil
+	}
+	v := *p
+	return &v
+}
+
+func copyPlan(p keys.Plan) keys.Plan {
+	p.MaxAPIRequests = copyInt(p.MaxAPIRequests)
+	p.Limits = maps.Clone(p.Limits)
+	return p
+}
+
+func copyOrg(o keys.Org) keys.Org {
+	o.NextPlanID = copyInt(o.NextPlanID)
+	o.MaxAPIRequests = copyInt(o.MaxAPIRequests)
+	return o
+}
+
+func copyKey(k keys.Key) keys.Key {
+	k.Permissions = slices.Clone(k.Permissions)
+	k.MaxAPIRequests = copyInt(k.MaxAPIRequests)
+	k.SealedSecret = slices.Clone(k.SealedSecret)
+	return k
+}

@@ -1,0 +1,19 @@
+-- delete_key.lua removes a key from its organization: its record, its name
+-- and its share of the allocation, in one atomic step.
+--
+-- KEYS[1]  names hash, name -> uid      kg:{org}:keynames
+-- KEYS[2]  allocation hash, uid -> max  kg:{org}:alloc
+-- KEYS[3]  the key's record             kg:{org}:key:<uid>
+-- ARGV[1]  key name
+-- ARGV[2]  key uid
+--
+-- Reply: the deleted record (JSON of keys.Key), or nil when the name no longer
+-- names that key (it was deleted meanwhile) or the record is gone.
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return false
+end
+local record = redis.call('GET', KEYS[3])
+redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+return record

@@ -1,0 +1,778 @@
+// Package redisstore is the Redis implementation of keys.Store, for a single
+// Redis server or a Redis Cluster (any redis.UniversalClient).
+//
+// Records are the JSON of the domain types (their JSON tags are the storage
+// format). Everything about one organization carries the hash tag {<orgID>}
+// (see keys.go), so each multi-key atomic step — creating a key with its
+// allocation check and name uniqueness, deleting a key, changing a key's
+// maximum — is one Lua script on one Cluster slot.
+//
+// The global lookup indices (secret hash → key, uid → organization, username →
+// organization, the organization list) cannot share an organization's slot and
+// are written with plain commands, in an order that never lets an index make a
+// key usable that the organization's records do not hold:
+//
+//   - on create, the organization-tagged record is written first and the
+//     index after;
+//   - on delete, the index is removed first and the record after;
+//   - a lookup that finds an index entry whose record is missing answers
+//     keys.ErrNotFound.
+//
+// A failure between the two steps leaves, at worst, a record without its index
+// (a key that cannot authenticate) or an index without its record (read as not
+// found), never a deleted key that still authenticates.
+//
+// Revocations are published as JSON keys.Revocation on the pub/sub channel
+// kg:revocations; Watch subscribes to it.
+package redisstore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/keys"
+)
+
+var _ keys.Store = (*Store)(nil)
+
+// Store is a keys.Store on Redis. It is safe for concurrent use. The zero
+// value is not usable; call New.
+type Store struct {
+	rdb         redis.UniversalClient
+	now         func() time.Time
+	healthCheck time.Duration
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock sets the clock that stamps published revocations (default
+// time.Now).
+func WithClock(now func() time.Time) Option {
+	return func(s *Store) { s.now = now }
+}
+
+// WithWatchHealthCheck sets how long Watch waits for a message before it pings
+// the server to check that the subscription is alive (default 3s). A
+// subscription that answers neither a message nor the ping within two such
+// intervals counts as broken.
+func WithWatchHealthCheck(d time.Duration) Option {
+	return func(s *Store) { s.healthCheck = d }
+}
+
+// New returns a Store on rdb. Every call takes its deadline from its context;
+// the store adds no retries beyond the client's own.
+func New(rdb redis.UniversalClient, opts ...Option) *Store {
+	s := &Store{rdb: rdb, now: time.Now, healthCheck: 3 * time.Second}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Ping sends PING.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fail("pinging redis", err)
+	}
+	return nil
+}
+
+// ----- plans -----
+
+// CreatePlan adds a plan; keys.ErrConflict when its id is taken.
+func (s *Store) CreatePlan(ctx context.Context, p keys.Plan) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encoding plan: %w", err)
+	}
+	ok, err := s.rdb.HSetNX(ctx, plansKey(), planField(p.ID), b).Result()
+	if err != nil {
+		return fail("creating plan", err)
+	}
+	if !ok {
+		return fmt.Errorf("plan %d: %w", p.ID, keys.ErrConflict)
+	}
+	return nil
+}
+
+// Plan returns the plan with the given id.
+func (s *Store) Plan(ctx context.Context, id int64) (keys.Plan, error) {
+	v, err := s.rdb.HGet(ctx, plansKey(), planField(id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return keys.Plan{}, fmt.Errorf("plan %d: %w", id, keys.ErrNotFound)
+	}
+	if err != nil {
+		return keys.Plan{}, fail("reading plan", err)
+	}
+	return decode[keys.Plan]("plan", v)
+}
+
+// Plans lists every plan ordered by id.
+func (s *Store) Plans(ctx context.Context) ([]keys.Plan, error) {
+	vs, err := s.rdb.HVals(ctx, plansKey()).Result()
+	if err != nil {
+		return nil, fail("listing plans", err)
+	}
+	out := make([]keys.Plan, 0, len(vs))
+	for _, v := range vs {
+		p, err := decode[keys.Plan]("plan", v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b keys.Plan) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// ----- organizations -----
+
+// CreateOrg adds an organization; keys.ErrConflict when its id or username is
+// taken. The record is claimed first (SET NX), then the username (HSETNX);
+// when the username is taken the record is removed again.
+func (s *Store) CreateOrg(ctx context.Context, o keys.Org) error {
+	if err := checkOrgID(o.ID); err != nil {
+		return err
+	}
+	b, err := json.Marshal(o)
+	if err != nil {
+		return fmt.Errorf("encoding organization: %w", err)
+	}
+	ok, err := s.rdb.SetNX(ctx, orgKey(o.ID), b, 0).Result()
+	if err != nil {
+		return fail("creating organization", err)
+	}
+	if !ok {
+		return fmt.Errorf("organization %s: %w", o.ID, keys.ErrConflict)
+	}
+	if o.Username != "" {
+		ok, err := s.rdb.HSetNX(ctx, usernamesKey(), o.Username, o.ID).Result()
+		if err != nil || !ok {
+			// The organization must not exist without its login.
+			if derr := s.rdb.Del(ctx, orgKey(o.ID)).Err(); derr != nil {
+				return fail("removing organization after a failed username claim", derr)
+			}
+			if err != nil {
+				return fail("claiming username", err)
+			}
+			return fmt.Errorf("username %q: %w", o.Username, keys.ErrConflict)
+		}
+	}
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, orgsKey(), redis.Z{Score: 0, Member: o.ID})
+		if o.PartnerID != "" {
+			p.SAdd(ctx, subOrgsKey(o.PartnerID), o.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return fail("indexing organization", err)
+	}
+	return nil
+}
+
+// Org returns the organization with the given id.
+func (s *Store) Org(ctx context.Context, id string) (keys.Org, error) {
+	v, err := s.rdb.Get(ctx, orgKey(id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return keys.Org{}, fmt.Errorf("organization %s: %w", id, keys.ErrNotFound)
+	}
+	if err != nil {
+		return keys.Org{}, fail("reading organization", err)
+	}
+	return decode[keys.Org]("organization", v)
+}
+
+// OrgByUsername returns the organization whose login is username.
+func (s *Store) OrgByUsername(ctx context.Context, username string) (keys.Org, error) {
+	id, err := s.rdb.HGet(ctx, usernamesKey(), username).Result()
+	if errors.Is(err, redis.Nil) {
+		return keys.Org{}, fmt.Errorf("username %q: %w", username, keys.ErrNotFound)
+	}
+	if err != nil {
+		return keys.Org{}, fail("reading username index", err)
+	}
+	o, err := s.Org(ctx, id)
+	if err != nil {
+		return keys.Org{}, err
+	}
+	if o.Username != username {
+		return keys.Org{}, fmt.Errorf("username %q: %w", username, keys.ErrNotFound)
+	}
+	return o, nil
+}
+
+// Orgs lists every organization ordered by id.
+func (s *Store) Orgs(ctx context.Context) ([]keys.Org, error) {
+	ids, err := s.rdb.ZRange(ctx, orgsKey(), 0, -1).Result()
+	if err != nil {
+		return nil, fail("listing organizations", err)
+	}
+	return s.orgsByID(ctx, ids, func(keys.Org) bool { return true })
+}
+
+// SubOrgs lists the organizations created by partner, ordered by id.
+func (s *Store) SubOrgs(ctx context.Context, partnerID string) ([]keys.Org, error) {
+	ids, err := s.rdb.SMembers(ctx, subOrgsKey(partnerID)).Result()
+	if err != nil {
+		return nil, fail("listing sub-organizations", err)
+	}
+	return s.orgsByID(ctx, ids, func(o keys.Org) bool { return o.PartnerID == partnerID })
+}
+
+// orgsByID reads the records of ids in one pipeline, skipping those that are
+// missing or that keep does not want, ordered by id.
+func (s *Store) orgsByID(ctx context.Context, ids []string, keep func(keys.Org) bool) ([]keys.Org, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	cmds := make([]*redis.StringCmd, len(ids))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.Get(ctx, orgKey(id))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fail("reading organizations", err)
+	}
+	out := make([]keys.Org, 0, len(ids))
+	for _, c := range cmds {
+		v, err := c.Result()
+		if errors.Is(err, redis.Nil) {
+			continue // index entry without record
+		}
+		if err != nil {
+			return nil, fail("reading organization", err)
+		}
+		o, err := decode[keys.Org]("organization", v)
+		if err != nil {
+			return nil, err
+		}
+		if keep(o) {
+			out = append(out, o)
+		}
+	}
+	slices.SortFunc(out, func(a, b keys.Org) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// UpdateOrg replaces an existing organization and publishes a revocation of
+// all its keys. Its username cannot change (a *keys.InvalidError). When the
+// revocation cannot be published the update is kept and the error wraps
+// keys.ErrUnavailable.
+func (s *Store) UpdateOrg(ctx context.Context, o keys.Org) error {
+	old, err := s.Org(ctx, o.ID)
+	if err != nil {
+		return err
+	}
+	if o.Username != old.Username {
+		return &keys.InvalidError{Field: "username", Reason: "cannot be changed"}
+	}
+	b, err := json.Marshal(o)
+	if err != nil {
+		return fmt.Errorf("encoding organization: %w", err)
+	}
+	ok, err := s.rdb.SetXX(ctx, orgKey(o.ID), b, 0).Result()
+	if err != nil {
+		return fail("updating organization", err)
+	}
+	if !ok {
+		return fmt.Errorf("organization %s: %w", o.ID, keys.ErrNotFound)
+	}
+	if o.PartnerID != old.PartnerID {
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if old.PartnerID != "" {
+				p.SRem(ctx, subOrgsKey(old.PartnerID), o.ID)
+			}
+			if o.PartnerID != "" {
+				p.SAdd(ctx, subOrgsKey(o.PartnerID), o.ID)
+			}
+			return nil
+		})
+		if err != nil {
+			return fail("indexing organization", err)
+		}
+	}
+	return s.publish(ctx, keys.Revocation{OrgID: o.ID})
+}
+
+// ----- keys -----
+
+// CreateKey adds k to its organization (see keys.Store). The record, its name
+// and its allocation are written by one script; the secret-hash and uid
+// indices after it.
+func (s *Store) CreateKey(ctx context.Context, k keys.Key, allocLimit int64) error {
+	if err := checkKey(k); err != nil {
+		return err
+	}
+	b, err := json.Marshal(k)
+	if err != nil {
+		return fmt.Errorf("encoding key: %w", err)
+	}
+	n, err := createKeyScript.Run(ctx, s.rdb,
+		[]string{orgKey(k.OrgID), keyNamesKey(k.OrgID), allocKey(k.OrgID), keyKey(k.OrgID, k.UID)},
+		k.Name, k.UID, b, maxArg(k.MaxAPIRequests), allocLimit,
+	).Int64()
+	if err != nil {
+		return fail("running create-key script", err)
+	}
+	switch n {
+	case replyOK:
+	case replyNotFound:
+		return fmt.Errorf("organization %s: %w", k.OrgID, keys.ErrNotFound)
+	case replyTaken:
+		return fmt.Errorf("key %q: %w", k.Name, keys.ErrConflict)
+	case replyOverAlloc:
+		return fmt.Errorf("key %q: %w", k.Name, keys.ErrOverAllocated)
+	default:
+		return fmt.Errorf("create-key script: unexpected reply %d", n)
+	}
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, hashIndexKey(k.SecretHash.String()), k.OrgID+"/"+k.UID, 0)
+		p.Set(ctx, uidIndexKey(k.UID), k.OrgID, 0)
+		return nil
+	})
+	if err != nil {
+		return fail("indexing key", err)
+	}
+	return nil
+}
+
+// SetKeyMax changes the per-key maximum of a key under the allocation rule and
+// publishes its revocation. A concurrent change of the same key makes it fail
+// with keys.ErrConflict rather than lose that change. When the revocation
+// cannot be published the change is kept, the updated key is returned and the
+// error wraps keys.ErrUnavailable.
+func (s *Store) SetKeyMax(ctx context.Context, orgID, name string, max *int64, allocLimit int64) (keys.Key, error) {
+	if max != nil && *max < 0 {
+		return keys.Key{}, &keys.InvalidError{Field: "max_api_requests", Reason: "must not be negative"}
+	}
+	uid, err := s.rdb.HGet(ctx, keyNamesKey(orgID), name).Result()
+	if errors.Is(err, redis.Nil) {
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+	}
+	if err != nil {
+		return keys.Key{}, fail("reading key name", err)
+	}
+	cur, k, err := s.keyRecord(ctx, orgID, uid)
+	if err != nil {
+		return keys.Key{}, err
+	}
+	if max != nil {
+		v := *max
+		k.MaxAPIRequests = &v
+	} else {
+		k.MaxAPIRequests = nil
+	}
+	b, err := json.Marshal(k)
+	if err != nil {
+		return keys.Key{}, fmt.Errorf("encoding key: %w", err)
+	}
+	n, err := setKeyMaxScript.Run(ctx, s.rdb,
+		[]string{keyNamesKey(orgID), allocKey(orgID), keyKey(orgID, uid)},
+		name, uid, cur, b, maxArg(max), allocLimit,
+	).Int64()
+	if err != nil {
+		return keys.Key{}, fail("running set-key-max script", err)
+	}
+	switch n {
+	case replyOK:
+	case replyNotFound:
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+	case replyOverAlloc:
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrOverAllocated)
+	case replyChangedSince:
+		return keys.Key{}, fmt.Errorf("key %q changed concurrently: %w", name, keys.ErrConflict)
+	default:
+		return keys.Key{}, fmt.Errorf("set-key-max script: unexpected reply %d", n)
+	}
+	return k, s.publish(ctx, keys.Revocation{OrgID: orgID, KeyUID: uid})
+}
+
+// SetSealedSecret replaces the sealed secret of a key. A concurrent change of
+// the same key makes it fail with keys.ErrConflict rather than lose that
+// change.
+func (s *Store) SetSealedSecret(ctx context.Context, uid string, sealed []byte) error {
+	orgID, err := s.rdb.Get(ctx, uidIndexKey(uid)).Result()
+	if errors.Is(err, redis.Nil) {
+		return fmt.Errorf("key %s: %w", uid, keys.ErrNotFound)
+	}
+	if err != nil {
+		return fail("reading key index", err)
+	}
+	cur, k, err := s.keyRecord(ctx, orgID, uid)
+	if err != nil {
+		return err
+	}
+	k.SealedSecret = slices.Clone(sealed)
+	b, err := json.Marshal(k)
+	if err != nil {
+		return fmt.Errorf("encoding key: %w", err)
+	}
+	n, err := replaceKeyScript.Run(ctx, s.rdb, []string{keyKey(orgID, uid)}, cur, b).Int64()
+	if err != nil {
+		return fail("running replace-key script", err)
+	}
+	switch n {
+	case replyOK:
+		return nil
+	case replyNotFound:
+		return fmt.Errorf("key %s: %w", uid, keys.ErrNotFound)
+	case replyChangedSince:
+		return fmt.Errorf("key %s changed concurrently: %w", uid, keys.ErrConflict)
+	default:
+		return fmt.Errorf("replace-key script: unexpected reply %d", n)
+	}
+}
+
+// KeyByHash returns the key whose secret hashes to h.
+func (s *Store) KeyByHash(ctx context.Context, h keys.SecretHash) (keys.Key, error) {
+	ref, err := s.rdb.Get(ctx, hashIndexKey(h.String())).Result()
+	if errors.Is(err, redis.Nil) {
+		return keys.Key{}, fmt.Errorf("key by hash: %w", keys.ErrNotFound)
+	}
+	if err != nil {
+		return keys.Key{}, fail("reading key hash index", err)
+	}
+	i := strings.LastIndexByte(ref, '/')
+	if i < 0 {
+		return keys.Key{}, fmt.Errorf("key hash index: malformed entry %q", ref)
+	}
+	_, k, err := s.keyRecord(ctx, ref[:i], ref[i+1:])
+	if err != nil {
+		return keys.Key{}, err
+	}
+	if k.SecretHash != h {
+		return keys.Key{}, fmt.Errorf("key by hash: %w", keys.ErrNotFound)
+	}
+	return k, nil
+}
+
+// KeyByUID returns the key with the given access_key.
+func (s *Store) KeyByUID(ctx context.Context, uid string) (keys.Key, error) {
+	orgID, err := s.rdb.Get(ctx, uidIndexKey(uid)).Result()
+	if errors.Is(err, redis.Nil) {
+		return keys.Key{}, fmt.Errorf("key %s: %w", uid, keys.ErrNotFound)
+	}
+	if err != nil {
+		return keys.Key{}, fail("reading key index", err)
+	}
+	_, k, err := s.keyRecord(ctx, orgID, uid)
+	return k, err
+}
+
+// keyRecord reads the record of a key, raw and decoded.
+func (s *Store) keyRecord(ctx context.Context, orgID, uid string) (string, keys.Key, error) {
+	v, err := s.rdb.Get(ctx, keyKey(orgID, uid)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", keys.Key{}, fmt.Errorf("key %s: %w", uid, keys.ErrNotFound)
+	}
+	if err != nil {
+		return "", keys.Key{}, fail("reading key", err)
+	}
+	k, err := decode[keys.Key]("key", v)
+	return v, k, err
+}
+
+// Keys lists the keys of an organization ordered by creation time, then name.
+func (s *Store) Keys(ctx context.Context, orgID string) ([]keys.Key, error) {
+	names, err := s.rdb.HGetAll(ctx, keyNamesKey(orgID)).Result()
+	if err != nil {
+		return nil, fail("listing keys", err)
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	ks := make([]string, 0, len(names))
+	for _, uid := range names {
+		ks = append(ks, keyKey(orgID, uid))
+	}
+	// One slot: MGET is valid on a Cluster.
+	vs, err := s.rdb.MGet(ctx, ks...).Result()
+	if err != nil {
+		return nil, fail("reading keys", err)
+	}
+	out := make([]keys.Key, 0, len(vs))
+	for _, v := range vs {
+		if v == nil {
+			continue // name without record
+		}
+		str, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("reading keys: unexpected reply %T", v)
+		}
+		k, err := decode[keys.Key]("key", str)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	slices.SortFunc(out, func(a, b keys.Key) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out, nil
+}
+
+// DeleteKey removes the key called name from an organization, returns it and
+// publishes its revocation. The secret-hash and uid indices are removed first,
+// so from that moment the key cannot authenticate even if the rest fails.
+// When the revocation cannot be published the key stays deleted, it is
+// returned and the error wraps keys.ErrUnavailable.
+func (s *Store) DeleteKey(ctx context.Context, orgID, name string) (keys.Key, error) {
+	uid, err := s.rdb.HGet(ctx, keyNamesKey(orgID), name).Result()
+	if errors.Is(err, redis.Nil) {
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+	}
+	if err != nil {
+		return keys.Key{}, fail("reading key name", err)
+	}
+	_, k, err := s.keyRecord(ctx, orgID, uid)
+	if err != nil {
+		return keys.Key{}, err
+	}
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, hashIndexKey(k.SecretHash.String()))
+		p.Del(ctx, uidIndexKey(uid))
+		return nil
+	})
+	if err != nil {
+		return keys.Key{}, fail("removing key indices", err)
+	}
+	v, err := deleteKeyScript.Run(ctx, s.rdb,
+		[]string{keyNamesKey(orgID), allocKey(orgID), keyKey(orgID, uid)},
+		name, uid,
+	).Text()
+	if errors.Is(err, redis.Nil) {
+		// Deleted meanwhile by someone else.
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+	}
+	if err != nil {
+		return keys.Key{}, fail("running delete-key script", err)
+	}
+	deleted, err := decode[keys.Key]("key", v)
+	if err != nil {
+		return keys.Key{}, err
+	}
+	return deleted, s.publish(ctx, keys.Revocation{OrgID: orgID, KeyUID: uid})
+}
+
+// ----- revocations -----
+
+// publish stamps r with the clock and publishes it.
+func (s *Store) publish(ctx context.Context, r keys.Revocation) error {
+	r.PublishedAt = s.now()
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encoding revocation: %w", err)
+	}
+	if err := s.rdb.Publish(ctx, revocationsChannel, b).Err(); err != nil {
+		return fail("publishing revocation (the change itself was made)", err)
+	}
+	return nil
+}
+
+// Watch subscribes to the revocation channel and calls fn, on Watch's own
+// goroutine, for every revocation, until ctx is done (it then returns
+// ctx.Err()) or the subscription breaks (an error wrapping
+// keys.ErrUnavailable). It delivers nothing before Redis has confirmed the
+// subscription. When the channel is quiet it pings the server every health
+// check interval, and a server that answers nothing for two intervals — or
+// cannot be reached at all — ends the watch. A message that cannot be
+// decoded also ends it, so the caller treats it as a gap rather than miss a
+// revocation.
+//
+// The client calls that may block (dialing, the handshake, reads) run on a
+// helper goroutine, because the client bounds them by its own timeouts
+// rather than by ctx. Watch never waits for them: when it returns, that
+// goroutine closes the subscription and ends as soon as the client lets it.
+func (s *Store) Watch(ctx context.Context, fn func(keys.Revocation)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sub := s.rdb.Subscribe(ctx) // no channel yet: does not connect
+	msgs := make(chan any)
+	errc := make(chan error, 1)
+	quit := make(chan struct{})
+	defer close(quit)
+	go s.receive(ctx, sub, msgs, errc, quit)
+
+	silence := 2 * s.healthCheck
+	timer := time.NewTimer(silence)
+	defer timer.Stop()
+	confirmed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errc:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !confirmed {
+				return fail("subscribing to revocations", err)
+			}
+			return fail("watching revocations", err)
+		case <-timer.C:
+			return fmt.Errorf("watching revocations: %w: no answer from redis within %s", keys.ErrUnavailable, silence)
+		case msg := <-msgs:
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" && m.Channel == revocationsChannel {
+					confirmed = true
+				}
+			case *redis.Pong:
+			case *redis.Message:
+				if confirmed && m.Channel == revocationsChannel {
+					var r keys.Revocation
+					if err := json.Unmarshal([]byte(m.Payload), &r); err != nil {
+						return fmt.Errorf("decoding revocation: %w", err)
+					}
+					fn(r)
+				}
+			default:
+				return fmt.Errorf("watching revocations: unexpected message %T", msg)
+			}
+			timer.Reset(silence)
+		}
+	}
+}
+
+// receive subscribes sub to the revocation channel and passes on every
+// message, pinging the server whenever a read waits a whole health check
+// interval. It reports the first error on errc and stops, closing sub, on an
+// error or once quit is closed.
+func (s *Store) receive(ctx context.Context, sub *redis.PubSub, msgs chan<- any, errc chan<- error, quit <-chan struct{}) {
+	defer func() { _ = sub.Close() }()
+	stop := context.AfterFunc(ctx, func() { _ = sub.Close() }) // interrupts a blocked read
+	defer stop()
+	if err := sub.Subscribe(ctx, revocationsChannel); err != nil {
+		errc <- err
+		return
+	}
+	for {
+		msg, err := sub.ReceiveTimeout(ctx, s.healthCheck)
+		select {
+		case <-quit:
+			return
+		default:
+		}
+		if isTimeout(err) && ctx.Err() == nil {
+			if err := sub.Ping(ctx); err != nil {
+				errc <- err
+				return
+			}
+			continue
+		}
+		if err != nil {
+			errc <- err
+			return
+		}
+		select {
+		case msgs <- msg:
+		case <-quit:
+			return
+		}
+	}
+}
+
+// ----- helpers -----
+
+// checkOrgID refuses organization ids that would break the hash tag.
+func checkOrgID(id string) error {
+	if id == "" {
+		return &keys.InvalidError{Field: "id", Reason: "must not be empty"}
+	}
+	if strings.ContainsAny(id, "{}") {
+		return &keys.InvalidError{Field: "id", Reason: "must not contain braces"}
+	}
+	return nil
+}
+
+// checkKey refuses keys the store cannot index.
+func checkKey(k keys.Key) error {
+	switch {
+	case k.UID == "" || strings.Contains(k.UID, "/"):
+		return &keys.InvalidError{Field: "uid", Reason: "must be non-empty and contain no slash"}
+	case k.Name == "":
+		return &keys.InvalidError{Field: "name", Reason: "must not be empty"}
+	case k.MaxAPIRequests != nil && *k.MaxAPIRequests < 0:
+		return &keys.InvalidError{Field: "max_api_requests", Reason: "must not be negative"}
+	}
+	return checkOrgID(k.OrgID)
+}
+
+// maxArg renders a per-key maximum as a script argument: "" for none.
+func maxArg(max *int64) string {
+	if max == nil {
+		return ""
+	}
+	return strconv.FormatInt(*max, 10)
+}
+
+func decode[T any](what, v string) (T, error) {
+	var out T
+	if err := json.Unmarshal([]byte(v), &out); err != nil {
+		return out, fmt.Errorf("decoding %s record: %w", what, err)
+	}
+	return out, nil
+}
+
+// fail wraps err with what the store was doing, and with keys.ErrUnavailable
+// when it means Redis could not be reached or could not answer in time.
+func fail(doing string, err error) error {
+	if unavailable(err) {
+		return fmt.Errorf("%s: %w: %w", doing, keys.ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", doing, err)
+}
+
+// unavailable reports whether err is a failure to reach Redis (network,
+// timeout, deadline, pool, a closed client, or a server that is loading or
+// whose cluster is down) rather than an answer.
+func unavailable(err error) bool {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, context.Canceled),
+		errors.Is(err, redis.ErrPoolTimeout),
+		errors.Is(err, redis.ErrPoolExhausted),
+		errors.Is(err, redis.ErrClosed),
+		errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, net.ErrClosed),
+		errors.Is(err, syscall.ECONNREFUSED),
+		errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE):
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	return redis.IsLoadingError(err) ||
+		redis.IsClusterDownError(err) ||
+		redis.IsTryAgainError(err) ||
+		redis.IsMasterDownError(err) ||
+		redis.IsMaxClientsError(err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,61 @@
+package proxy
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/keygate/keygate/keys"
+)
+
+// Credential headers. Whatever keygate reads from them is removed before
+// forwarding.
+const (
+	headerAPIKey          = "X-Api-Key"
+	headerAccessKey       = "X-Access-Key"
+	headerAccessSecret    = "X-Access-Secret"
+	headerAccessSignature = "X-Access-Signature"
+	headerAuthorization   = "Authorization"
+)
+
+// credential is what a request presented, and how.
+type credential struct {
+	keys.Credential
+	// bearer is set when the secret came from Authorization: Bearer, which
+	// must then not be forwarded.
+	bearer bool
+	// signature is set for the signed form (X-Access-Key + X-Access-Signature).
+	signature string
+}
+
+// credentialFrom finds the request's credential. Precedence: the
+// access-key pair (or signature), X-API-Key, then Authorization: Bearer. It
+// returns keys.ErrNoCredential when there is none, and never looks anything
+// up: it is pure and fuzzed.
+func credentialFrom(h http.Header) (credential, error) {
+	if ak := h.Get(headerAccessKey); ak != "" {
+		if sig := h.Get(headerAccessSignature); sig != "" {
+			return credential{Credential: keys.Credential{AccessKey: strings.TrimSpace(ak)}, signature: strings.TrimSpace(sig)}, nil
+		}
+		if s := h.Get(headerAccessSecret); s != "" {
+			return credential{Credential: keys.Credential{AccessKey: strings.TrimSpace(ak), Secret: strings.TrimSpace(s)}}, nil
+		}
+	}
+	if s := h.Get(headerAPIKey); s != "" {
+		return credential{Credential: keys.Credential{Secret: strings.TrimSpace(s)}}, nil
+	}
+	if s, ok := bearerToken(h.Get(headerAuthorization)); ok {
+		return credential{Credential: keys.Credential{Secret: s}, bearer: true}, nil
+	}
+	return credential{}, keys.ErrNoCredential
+}
+
+// bearerToken extracts the token of an "Authorization: Bearer" value; the
+// scheme is case-insensitive (RFC 9110 §11.1).
+func bearerToken(v string) (string, bool) {
+	const scheme = "bearer "
+	if len(v) <= len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
+		return "", false
+	}
+	t := strings.TrimSpace(v[len(scheme):])
+	return t, t != ""
+}

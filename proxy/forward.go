@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/quota"
+)
+
+// Identity headers keygate adds to forwarded requests.
+const (
+	headerOrgID       = "X-Keygate-Org-Id"
+	headerKeyID       = "X-Keygate-Key-Id"
+	headerKeyName     = "X-Keygate-Key-Name"
+	headerPermissions = "X-Keygate-Permissions"
+	// headerUsage is how the upstream reports metered usage; it never
+	// reaches the client.
+	headerUsage   = "X-Keygate-Usage"
+	keygatePrefix = "X-Keygate-"
+)
+
+// newTransport returns the upstream transport: a clone of the default with
+// timeouts and enough idle connections for a sidecar that talks to one
+// backend at high concurrency.
+func newTransport(upstreamTimeout time.Duration) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 0 // no global cap; the per-host cap below applies
+	t.MaxIdleConnsPerHost = 512
+	t.IdleConnTimeout = 90 * time.Second
+	t.ResponseHeaderTimeout = upstreamTimeout
+	t.DisableCompression = true // pass bodies through as the upstream sent them
+	t.ForceAttemptHTTP2 = false
+	return t
+}
+
+func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
+	transport := h.opt.Transport
+	if transport == nil {
+		transport = newTransport(h.opt.UpstreamTimeout)
+	}
+	up := h.opt.Upstream
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(up)
+			pr.Out.Host = pr.In.Host // the backend sees the host the client asked for
+			info, _ := pr.In.Context().Value(forwardKey{}).(*forwardInfo)
+			stripInbound(pr.Out.Header, info != nil && info.bearer)
+			// Keep the chain of proxies in front of keygate, then add the
+			// client's address.
+			if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
+				pr.Out.Header["X-Forwarded-For"] = xff
+			}
+			pr.SetXForwarded()
+			if info != nil {
+				setIdentity(pr.Out.Header, &info.p)
+			}
+		},
+		Transport:      &timedTransport{next: transport, m: h.opt.Metrics},
+		FlushInterval:  -1, // stream: every write reaches the client at once (SSE, chunked)
+		ModifyResponse: h.bookReportedUsage,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+				w.WriteHeader(499) // client went away; nobody reads this
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+				err = errors.Join(errUpstreamTimeout, err)
+			} else {
+				err = errors.Join(errUpstream, err)
+			}
+			p := classify(err, h.opt.Now())
+			if sw, ok := w.(*statusWriter); ok {
+				sw.onWrite = nil // an error body is not the upstream's egress
+				sw.outcome = p.outcome
+			}
+			h.log.Warn("upstream failed", zap.String("path", r.URL.Path), zap.Error(err))
+			writeDataProblem(w, p)
+		},
+	}
+}
+
+// stripInbound removes the credential headers keygate reads and every
+// client-sent X-Keygate-* header, so the upstream can trust the ones keygate
+// sets. Authorization goes only when keygate consumed its bearer token: next
+// to another credential form it is the backend's own.
+func stripInbound(h http.Header, bearerConsumed bool) {
+	h.Del(headerAPIKey)
+	h.Del(headerAccessKey)
+	h.Del(headerAccessSecret)
+	h.Del(headerAccessSignature)
+	if bearerConsumed {
+		h.Del(headerAuthorization)
+	}
+	for name := range h {
+		if len(name) >= len(keygatePrefix) && strings.EqualFold(name[:len(keygatePrefix)], keygatePrefix) {
+			delete(h, name)
+		}
+	}
+}
+
+func setIdentity(h http.Header, p *keys.Principal) {
+	h.Set(headerOrgID, p.Key.OrgID)
+	h.Set(headerKeyID, p.Key.UID)
+	h.Set(headerKeyName, p.Key.Name)
+	h.Set(headerPermissions, keys.JoinPermissions(p.Key.Permissions))
+}
+
+// timedTransport measures the upstream's time to response headers.
+type timedTransport struct {
+	next http.RoundTripper
+	m    *Metrics
+}
+
+func (t *timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.next.RoundTrip(r)
+	t.m.upstream(time.Since(start))
+	return resp, err
+}
+
+// statusWriter records the status and counts the body bytes of a response.
+// It unwraps for http.ResponseController, so flushing reaches the client.
+type statusWriter struct {
+	http.ResponseWriter
+	status  int
+	outcome string // set by the reverse proxy's error handler
+	onWrite func(n int)
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	if w.onWrite != nil && n > 0 {
+		w.onWrite(n)
+	}
+	return n, err
+}
+
+// Unwrap exposes the underlying writer to http.ResponseController.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush lets pre-ResponseController code flush through the wrapper.
+func (w *statusWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
+
+// forwardKey carries a forwarded request's forwardInfo through its context.
+type forwardKey struct{}
+
+// forwardInfo is what Rewrite and ModifyResponse need to know of a request
+// the data path admitted.
+type forwardInfo struct {
+	p      keys.Principal
+	period quota.Period
+	at     time.Time
+	// bearer is set when the credential was an Authorization bearer token.
+	bearer bool
+}
+
+// countingBody books the bytes read from a request body of unknown length.
+type countingBody struct {
+	io.ReadCloser
+	book *usageBook
+	info *forwardInfo
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.book.add(b.info.p.Key.OrgID, quota.Meter{Name: meterIngress, Period: b.info.period}, int64(n), b.info.at)
+	}
+	return n, err
+}

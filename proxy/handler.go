@@ -1,0 +1,283 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/quota"
+)
+
+// Options configure a Handler. Upstream, Store, Auth and Counter are
+// required.
+type Options struct {
+	// Upstream is the backend requests are forwarded to.
+	Upstream *url.URL
+	Store    keys.Store
+	Auth     *keys.Authenticator
+	Counter  quota.Counter
+	// Rules set permissions and costs per route.
+	Rules Rules
+	// FailOpen admits verified keys uncounted while the store is
+	// unreachable; otherwise such requests get 503.
+	FailOpen bool
+	// StoreTimeout bounds the store calls of one request (default 250ms).
+	StoreTimeout time.Duration
+	// UpstreamTimeout bounds the wait for the upstream's response headers
+	// (default 60s); past it the client gets 504.
+	UpstreamTimeout time.Duration
+	// TSSkew is how far the ts parameter of partner and signed requests may
+	// be from now (default 5m).
+	TSSkew time.Duration
+	// Provider is the provider field of the stats routes (default keygate).
+	Provider string
+	// Transport replaces the upstream transport (tests).
+	Transport http.RoundTripper
+	Log       *zap.Logger
+	Metrics   *Metrics
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Handler serves the data listener: the self-served routes of routes.go and,
+// for everything else, the authenticated, counted, forwarded data path. It is
+// safe for concurrent use; create it with New.
+type Handler struct {
+	opt     Options
+	log     *zap.Logger
+	access  *zap.Logger
+	forward *httputil.ReverseProxy
+	routes  routeTable
+	usage   *usageBook
+
+	// tokenPrefix and tokenSeq make each charge's idempotency token unique
+	// across sidecars and requests.
+	tokenPrefix string
+	tokenSeq    atomic.Uint64
+	// lastFailOpenLog rate-limits the fail-open warning (unix nanos).
+	lastFailOpenLog atomic.Int64
+}
+
+// New returns a Handler for o.
+func New(o Options) *Handler {
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 250 * time.Millisecond
+	}
+	if o.UpstreamTimeout <= 0 {
+		o.UpstreamTimeout = 60 * time.Second
+	}
+	if o.TSSkew <= 0 {
+		o.TSSkew = 5 * time.Minute
+	}
+	if o.Provider == "" {
+		o.Provider = "keygate"
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	var p [6]byte
+	_, _ = rand.Read(p[:])
+	h := &Handler{
+		opt:         o,
+		log:         o.Log.Named("proxy"),
+		access:      o.Log.Named("access"),
+		usage:       newUsageBook(),
+		tokenPrefix: hex.EncodeToString(p[:]) + "-",
+	}
+	h.forward = h.newReverseProxy()
+	h.routes = h.selfRoutes()
+	return h
+}
+
+// accessRecord collects what the access log line and metrics of a request
+// say about it.
+type accessRecord struct {
+	org, key, outcome string
+}
+
+// ServeHTTP routes self-served paths to their handlers and proxies the rest.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.opt.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	rec := &accessRecord{}
+	if route, ok := h.routes.lookup(r.Method, r.URL.Path); ok {
+		route(sw, r, rec)
+	} else {
+		h.serveData(sw, r, rec, start)
+	}
+	h.finish(r, sw, rec, start)
+}
+
+// serveData is the data path: credential → principal → permission → charge
+// → forward.
+func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord, now time.Time) {
+	cred, err := credentialFrom(r.Header)
+	if err != nil {
+		h.fail(w, r, rec, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.opt.StoreTimeout)
+	p, err := h.authenticate(ctx, r, cred)
+	if err != nil {
+		cancel()
+		h.fail(w, r, rec, err)
+		return
+	}
+	rec.org, rec.key = p.Key.OrgID, p.Key.UID
+	d := h.opt.Rules.match(r.Method, r.URL.Path)
+	if !p.Can(d.permission) {
+		cancel()
+		h.fail(w, r, rec, &keys.PermissionError{Need: d.permission})
+		return
+	}
+	period := planPeriod(p.Plan)
+	res, err := h.charge(ctx, p, period, d.cost, now)
+	cancel()
+	switch {
+	case err == nil:
+		setRateLimit(w.Header(), p, res, now)
+	case h.opt.FailOpen && errors.Is(err, quota.ErrUnavailable):
+		h.failOpen(p, err)
+	default:
+		h.fail(w, r, rec, err)
+		return
+	}
+	rec.outcome = outcomeAdmitted
+	info := &forwardInfo{p: p, period: period, at: now, bearer: cred.bearer}
+	org := p.Key.OrgID
+	if r.ContentLength > 0 {
+		h.usage.add(org, quota.Meter{Name: meterIngress, Period: period}, r.ContentLength, now)
+	} else if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{ReadCloser: r.Body, book: h.usage, info: info}
+	}
+	w.onWrite = func(n int) { h.usage.add(org, quota.Meter{Name: meterEgress, Period: period}, int64(n), now) }
+	h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, info)))
+}
+
+// planPeriod returns the plan's period. Plans are validated when created, so
+// a bad one cannot occur; month is the safe reading if it does.
+func planPeriod(pl keys.Plan) quota.Period {
+	period, err := quota.ParsePeriod(pl.Period)
+	if err != nil {
+		return quota.PeriodMonth
+	}
+	return period
+}
+
+// authenticate turns a request's credential into a principal, timing the
+// store call. The request is needed to verify signed requests.
+func (h *Handler) authenticate(ctx context.Context, r *http.Request, c credential) (keys.Principal, error) {
+	if c.signature != "" {
+		return keys.Principal{}, keys.ErrInvalidCredential // signed requests: see signing.go
+	}
+	start := time.Now()
+	p, err := h.opt.Auth.Authenticate(ctx, c.Credential)
+	h.opt.Metrics.store("authenticate", time.Since(start), errors.Is(err, keys.ErrUnavailable))
+	return p, err
+}
+
+// charge counts cost against the principal's key and organization.
+func (h *Handler) charge(ctx context.Context, p keys.Principal, period quota.Period, cost int64, now time.Time) (quota.Result, error) {
+	orgMax, _ := p.Org.RequestQuota(p.Plan)
+	c := quota.Charge{
+		OrgID:  p.Key.OrgID,
+		KeyID:  p.Key.UID,
+		Cost:   cost,
+		OrgMax: orgMax,
+		KeyMax: p.Key.KeyMax(),
+		Period: period,
+		At:     now,
+		Token:  h.tokenPrefix + strconv.FormatUint(h.tokenSeq.Add(1), 36),
+	}
+	start := time.Now()
+	res, err := h.opt.Counter.Charge(ctx, c)
+	h.opt.Metrics.store("charge", time.Since(start), errors.Is(err, quota.ErrUnavailable))
+	if err == nil {
+		h.opt.Metrics.quota(p.Key.OrgID, period.String(), res.OrgUsed, orgMax)
+	}
+	return res, err
+}
+
+// failOpen records an uncounted admission during a store outage.
+func (h *Handler) failOpen(p keys.Principal, err error) {
+	h.opt.Metrics.failOpen()
+	now := time.Now().UnixNano()
+	last := h.lastFailOpenLog.Load()
+	if now-last >= int64(10*time.Second) && h.lastFailOpenLog.CompareAndSwap(last, now) {
+		h.log.Warn("store unreachable: admitting verified keys uncounted (KEYGATE_FAILURE_MODE=open)",
+			zap.String("org_id", p.Key.OrgID), zap.Error(err))
+	}
+}
+
+// fail answers a data-path request with the error's problem.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, rec *accessRecord, err error) {
+	p := classify(err, h.opt.Now())
+	rec.outcome = p.outcome
+	if p.internal {
+		h.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
+	}
+	writeDataProblem(w, p)
+}
+
+// finish writes the access log line and the request metrics.
+func (h *Handler) finish(r *http.Request, sw *statusWriter, rec *accessRecord, start time.Time) {
+	d := h.opt.Now().Sub(start)
+	if sw.outcome != "" {
+		rec.outcome = sw.outcome
+	}
+	status := sw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	h.opt.Metrics.request(rec.org, rec.outcome, status, d)
+	if ce := h.access.Check(zap.InfoLevel, "request"); ce != nil {
+		ce.Write(
+			zap.String("method", r.Method),
+			zap.String("path", r.URL.Path), // never the query: it may carry credentials
+			zap.Int("status", status),
+			zap.Duration("duration", d),
+			zap.String("org_id", rec.org),
+			zap.String("key_uid", rec.key),
+			zap.String("outcome", rec.outcome),
+		)
+	}
+}
+
+// setRateLimit writes the IETF RateLimit-Policy and RateLimit headers
+// (draft-ietf-httpapi-ratelimit-headers) for the tighter of the key's and the
+// organization's quotas. Unlimited principals get none.
+func setRateLimit(h http.Header, p keys.Principal, res quota.Result, now time.Time) {
+	orgMax, _ := p.Org.RequestQuota(p.Plan)
+	keyMax := p.Key.KeyMax()
+	name, limit, used := "", int64(-1), int64(0)
+	if orgMax >= 0 {
+		name, limit, used = "org", orgMax, res.OrgUsed
+	}
+	if keyMax >= 0 && (limit < 0 || keyMax-res.KeyUsed < limit-used) {
+		name, limit, used = "key", keyMax, res.KeyUsed
+	}
+	if limit < 0 {
+		return
+	}
+	policy := `"` + name + `";q=` + strconv.FormatInt(limit, 10)
+	state := `"` + name + `";r=` + strconv.FormatInt(max(limit-used, 0), 10)
+	if w := res.Window; !w.End.IsZero() {
+		policy += ";w=" + strconv.FormatInt(int64(w.End.Sub(w.Start)/time.Second), 10)
+		state += ";t=" + strconv.FormatInt(int64((w.Remaining(now)+time.Second-1)/time.Second), 10)
+	}
+	h.Set("RateLimit-Policy", policy)
+	h.Set("RateLimit", state)
+}

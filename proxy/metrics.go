@@ -1,0 +1,256 @@
+package proxy
+
+import (
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// orgOther is the org label of organizations past the cardinality cap, and
+// orgNone that of requests without an authenticated organization.
+const (
+	orgOther = "other"
+	orgNone  = "none"
+)
+
+// Metrics are keygate's Prometheus metrics. Build them with NewMetrics on a
+// registry of the caller's; a nil *Metrics records nothing. Safe for
+// concurrent use.
+type Metrics struct {
+	requests         *prometheus.CounterVec
+	requestDuration  prometheus.Histogram
+	upstreamDuration prometheus.Histogram
+	storeDuration    *prometheus.HistogramVec
+	storeErrors      *prometheus.CounterVec
+	quotaUsage       *prometheus.GaugeVec
+	quotaLimit       *prometheus.GaugeVec
+	quotaRatio       *prometheus.GaugeVec
+	failOpenAdmits   prometheus.Counter
+	authCache        *prometheus.CounterVec
+	revocations      prometheus.Counter
+	revocationLag    prometheus.Histogram
+
+	orgs *orgLabels
+}
+
+// NewMetrics registers keygate's metrics on reg. maxOrgs caps the number of
+// distinct org label values; later organizations are folded into "other".
+func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
+	latency := []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_requests_total",
+			Help: "Requests handled, by organization, outcome and status class.",
+		}, []string{"org", "outcome", "status_class"}),
+		requestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keygate_request_duration_seconds",
+			Help:    "Time from receiving a request to the end of its response, upstream included.",
+			Buckets: latency,
+		}),
+		upstreamDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keygate_upstream_duration_seconds",
+			Help:    "Time the upstream took to answer with response headers.",
+			Buckets: latency,
+		}),
+		storeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keygate_store_duration_seconds",
+			Help:    "Duration of store calls on the request path, by operation.",
+			Buckets: latency,
+		}, []string{"op"}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_store_errors_total",
+			Help: "Store calls that failed because the store was unreachable or too slow, by operation.",
+		}, []string{"op"}),
+		quotaUsage: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keygate_quota_usage",
+			Help: "Usage of a meter by an organization in the current window of its period, as last seen by this sidecar.",
+		}, []string{"org", "meter", "period"}),
+		quotaLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keygate_quota_limit",
+			Help: "Limit of a meter for an organization per window of its period.",
+		}, []string{"org", "meter", "period"}),
+		quotaRatio: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keygate_quota_usage_ratio",
+			Help: "Share of the organization's request quota used in the current window (0 to 1).",
+		}, []string{"org"}),
+		failOpenAdmits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_fail_open_admits_total",
+			Help: "Requests admitted without being counted because the store was unreachable (KEYGATE_FAILURE_MODE=open).",
+		}),
+		authCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_auth_cache_lookups_total",
+			Help: "Credential lookups by result: hit (local cache), miss (store read), stale (cache used during a store outage).",
+		}, []string{"result"}),
+		revocations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_revocations_received_total",
+			Help: "Revocations received from the store and applied to the local cache.",
+		}),
+		revocationLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keygate_revocation_lag_seconds",
+			Help:    "Time from a revocation's publication to its application on this sidecar.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 5},
+		}),
+		orgs: &orgLabels{max: maxOrgs, seen: make(map[string]struct{})},
+	}
+	version, revision := buildVersion()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keygate_build_info",
+		Help: "Always 1; labels describe the running build.",
+	}, []string{"version", "revision", "goversion"})
+	build.WithLabelValues(version, revision, goVersion()).Set(1)
+	reg.MustRegister(m.requests, m.requestDuration, m.upstreamDuration, m.storeDuration, m.storeErrors,
+		m.quotaUsage, m.quotaLimit, m.quotaRatio, m.failOpenAdmits, m.authCache, m.revocations, m.revocationLag, build)
+	return m
+}
+
+func buildVersion() (version, revision string) {
+	version, revision = "devel", "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			version = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				revision = s.Value
+			}
+		}
+	}
+	return version, revision
+}
+
+func goVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.GoVersion
+	}
+	return "unknown"
+}
+
+// orgLabels caps the org label's cardinality.
+type orgLabels struct {
+	max  int
+	mu   sync.RWMutex
+	seen map[string]struct{}
+}
+
+// label returns org if it is (or can become) one of the first max
+// organizations seen, else "other".
+func (o *orgLabels) label(org string) string {
+	if org == "" {
+		return orgNone
+	}
+	o.mu.RLock()
+	_, ok := o.seen[org]
+	o.mu.RUnlock()
+	if ok {
+		return org
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.seen[org]; ok {
+		return org
+	}
+	if len(o.seen) >= o.max {
+		return orgOther
+	}
+	o.seen[org] = struct{}{}
+	return org
+}
+
+func statusClass(status int) string {
+	switch {
+	case status >= 500:
+		return "5xx"
+	case status >= 400:
+		return "4xx"
+	case status >= 300:
+		return "3xx"
+	case status >= 200:
+		return "2xx"
+	default:
+		return "1xx"
+	}
+}
+
+func (m *Metrics) request(org, outcome string, status int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.requests.WithLabelValues(m.orgs.label(org), outcome, statusClass(status)).Inc()
+	m.requestDuration.Observe(d.Seconds())
+}
+
+func (m *Metrics) upstream(d time.Duration) {
+	if m != nil {
+		m.upstreamDuration.Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) store(op string, d time.Duration, unavailable bool) {
+	if m == nil {
+		return
+	}
+	m.storeDuration.WithLabelValues(op).Observe(d.Seconds())
+	if unavailable {
+		m.storeErrors.WithLabelValues(op).Inc()
+	}
+}
+
+// quota records an organization's request usage and limit after a charge.
+func (m *Metrics) quota(org, period string, used, limit int64) {
+	if m == nil {
+		return
+	}
+	l := m.orgs.label(org)
+	if l == orgOther {
+		return // a folded gauge would mix organizations' values
+	}
+	m.quotaUsage.WithLabelValues(l, "requests", period).Set(float64(used))
+	if limit >= 0 {
+		m.quotaLimit.WithLabelValues(l, "requests", period).Set(float64(limit))
+		if limit > 0 {
+			m.quotaRatio.WithLabelValues(l).Set(float64(used) / float64(limit))
+		} else {
+			m.quotaRatio.WithLabelValues(l).Set(1)
+		}
+	}
+}
+
+// meter records a meter's usage and limit (limit < 0: none).
+func (m *Metrics) meter(org, meter, period string, used, limit int64) {
+	if m == nil {
+		return
+	}
+	l := m.orgs.label(org)
+	if l == orgOther {
+		return
+	}
+	m.quotaUsage.WithLabelValues(l, meter, period).Set(float64(used))
+	if limit >= 0 {
+		m.quotaLimit.WithLabelValues(l, meter, period).Set(float64(limit))
+	}
+}
+
+func (m *Metrics) failOpen() {
+	if m != nil {
+		m.failOpenAdmits.Inc()
+	}
+}
+
+// AuthLookup counts a credential lookup; pass it as keys.AuthOptions.OnLookup.
+func (m *Metrics) AuthLookup(result string) {
+	if m != nil {
+		m.authCache.WithLabelValues(result).Inc()
+	}
+}
+
+// Revocation counts a received revocation and its lag; pass it as
+// keys.AuthOptions.OnRevocation.
+func (m *Metrics) Revocation(lag time.Duration) {
+	if m == nil {
+		return
+	}
+	m.revocations.Inc()
+	m.revocationLag.Observe(max(lag, 0).Seconds())
+}

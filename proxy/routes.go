@@ -1,0 +1,38 @@
+package proxy
+
+import (
+	"net/http"
+)
+
+// selfHandler serves a self-served route; it fills rec for the access log.
+type selfHandler func(w http.ResponseWriter, r *http.Request, rec *accessRecord)
+
+// routeTable maps path → method → handler. Paths match exactly: keygate's
+// own routes never shadow an upstream path below them.
+type routeTable map[string]map[string]selfHandler
+
+func (t routeTable) add(method, path string, h selfHandler) {
+	if t[path] == nil {
+		t[path] = make(map[string]selfHandler)
+	}
+	t[path][method] = h
+}
+
+// lookup returns the handler of a self-served route. A self-served path
+// asked with another method goes upstream like any other request.
+func (t routeTable) lookup(method, path string) (selfHandler, bool) {
+	m, ok := t[path]
+	if !ok {
+		return nil, false
+	}
+	h, ok := m[method]
+	return h, ok
+}
+
+// selfRoutes lists every route keygate answers itself on the data listener.
+func (h *Handler) selfRoutes() routeTable {
+	t := routeTable{}
+	// seed 002
+	t.add(http.MethodGet, "/api/v1/account", h.handleAccount)
+	return t
+}

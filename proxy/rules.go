@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/keygate/keygate/keys"
+)
+
+// Rule sets the permission and cost of the requests it matches.
+type Rule struct {
+	// Method is an HTTP method, or "*" (or empty) for any.
+	Method string `yaml:"method" json:"method"`
+	// Path is an exact path, a pattern in path.Match syntax, or a prefix
+	// ending in "/*" that matches everything below it at any depth.
+	Path string `yaml:"path" json:"path"`
+	// Permission is the permission the key needs; empty keeps the default
+	// (read for GET/HEAD/OPTIONS, write otherwise).
+	Permission keys.Permission `yaml:"permission" json:"permission"`
+	// Cost is charged to the quota; nil keeps the default of 1. Zero makes
+	// the route free.
+	Cost *int64 `yaml:"cost" json:"cost"`
+}
+
+// maxCost bounds a rule's cost so that a typo cannot drain a quota at once.
+const maxCost = 1_000_000
+
+// Rules are route rules in order: the first that matches wins. The zero
+// value matches nothing, so every request gets the default rule.
+type Rules struct {
+	rules []Rule
+}
+
+// decision is the outcome of matching a request against the rules.
+type decision struct {
+	permission keys.Permission
+	cost       int64
+}
+
+// match returns the permission and cost of a request.
+func (rs Rules) match(method, p string) decision {
+	for _, r := range rs.rules {
+		if (r.Method == "" || r.Method == "*" || r.Method == method) && matchPath(r.Path, p) {
+			d := defaultDecision(method)
+			if r.Permission != "" {
+				d.permission = r.Permission
+			}
+			if r.Cost != nil {
+				d.cost = *r.Cost
+			}
+			return d
+		}
+	}
+	return defaultDecision(method)
+}
+
+func defaultDecision(method string) decision {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return decision{permission: keys.PermRead, cost: 1}
+	default:
+		return decision{permission: keys.PermWrite, cost: 1}
+	}
+}
+
+func matchPath(pattern, p string) bool {
+	if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
+		return p == prefix || strings.HasPrefix(p, prefix+"/")
+	}
+	if !strings.ContainsAny(pattern, "*?[\\") {
+		return pattern == p
+	}
+	ok, _ := path.Match(pattern, p) // patterns are validated at load time
+	return ok
+}
+
+// LoadRules reads route rules from a YAML (or JSON, a subset of YAML) file:
+// a list of {method, path, permission, cost}. An empty name means no rules.
+// An invalid rule is reported with its position and content.
+func LoadRules(name string) (Rules, error) {
+	if name == "" {
+		return Rules{}, nil
+	}
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return Rules{}, fmt.Errorf("reading route rules: %w", err)
+	}
+	return ParseRules(b)
+}
+
+// ParseRules parses route rules; see LoadRules.
+func ParseRules(b []byte) (Rules, error) {
+	var rules []Rule
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&rules); err != nil && !errors.Is(err, io.EOF) {
+		return Rules{}, fmt.Errorf("route rules: %w", err)
+	}
+	for i, r := range rules {
+		if err := r.validate(); err != nil {
+			return Rules{}, fmt.Errorf("route rule %d (%s %s): %w", i+1, r.Method, r.Path, err)
+		}
+	}
+	return Rules{rules: rules}, nil
+}
+
+func (r Rule) validate() error {
+	if r.Method != "" && r.Method != "*" && (strings.ToUpper(r.Method) != r.Method || strings.ContainsAny(r.Method, " /")) {
+		return fmt.Errorf("method %q: want an upper-case HTTP method or *", r.Method)
+	}
+	if !strings.HasPrefix(r.Path, "/") {
+		return fmt.Errorf("path %q: must start with /", r.Path)
+	}
+	if _, err := path.Match(strings.TrimSuffix(r.Path, "/*"), "/"); err != nil {
+		return fmt.Errorf("path %q: %w", r.Path, err)
+	}
+	if r.Permission != "" {
+		if _, err := keys.ParsePermission(string(r.Permission)); err != nil {
+			return err
+		}
+	}
+	if r.Cost != nil && (*r.Cost < 0 || *r.Cost > maxCost) {
+		return fmt.Errorf("cost %d: must be between 0 and %d", *r.Cost, maxCost)
+	}
+	return nil
+}

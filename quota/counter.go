@@ -1,0 +1,105 @@
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Charge asks to count one request of Cost against a key and its
+// organization. Maxima below zero mean no limit.
+type Charge struct {
+	OrgID  string
+	KeyID  string
+	Cost   int64
+	OrgMax int64
+	KeyMax int64
+	Period Period
+	// At is the instant of the request; it picks the window.
+	At time.Time
+	// Token identifies this request: a charge retried with the same Token
+	// (after a lost reply) returns the first result and counts once. Empty
+	// means no protection.
+	Token string
+	// Nonce, when set, may be used once until NonceUntil: a second charge
+	// with the same Nonce is refused with ErrReplay and counts nothing. It
+	// carries the replay check of signed requests in the same round trip.
+	Nonce      string
+	NonceUntil time.Time
+}
+
+// Result is the state of both counters after an admitted charge.
+type Result struct {
+	OrgUsed int64
+	KeyUsed int64
+	Window  Window
+}
+
+// Scope names which quota ran out.
+type Scope string
+
+// The two quotas a charge is checked against.
+const (
+	ScopeKey Scope = "key"
+	ScopeOrg Scope = "organization"
+)
+
+// ExceededError reports a refused charge: nothing was counted.
+type ExceededError struct {
+	Scope Scope
+	Limit int64
+	// Used is the usage of that quota, unchanged by the refused charge.
+	Used   int64
+	Window Window
+}
+
+func (e *ExceededError) Error() string {
+	return fmt.Sprintf("%s quota of %d requests exhausted", e.Scope, e.Limit)
+}
+
+var (
+	// ErrUnavailable means the counter store could not be reached in time;
+	// whether the charge was counted is unknown.
+	ErrUnavailable = errors.New("quota store unavailable")
+	// ErrReplay means the charge's Nonce was used before.
+	ErrReplay = errors.New("nonce already used")
+)
+
+// Usage is what an organization and one of its keys used in a window.
+type Usage struct {
+	Org    int64
+	Key    int64
+	Window Window
+}
+
+// Meter is a named quantity counted per window of its period: "ingress" and
+// "egress" bytes per plan period, or upstream-reported meters such as
+// "pinned_bytes" with PeriodNone (running totals).
+type Meter struct {
+	Name   string
+	Period Period
+}
+
+// MeterDelta adds Delta (which may be negative) to a meter.
+type MeterDelta struct {
+	Meter Meter
+	Delta int64
+}
+
+// Counter counts requests and meters. Implementations are safe for concurrent
+// use, never read the clock (every instant is passed in), and translate store
+// failures into errors wrapping ErrUnavailable.
+type Counter interface {
+	// Charge applies the quota rule atomically. A refusal returns
+	// *ExceededError (or ErrReplay) and changes nothing.
+	Charge(ctx context.Context, c Charge) (Result, error)
+	// Usage reads the request counters of an organization and, when keyID is
+	// not empty, of one key, in the window of period at at.
+	Usage(ctx context.Context, orgID, keyID string, period Period, at time.Time) (Usage, error)
+	// Add books meter deltas for an organization in the windows at at.
+	Add(ctx context.Context, orgID string, at time.Time, deltas []MeterDelta) error
+	// Meters reads meters of an organization in the windows at at, in the
+	// order asked.
+	Meters(ctx context.Context, orgID string, at time.Time, meters []Meter) ([]int64, error)
+}

@@ -1,0 +1,252 @@
+// Package memcounter is the in-memory quota.Counter: the embedded store of a
+// single keygate process (nothing shared, nothing persisted). It answers
+// exactly as quota/rediscounter does — both pass quota/countertest — and
+// keeps the same entries: counters per window, meters per window, the
+// replies of tokens and the used nonces, each with its expiry.
+//
+// It never reads the clock: entries expire by the instants passed in
+// (Charge.At and the at of the other methods), and expired ones are pruned
+// lazily, at most once per second of those instants.
+package memcounter
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keygate/keygate/quota"
+)
+
+// tokenTTL is how long a charge's result is kept under its token, as in
+// rediscounter.
+const tokenTTL = 5 * time.Second
+
+// sweepEvery is the least time, in the instants passed in, between two
+// prunings of expired entries.
+const sweepEvery = time.Second
+
+// Counter is an in-memory quota.Counter. It is safe for concurrent use (one
+// mutex). The zero value is not usable; call New.
+type Counter struct {
+	mu        sync.Mutex
+	counts    map[countKey]count
+	tokens    map[tagKey]tokenReply
+	nonces    map[tagKey]time.Time // the nonce's expiry; zero = never
+	lastSweep time.Time
+}
+
+var _ quota.Counter = (*Counter)(nil)
+
+// Kinds of counted values, as in rediscounter's key names.
+const (
+	kindOrg   = "q:org"
+	kindKey   = "q:key"
+	kindMeter = "m"
+)
+
+// countKey names a counter as rediscounter's keys do: org, kind, the key id
+// or meter name (empty for the org counter), window.
+type countKey struct {
+	org, kind, name, window string
+}
+
+type count struct {
+	n        int64
+	expireAt time.Time // zero = never
+}
+
+// tagKey names a token or a nonce of an org.
+type tagKey struct{ org, tag string }
+
+// tokenReply is what rediscounter stores under a token.
+type tokenReply struct {
+	status           int
+	orgUsed, keyUsed int64
+	expireAt         time.Time
+}
+
+// Statuses of a charge, as in rediscounter's charge.lua.
+const (
+	statusAdmitted   = 1
+	statusRefusedKey = 0
+	statusRefusedOrg = -1
+	statusReplay     = -2
+)
+
+// New returns an empty Counter.
+func New() *Counter {
+	return &Counter{
+		counts: make(map[countKey]count),
+		tokens: make(map[tagKey]tokenReply),
+		nonces: make(map[tagKey]time.Time),
+	}
+}
+
+// Charge applies the quota rule: a token seen before returns its first
+// result, a used nonce is a replay, then both limits are checked (the key's
+// first) before both counters grow.
+func (c *Counter) Charge(_ context.Context, ch quota.Charge) (quota.Result, error) {
+	if !validOrg(ch.OrgID) {
+		return quota.Result{}, invalidOrg(ch.OrgID)
+	}
+	if ch.Cost < 0 {
+		return quota.Result{}, fmt.Errorf("charging org %s: negative cost %d", ch.OrgID, ch.Cost)
+	}
+	w := ch.Period.Window(ch.At)
+	c.mu.Lock()
+	c.sweep(ch.At)
+	r := c.charge(ch, w)
+	c.mu.Unlock()
+	return result(ch, w, r)
+}
+
+// charge runs under c.mu.
+func (c *Counter) charge(ch quota.Charge, w quota.Window) tokenReply {
+	tk := tagKey{ch.OrgID, ch.Token}
+	if ch.Token != "" {
+		if r, ok := c.tokens[tk]; ok && live(r.expireAt, ch.At) {
+			return r
+		}
+	}
+	reply := func(status int, org, key int64) tokenReply {
+		r := tokenReply{status: status, orgUsed: org, keyUsed: key}
+		if ch.Token != "" {
+			r.expireAt = ch.At.Add(tokenTTL)
+			c.tokens[tk] = r
+		}
+		return r
+	}
+	nk := tagKey{ch.OrgID, ch.Nonce}
+	if ch.Nonce != "" {
+		if until, ok := c.nonces[nk]; ok && live(until, ch.At) {
+			return reply(statusReplay, 0, 0)
+		}
+	}
+	ok := countKey{ch.OrgID, kindOrg, "", w.ID}
+	kk := countKey{ch.OrgID, kindKey, ch.KeyID, w.ID}
+	org, key := c.get(ok, ch.At), c.get(kk, ch.At)
+	if ch.Cost > 0 {
+		if ch.KeyMax >= 0 && key+ch.Cost > ch.KeyMax {
+			return reply(statusRefusedKey, org, key)
+		}
+		if ch.OrgMax >= 0 && org+ch.Cost > ch.OrgMax {
+			return reply(statusRefusedOrg, org, key)
+		}
+		org += ch.Cost
+		key += ch.Cost
+		c.counts[ok] = count{n: org, expireAt: w.ExpireAt()}
+		c.counts[kk] = count{n: key, expireAt: w.ExpireAt()}
+	}
+	// rediscounter keeps a nonce's expiry in milliseconds; so does this.
+	if until := ch.NonceUntil.Truncate(time.Millisecond); ch.Nonce != "" && (until.IsZero() || until.After(ch.At)) {
+		c.nonces[nk] = until
+	}
+	return reply(statusAdmitted, org, key)
+}
+
+// result turns a reply into what Charge returns, as rediscounter does.
+func result(ch quota.Charge, w quota.Window, r tokenReply) (quota.Result, error) {
+	switch r.status {
+	case statusRefusedKey:
+		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeKey, Limit: ch.KeyMax, Used: r.keyUsed, Window: w}
+	case statusRefusedOrg:
+		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: r.orgUsed, Window: w}
+	case statusReplay:
+		return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, quota.ErrReplay)
+	}
+	return quota.Result{OrgUsed: r.orgUsed, KeyUsed: r.keyUsed, Window: w}, nil
+}
+
+// Usage reads the org's and, when keyID is set, the key's counter.
+func (c *Counter) Usage(_ context.Context, orgID, keyID string, period quota.Period, at time.Time) (quota.Usage, error) {
+	if !validOrg(orgID) {
+		return quota.Usage{}, invalidOrg(orgID)
+	}
+	w := period.Window(at)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sweep(at)
+	u := quota.Usage{Window: w, Org: c.get(countKey{orgID, kindOrg, "", w.ID}, at)}
+	if keyID != "" {
+		u.Key = c.get(countKey{orgID, kindKey, keyID, w.ID}, at)
+	}
+	return u, nil
+}
+
+// Add books the deltas, each in the window of its meter's period at at.
+func (c *Counter) Add(_ context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) error {
+	if !validOrg(orgID) {
+		return invalidOrg(orgID)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sweep(at)
+	for _, d := range deltas {
+		w := d.Meter.Period.Window(at)
+		k := countKey{orgID, kindMeter, d.Meter.Name, w.ID}
+		c.counts[k] = count{n: c.get(k, at) + d.Delta, expireAt: w.ExpireAt()}
+	}
+	return nil
+}
+
+// Meters reads the meters in the order asked.
+func (c *Counter) Meters(_ context.Context, orgID string, at time.Time, meters []quota.Meter) ([]int64, error) {
+	if !validOrg(orgID) {
+		return nil, invalidOrg(orgID)
+	}
+	out := make([]int64, len(meters))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sweep(at)
+	for i, m := range meters {
+		out[i] = c.get(countKey{orgID, kindMeter, m.Name, m.Period.Window(at).ID}, at)
+	}
+	return out, nil
+}
+
+// get returns a counter's value at at; an expired one reads as zero. Under c.mu.
+func (c *Counter) get(k countKey, at time.Time) int64 {
+	if v, ok := c.counts[k]; ok && live(v.expireAt, at) {
+		return v.n
+	}
+	return 0
+}
+
+// live reports whether an entry expiring at expireAt (zero = never) still
+// exists at at.
+func live(expireAt, at time.Time) bool { return expireAt.IsZero() || expireAt.After(at) }
+
+// sweep deletes the entries expired at at, at most once per sweepEvery of
+// the instants passed in; reads check expiry themselves, so sweeping only
+// bounds memory. Under c.mu.
+func (c *Counter) sweep(at time.Time) {
+	if at.Sub(c.lastSweep) < sweepEvery {
+		return
+	}
+	c.lastSweep = at
+	for k, v := range c.counts {
+		if !live(v.expireAt, at) {
+			delete(c.counts, k)
+		}
+	}
+	for k, v := range c.tokens {
+		if !live(v.expireAt, at) {
+			delete(c.tokens, k)
+		}
+	}
+	for k, until := range c.nonces {
+		if !live(until, at) {
+			delete(c.nonces, k)
+		}
+	}
+}
+
+// validOrg matches rediscounter, which refuses org ids that cannot be a
+// Redis Cluster hash tag, so both counters answer alike.
+func validOrg(org string) bool { return org != "" && !strings.ContainsAny(org, "{}") }
+
+func invalidOrg(org string) error {
+	return fmt.Errorf("org id %q: must be non-empty and contain no brace", org)
+}

@@ -1,0 +1,294 @@
+package rediscounter
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/quota"
+)
+
+// chargeSrc is the check-and-increment. Its contract, also written at the
+// top of charge.lua:
+//
+//	KEYS[1] org counter  kg:{<org>}:q:org:<window>
+//	KEYS[2] key counter  kg:{<org>}:q:key:<key>:<window>
+//	KEYS[3] token        kg:{<org>}:tok:<token>    (untouched when ARGV[5] is 0)
+//	KEYS[4] nonce        kg:{<org>}:nonce:<nonce>  (untouched when ARGV[6] is -1)
+//	ARGV[1] cost, >= 0 (0 checks no limit and counts nothing)
+//	ARGV[2] org max, -1 = unlimited
+//	ARGV[3] key max, -1 = none
+//	ARGV[4] counters' expire-at, unix seconds, 0 = never
+//	ARGV[5] token TTL in milliseconds, 0 = no token
+//	ARGV[6] nonce expire-at, unix milliseconds, 0 = never, -1 = no nonce
+//	ARGV[7] the charge's instant, unix milliseconds (a nonce is used while its
+//	        expire-at is later)
+//	Reply {status, org used, key used}: 1 admitted (usages after), 0 refused
+//	by the key, -1 refused by the org (usages unchanged; the key is checked
+//	first), -2 nonce replay ({-2, 0, 0}). A token seen before returns its
+//	stored reply unchanged. A refusal writes nothing but the token.
+//
+//go:embed charge.lua
+var chargeSrc string
+
+var chargeScript = redis.NewScript(chargeSrc)
+
+// Reply statuses of charge.lua.
+const (
+	statusAdmitted   = 1
+	statusRefusedKey = 0
+	statusRefusedOrg = -1
+	statusReplay     = -2
+)
+
+// tokenTTL is how long a charge's reply is kept under its token: longer than
+// go-redis's retries of one call can last within a request deadline
+// (KEYGATE_REDIS_TIMEOUT, 250ms by default), short enough that the tokens of
+// a busy org take little memory.
+const tokenTTL = 5 * time.Second
+
+// Counter is a quota.Counter on Redis or Redis Cluster. It is safe for
+// concurrent use. The zero value is not usable; call New.
+type Counter struct {
+	rdb redis.UniversalClient
+}
+
+var _ quota.Counter = (*Counter)(nil)
+
+// New returns a Counter on rdb, which should have been created with the
+// options ClientOptions sets.
+func New(rdb redis.UniversalClient) *Counter { return &Counter{rdb: rdb} }
+
+// ClientOptions sets in o (and returns o) the client options the Counter
+// relies on: ContextTimeoutEnabled, so that no call outlives its context's
+// deadline. Retries (MaxRetries) stay as they are; charges carrying a Token
+// are safe to retry.
+func ClientOptions(o *redis.UniversalOptions) *redis.UniversalOptions {
+	o.ContextTimeoutEnabled = true
+	return o
+}
+
+// Load loads the charge script into every master, so the first charges do
+// not pay for a NOSCRIPT round trip. It doubles as a readiness check.
+func (c *Counter) Load(ctx context.Context) error {
+	if err := chargeScript.Load(ctx, c.rdb).Err(); err != nil {
+		return storeError("loading charge script", err)
+	}
+	return nil
+}
+
+// Charge applies the quota rule in one round trip of charge.lua (contract
+// above). When both quotas are exhausted the refusal names the key's. A
+// charge with a Token may be retried by go-redis after a lost reply and still
+// counts once; a failure to reach Redis wraps quota.ErrUnavailable, and then
+// whether the charge counted is unknown.
+func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, error) {
+	if err := checkCharge(ch); err != nil {
+		return quota.Result{}, err
+	}
+	w := ch.Period.Window(ch.At)
+	keys := []string{
+		orgCounterKey(ch.OrgID, w.ID),
+		keyCounterKey(ch.OrgID, ch.KeyID, w.ID),
+		tokenKey(ch.OrgID, ch.Token),
+		nonceKey(ch.OrgID, ch.Nonce),
+	}
+	var expireAt, ttl, nonceAt int64
+	if at := w.ExpireAt(); !at.IsZero() {
+		expireAt = at.Unix()
+	}
+	if ch.Token != "" {
+		ttl = tokenTTL.Milliseconds()
+	}
+	switch {
+	case ch.Nonce == "":
+		nonceAt = -1
+	case !ch.NonceUntil.IsZero():
+		nonceAt = max(ch.NonceUntil.UnixMilli(), 1)
+	}
+	v, err := chargeScript.Run(ctx, c.rdb, keys,
+		ch.Cost, limit(ch.OrgMax), limit(ch.KeyMax), expireAt, ttl, nonceAt, ch.At.UnixMilli(),
+	).Result()
+	if err != nil {
+		return quota.Result{}, storeError("charging org "+ch.OrgID, err)
+	}
+	status, orgUsed, keyUsed, err := parseChargeReply(v)
+	if err != nil {
+		return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, err)
+	}
+	switch status {
+	case statusAdmitted:
+		return quota.Result{OrgUsed: orgUsed, KeyUsed: keyUsed, Window: w}, nil
+	case statusRefusedKey:
+		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeKey, Limit: ch.KeyMax, Used: keyUsed, Window: w}
+	case statusRefusedOrg:
+		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: orgUsed, Window: w}
+	case statusReplay:
+		return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, quota.ErrReplay)
+	}
+	return quota.Result{}, fmt.Errorf("charging org %s: charge script: unknown status %d", ch.OrgID, status)
+}
+
+// Usage reads the org's and the key's counters with one MGET (one slot).
+func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.Period, at time.Time) (quota.Usage, error) {
+	if !validOrg(orgID) {
+		return quota.Usage{}, invalidOrg(orgID)
+	}
+	w := period.Window(at)
+	keys := []string{orgCounterKey(orgID, w.ID)}
+	if keyID != "" {
+		keys = append(keys, keyCounterKey(orgID, keyID, w.ID))
+	}
+	vals, err := c.mget(ctx, keys)
+	if err != nil {
+		return quota.Usage{}, storeError("reading usage of org "+orgID, err)
+	}
+	u := quota.Usage{Window: w}
+	if u.Org, err = parseCount(vals[0]); err != nil {
+		return quota.Usage{}, fmt.Errorf("reading usage of org %s: %w", orgID, err)
+	}
+	if keyID != "" {
+		if u.Key, err = parseCount(vals[1]); err != nil {
+			return quota.Usage{}, fmt.Errorf("reading usage of org %s: %w", orgID, err)
+		}
+	}
+	return u, nil
+}
+
+// Add books the deltas in one MULTI/EXEC: INCRBY and, for periods that end,
+// EXPIREAT at the window's expiry.
+func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) error {
+	if !validOrg(orgID) {
+		return invalidOrg(orgID)
+	}
+	if len(deltas) == 0 {
+		return nil
+	}
+	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, d := range deltas {
+			w := d.Meter.Period.Window(at)
+			k := meterKey(orgID, d.Meter.Name, w.ID)
+			p.IncrBy(ctx, k, d.Delta)
+			if exp := w.ExpireAt(); !exp.IsZero() {
+				p.ExpireAt(ctx, k, exp)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return storeError("booking meters of org "+orgID, err)
+	}
+	return nil
+}
+
+// Meters reads the meters with one MGET (one slot).
+func (c *Counter) Meters(ctx context.Context, orgID string, at time.Time, meters []quota.Meter) ([]int64, error) {
+	if !validOrg(orgID) {
+		return nil, invalidOrg(orgID)
+	}
+	if len(meters) == 0 {
+		return []int64{}, nil
+	}
+	keys := make([]string, len(meters))
+	for i, m := range meters {
+		keys[i] = meterKey(orgID, m.Name, m.Period.Window(at).ID)
+	}
+	vals, err := c.mget(ctx, keys)
+	if err != nil {
+		return nil, storeError("reading meters of org "+orgID, err)
+	}
+	out := make([]int64, len(vals))
+	for i, v := range vals {
+		if out[i], err = parseCount(v); err != nil {
+			return nil, fmt.Errorf("reading meters of org %s: meter %s: %w", orgID, meters[i].Name, err)
+		}
+	}
+	return out, nil
+}
+
+// mget reads keys and checks that the reply has one value per key.
+func (c *Counter) mget(ctx context.Context, keys []string) ([]any, error) {
+	vals, err := c.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, err
+	}
+	if len(vals) != len(keys) {
+		return nil, fmt.Errorf("MGET of %d keys: %d values", len(keys), len(vals))
+	}
+	return vals, nil
+}
+
+// checkCharge refuses what the script cannot count correctly.
+func checkCharge(ch quota.Charge) error {
+	if !validOrg(ch.OrgID) {
+		return invalidOrg(ch.OrgID)
+	}
+	if ch.Cost < 0 {
+		return fmt.Errorf("charging org %s: negative cost %d", ch.OrgID, ch.Cost)
+	}
+	return nil
+}
+
+func invalidOrg(org string) error {
+	return fmt.Errorf("org id %q: must be non-empty and contain no brace", org)
+}
+
+// limit maps every negative max to the script's -1.
+func limit(m int64) int64 { return max(m, -1) }
+
+// parseChargeReply checks the script's reply: three integers.
+func parseChargeReply(v any) (status, org, key int64, err error) {
+	vals, ok := v.([]any)
+	if !ok || len(vals) != 3 {
+		return 0, 0, 0, fmt.Errorf("charge script: unexpected reply %T %v", v, v)
+	}
+	var n [3]int64
+	for i, x := range vals {
+		if n[i], ok = x.(int64); !ok {
+			return 0, 0, 0, fmt.Errorf("charge script: reply element %d is %T, want an integer", i, x)
+		}
+	}
+	return n[0], n[1], n[2], nil
+}
+
+// parseCount reads one MGET value: nil (no key) is 0.
+func parseCount(v any) (int64, error) {
+	switch x := v.(type) {
+	case nil:
+		return 0, nil
+	case string:
+		n, err := strconv.ParseInt(x, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("counter value %q: %w", x, err)
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("counter value of type %T", v)
+}
+
+// storeError wraps err, adding quota.ErrUnavailable when it means the store
+// could not answer in time rather than that it refused the command.
+func storeError(doing string, err error) error {
+	if unavailable(err) {
+		return fmt.Errorf("%s: %w: %w", doing, quota.ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", doing, err)
+}
+
+// unavailable reports whether err is a failure to reach the store: any error
+// that is not a reply from Redis (network, timeout, context, pool, closed
+// client), or a reply saying the server cannot serve for now.
+func unavailable(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return true
+	}
+	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) ||
+		redis.IsMasterDownError(err) || redis.IsMaxClientsError(err) || redis.IsReadOnlyError(err) ||
+		redis.HasErrorPrefix(err, "BUSY")
+}

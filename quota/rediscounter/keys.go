@@ -1,0 +1,34 @@
+package rediscounter
+
+import "strings"
+
+// Every key the Counter touches is built here, and every one starts with
+// "kg:{<org>}:". Redis Cluster hashes only the text between the first "{" and
+// the first "}" after it, so all keys of one organization share a slot and
+// the charge script can never fail with CROSSSLOT. validOrg refuses the org
+// ids that would break this (see there).
+
+// prefix is "kg:{<org>}:".
+func prefix(org string) string { return "kg:{" + org + "}:" }
+
+// orgCounterKey is the request counter of an organization in one window.
+func orgCounterKey(org, window string) string { return prefix(org) + "q:org:" + window }
+
+// keyCounterKey is the request counter of one key in one window.
+func keyCounterKey(org, key, window string) string {
+	return prefix(org) + "q:key:" + key + ":" + window
+}
+
+// tokenKey holds the reply of the charge that carried token, for retries.
+func tokenKey(org, token string) string { return prefix(org) + "tok:" + token }
+
+// nonceKey marks a nonce as used until its expiry.
+func nonceKey(org, nonce string) string { return prefix(org) + "nonce:" + nonce }
+
+// meterKey is the value of one meter of an organization in one window.
+func meterKey(org, meter, window string) string { return prefix(org) + "m:" + meter + ":" + window }
+
+// validOrg reports whether org can be a hash tag: not empty and without a
+// brace. An empty tag ("{}") or one cut short by a "}" at the start would
+// make Redis hash the whole key name, scattering an org's keys over slots.
+func validOrg(org string) bool { return org != "" && !strings.ContainsAny(org, "{}") }

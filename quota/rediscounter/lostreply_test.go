@@ -1,0 +1,180 @@
+package rediscounter_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/quota/rediscounter"
+)
+
+// dropProxy relays TCP between go-redis and redis-server. Once armed, it
+// lets the next EVALSHA/EVAL through to Redis, waits for Redis's reply and,
+// instead of relaying it, closes the client's connection: the command ran,
+// but its reply is lost.
+type dropProxy struct {
+	ln      net.Listener
+	target  string
+	armed   atomic.Bool
+	dropped chan struct{} // closed when a reply has been dropped
+
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startDropProxy(t *testing.T, target string) *dropProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{ln: ln, target: target, dropped: make(chan struct{})}
+	p.wg.Go(p.accept)
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			_ = c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *dropProxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *dropProxy) track(c net.Conn) {
+	p.mu.Lock()
+	p.conns = append(p.conns, c)
+	p.mu.Unlock()
+}
+
+func (p *dropProxy) accept() {
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return // listener closed
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = client.Close()
+			continue
+		}
+		p.track(client)
+		p.track(server)
+		var drop atomic.Bool
+		p.wg.Go(func() { p.up(client, server, &drop) })
+		p.wg.Go(func() { p.down(server, client, &drop) })
+	}
+}
+
+// up relays client → server, marking the connection when the armed proxy
+// sees a script call go by.
+func (p *dropProxy) up(client, server net.Conn, drop *atomic.Bool) {
+	defer server.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := client.Read(buf)
+		if n > 0 {
+			if isScriptCall(buf[:n]) && p.armed.CompareAndSwap(true, false) {
+				drop.Store(true) // before Redis can answer
+			}
+			if _, werr := server.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// down relays server → client, or drops the reply to a marked call.
+func (p *dropProxy) down(server, client net.Conn, drop *atomic.Bool) {
+	defer client.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := server.Read(buf)
+		if n > 0 {
+			if drop.Load() {
+				_ = server.Close()
+				close(p.dropped)
+				return
+			}
+			if _, werr := client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// isScriptCall reports whether a RESP chunk holds an EVALSHA or EVAL command.
+func isScriptCall(b []byte) bool {
+	b = bytes.ToLower(b)
+	return bytes.Contains(b, []byte("\r\nevalsha\r\n")) || bytes.Contains(b, []byte("\r\neval\r\n"))
+}
+
+// TestLostReply drops the reply of a charge that Redis ran. go-redis retries
+// the command (MaxRetries); with a Token the retry returns the first reply
+// and the request counts once. Without one it would count twice, which the
+// second case shows so the first case is known to exercise a retry.
+func TestLostReply(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		token string
+		want  int64
+	}{
+		{"token counts once", "req-1", 1},
+		{"no token counts twice", "", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			direct := newClient(t, srv.Addr())
+			p := startDropProxy(t, srv.Addr())
+			c := rediscounter.New(newClient(t, p.Addr()))
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			if err := c.Load(ctx); err != nil { // so the first call is EVALSHA, not NOSCRIPT
+				t.Fatal(err)
+			}
+
+			p.armed.Store(true)
+			ch := charge(time.Now())
+			ch.Token = tc.token
+			res, err := c.Charge(ctx, ch)
+			select {
+			case <-p.dropped:
+			default:
+				t.Fatal("the proxy dropped no reply")
+			}
+			if err != nil {
+				t.Fatalf("retried charge: %v", err)
+			}
+			if res.OrgUsed != tc.want || res.KeyUsed != tc.want {
+				t.Errorf("retried charge returned used %d/%d, want %d", res.OrgUsed, res.KeyUsed, tc.want)
+			}
+			w := ch.Period.Window(ch.At)
+			vals, err := direct.MGet(ctx, "kg:{org1}:q:org:"+w.ID, "kg:{org1}:q:key:k1:"+w.ID).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []any{"1", "1"}
+			if tc.want == 2 {
+				want = []any{"2", "2"}
+			}
+			if len(vals) != 2 || vals[0] != want[0] || vals[1] != want[1] {
+				t.Errorf("counters in Redis = %v, want %v", vals, want)
+			}
+		})
+	}
+}
