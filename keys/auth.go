@@ -48,6 +48,9 @@ type Authenticator struct {
 
 	mu      sync.RWMutex
 	entries map[SecretHash]Principal
+	// loading coalesces concurrent store reads of one key: a burst of
+	// requests with a cold cache costs one read, not one per request.
+	loading map[SecretHash]*load
 	// gen grows with every revocation so a store read that raced with one
 	// does not re-insert what was just revoked.
 	gen uint64
@@ -64,7 +67,14 @@ func NewAuthenticator(store Store, opt AuthOptions) *Authenticator {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	return &Authenticator{store: store, opt: opt, entries: make(map[SecretHash]Principal)}
+	return &Authenticator{store: store, opt: opt, entries: make(map[SecretHash]Principal), loading: make(map[SecretHash]*load)}
+}
+
+// load is one store read in flight; done closes when p and err are set.
+type load struct {
+	done chan struct{}
+	p    Principal
+	err  error
 }
 
 // Authenticate verifies c. It returns ErrInvalidCredential for a malformed,
@@ -87,7 +97,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 		return matchAccessKey(cached, c)
 	}
 
-	p, err := a.load(ctx, h, now)
+	p, err := a.loadShared(ctx, h, now)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) && ok && a.opt.StaleAuth > 0 && now.Sub(cached.VerifiedAt) < a.opt.StaleAuth {
 			a.observe("stale")
@@ -111,6 +121,33 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 	}
 	a.mu.Unlock()
 	return matchAccessKey(p, c)
+}
+
+// loadShared reads a principal from the store, sharing one read among
+// concurrent callers for the same hash. A caller whose ctx ends stops
+// waiting; the read goes on for the others under the first caller's ctx.
+func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.Time) (Principal, error) {
+	a.mu.Lock()
+	l, ok := a.loading[h]
+	if !ok {
+		l = &load{done: make(chan struct{})}
+		a.loading[h] = l
+	}
+	a.mu.Unlock()
+	if !ok {
+		l.p, l.err = a.load(ctx, h, now)
+		a.mu.Lock()
+		delete(a.loading, h)
+		a.mu.Unlock()
+		close(l.done)
+		return l.p, l.err
+	}
+	select {
+	case <-l.done:
+		return l.p, l.err
+	case <-ctx.Done():
+		return Principal{}, fmt.Errorf("waiting for key lookup: %w: %w", ErrUnavailable, ctx.Err())
+	}
 }
 
 // load reads the key, its organization and its plan from the store.

@@ -64,6 +64,14 @@ func Start(t testing.TB) *Server {
 	return start(t, nil)
 }
 
+// StartDurable starts a private redis-server that writes every change to
+// its append-only file before answering, so data survives Stop and Restart
+// (a crash and recovery).
+func StartDurable(t testing.TB) *Server {
+	t.Helper()
+	return start(t, []string{"--appendonly", "yes", "--appendfsync", "always"})
+}
+
 func start(t testing.TB, extra []string) *Server {
 	t.Helper()
 	s := &Server{t: t, bin: binary(t, "redis-server"), dir: t.TempDir(), port: FreePort(t)}
@@ -71,7 +79,6 @@ func start(t testing.TB, extra []string) *Server {
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
-		"--appendonly", "no",
 		"--dir", s.dir,
 		"--logfile", filepath.Join(s.dir, "redis.log"),
 	}, extra...)
