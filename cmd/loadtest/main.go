@@ -1,0 +1,387 @@
+// Command loadtest measures keygate side by side on loopback: the upstream
+// alone, a bare httputil.ReverseProxy, keygate on the embedded store and
+// keygate on Redis, each in its own process, loaded by wrk (or a Go load
+// generator when wrk is missing). It prints requests/s, p50 and p99 latency
+// as ratios to the upstream alone, the latency keygate adds at one
+// connection, and keygate's RSS under load.
+//
+//	go run ./cmd/loadtest [-c 64] [-d 5s]
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "upstream":
+			serveUpstream(os.Args[2])
+			return
+		case "bareproxy":
+			serveBareProxy(os.Args[2], os.Args[3])
+			return
+		}
+	}
+	conns := flag.Int("c", 64, "connections")
+	dur := flag.Duration("d", 5*time.Second, "duration of each measurement")
+	flag.Parse()
+	if err := run(*conns, *dur); err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		os.Exit(1)
+	}
+}
+
+// serveUpstream is the backend: a small fixed body, like a typical API.
+func serveUpstream(addr string) {
+	body := []byte(`{"ok":true,"items":[1,2,3]}` + "\n")
+	srv := &http.Server{Addr: addr, ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	})}
+	fmt.Fprintln(os.Stderr, srv.ListenAndServe())
+}
+
+// serveBareProxy is the baseline every proxy pays: httputil.ReverseProxy
+// with a transport tuned like keygate's.
+func serveBareProxy(addr, upstream string) {
+	u, _ := url.Parse(upstream)
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 512
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u); pr.SetXForwarded() }, Transport: t}
+	srv := &http.Server{Addr: addr, Handler: rp, ReadHeaderTimeout: 5 * time.Second}
+	fmt.Fprintln(os.Stderr, srv.ListenAndServe())
+}
+
+type result struct {
+	name     string
+	rps      float64
+	p50, p99 time.Duration
+	rss      int64 // KiB, keygate only
+}
+
+func run(conns int, dur time.Duration) error {
+	dir, err := os.MkdirTemp("", "keygate-loadtest")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	kg := filepath.Join(dir, "keygate")
+	if out, err := exec.Command("go", "build", "-o", kg, "./cmd/keygate").CombinedOutput(); err != nil {
+		return fmt.Errorf("building keygate: %v\n%s", err, out)
+	}
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			_ = p.Process.Kill()
+			_ = p.Wait()
+		}
+	}()
+	start := func(env []string, name string, args ...string) (*exec.Cmd, error) {
+		c := exec.Command(name, args...)
+		c.Env = append(os.Environ(), env...)
+		c.Stderr = io.Discard
+		if err := c.Start(); err != nil {
+			return nil, err
+		}
+		procs = append(procs, c)
+		return c, nil
+	}
+	port := func() string {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer l.Close()
+		return l.Addr().String()
+	}
+
+	upAddr, bareAddr := port(), port()
+	if _, err := start(nil, self, "upstream", upAddr); err != nil {
+		return err
+	}
+	if _, err := start(nil, self, "bareproxy", bareAddr, "http://"+upAddr); err != nil {
+		return err
+	}
+	redisAddr := port()
+	_, redisPort, _ := net.SplitHostPort(redisAddr)
+	if _, err := start(nil, "redis-server", "--port", redisPort, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"); err != nil {
+		return fmt.Errorf("starting redis-server (apt-get install redis-server): %w", err)
+	}
+
+	type gw struct {
+		name, data, admin string
+		cmd               *exec.Cmd
+	}
+	var gws []gw
+	for _, store := range []struct{ name, url string }{{"keygate (embedded)", ""}, {"keygate (redis)", "redis://" + redisAddr}} {
+		data, admin, metrics := port(), port(), port()
+		c, err := start([]string{"KEYGATE_UPSTREAM_URL=http://" + upAddr, "KEYGATE_LISTEN_ADDR=" + data, "KEYGATE_ADMIN_ADDR=" + admin,
+			"KEYGATE_METRICS_ADDR=" + metrics, "KEYGATE_ADMIN_TOKEN=bench", "KEYGATE_REDIS_URL=" + store.url, "KEYGATE_LOG_LEVEL=warn"}, kg, "serve")
+		if err != nil {
+			return err
+		}
+		gws = append(gws, gw{store.name, data, admin, c})
+	}
+	for _, a := range append([]string{upAddr, bareAddr, redisAddr}, gws[0].data, gws[1].data, gws[0].admin, gws[1].admin) {
+		if err := waitListen(a); err != nil {
+			return err
+		}
+	}
+	secrets := make([]string, len(gws))
+	for i, g := range gws {
+		if secrets[i], err = provision(g.admin); err != nil {
+			return fmt.Errorf("%s: %w", g.name, err)
+		}
+	}
+
+	targets := []struct {
+		name, addr string
+		header     string
+		pid        int
+	}{
+		{"upstream direct", upAddr, "", 0},
+		{"bare ReverseProxy", bareAddr, "", 0},
+		{gws[0].name, gws[0].data, "X-API-Key: " + secrets[0], gws[0].cmd.Process.Pid},
+		{gws[1].name, gws[1].data, "X-API-Key: " + secrets[1], gws[1].cmd.Process.Pid},
+	}
+	_, haveWrk := exec.LookPath("wrk")
+	gen := "wrk"
+	if haveWrk != nil {
+		gen = "Go load generator (install wrk for better figures)"
+	}
+	fmt.Printf("loopback, %d connections, %s each, generator: %s, GOMAXPROCS of the machine: %d cores\n\n", conns, dur, gen, numCPU())
+	var results, single []result
+	for _, tg := range targets {
+		_, _ = load(tg.addr, tg.header, conns, time.Second, haveWrk == nil, 0) // warm-up
+		r, err := load(tg.addr, tg.header, conns, dur, haveWrk == nil, tg.pid)
+		if err != nil {
+			return fmt.Errorf("%s: %w", tg.name, err)
+		}
+		r.name = tg.name
+		results = append(results, r)
+		s, err := load(tg.addr, tg.header, 1, dur/2, haveWrk == nil, 0)
+		if err != nil {
+			return fmt.Errorf("%s at one connection: %w", tg.name, err)
+		}
+		s.name = tg.name
+		single = append(single, s)
+	}
+	base := results[0]
+	fmt.Printf("%-22s %12s %8s %10s %10s %10s\n", "target", "req/s", "×direct", "p50", "p99", "RSS")
+	for _, r := range results {
+		rss := ""
+		if r.rss > 0 {
+			rss = fmt.Sprintf("%.1f MiB", float64(r.rss)/1024)
+		}
+		fmt.Printf("%-22s %12.0f %8.2f %10s %10s %10s\n", r.name, r.rps, r.rps/base.rps, r.p50, r.p99, rss)
+	}
+	bare := results[1]
+	fmt.Printf("\nkeygate vs bare ReverseProxy: embedded %.2f×, redis %.2f× requests/s\n", results[2].rps/bare.rps, results[3].rps/bare.rps)
+	fmt.Printf("\nat one connection (p50):\n")
+	for _, s := range single {
+		fmt.Printf("%-22s %10s  (+%s over direct)\n", s.name, s.p50, s.p50-single[0].p50)
+	}
+	return nil
+}
+
+func numCPU() int { return runtime.NumCPU() }
+
+// provision creates an effectively unlimited plan, an org and a key.
+func provision(admin string) (string, error) {
+	post := func(path, body string, out any) error {
+		req, _ := http.NewRequest("POST", "http://"+admin+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer bench")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 201 {
+			return fmt.Errorf("POST %s: %d %s", path, resp.StatusCode, b)
+		}
+		if out != nil {
+			return json.Unmarshal(b, out)
+		}
+		return nil
+	}
+	if err := post("/admin/v1/plans", `{"id":1,"name":"bench","period":"month","max_api_requests":1000000000000}`, nil); err != nil {
+		return "", err
+	}
+	var org struct{ ID string }
+	if err := post("/admin/v1/orgs", `{"name":"bench","plan_id":1}`, &org); err != nil {
+		return "", err
+	}
+	var key struct {
+		AccessSecret string `json:"access_secret"`
+	}
+	err := post("/admin/v1/orgs/"+org.ID+"/keys", `{"name":"bench","permissions":["read"]}`, &key)
+	return key.AccessSecret, err
+}
+
+func waitListen(addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not listening after 10s", addr)
+}
+
+// load runs one measurement; pid, when set, is sampled for RSS at the end.
+func load(addr, header string, conns int, dur time.Duration, useWrk bool, pid int) (result, error) {
+	var r result
+	var err error
+	done := make(chan struct{})
+	var peak int64
+	if pid > 0 {
+		go func() {
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					peak = max(peak, rssKiB(pid))
+				}
+			}
+		}()
+	}
+	if useWrk {
+		r, err = loadWrk(addr, header, conns, dur)
+	} else {
+		r, err = loadGo(addr, header, conns, dur)
+	}
+	close(done)
+	r.rss = peak
+	return r, err
+}
+
+var wrkLine = regexp.MustCompile(`(?m)^\s*(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$`)
+
+func loadWrk(addr, header string, conns int, dur time.Duration) (result, error) {
+	args := []string{"-t", strconv.Itoa(min(conns, 2)), "-c", strconv.Itoa(conns), "-d", fmt.Sprintf("%ds", max(int(dur.Seconds()), 1)), "--latency"}
+	if header != "" {
+		args = append(args, "-H", header)
+	}
+	out, err := exec.Command("wrk", append(args, "http://"+addr+"/")...).CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("wrk: %v\n%s", err, out)
+	}
+	var r result
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "Requests/sec:" {
+			r.rps, _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	for _, m := range wrkLine.FindAllStringSubmatch(string(out), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		d := time.Duration(v * float64(map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[m[3]]))
+		if m[1] == "50" {
+			r.p50 = d
+		} else {
+			r.p99 = d
+		}
+	}
+	if strings.Contains(string(out), "Non-2xx") {
+		return r, fmt.Errorf("wrk saw non-2xx responses:\n%s", out)
+	}
+	if r.rps == 0 {
+		return r, errors.New("wrk printed no Requests/sec")
+	}
+	return r, nil
+}
+
+func loadGo(addr, header string, conns int, dur time.Duration) (result, error) {
+	hk, hv, _ := strings.Cut(header, ": ")
+	tr := &http.Transport{MaxIdleConnsPerHost: conns}
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), dur)
+	defer cancel()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var failed error
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+				if hk != "" {
+					req.Header.Set(hk, hv)
+				}
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					break
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					mu.Lock()
+					failed = fmt.Errorf("status %d", resp.StatusCode)
+					mu.Unlock()
+					break
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if failed != nil {
+		return result{}, failed
+	}
+	if len(lat) == 0 {
+		return result{}, errors.New("no request completed")
+	}
+	slices.Sort(lat)
+	return result{rps: float64(len(lat)) / dur.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
+}
+
+// rssKiB reads a process's resident set size from /proc.
+func rssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
