@@ -1,0 +1,78 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/keygate/keygate/keys"
+)
+
+func TestRules(t *testing.T) {
+	rs, err := ParseRules([]byte(`
+- method: POST
+  path: /api/v0/pin/*
+  permission: pin
+  cost: 5
+- method: "*"
+  path: /free/*/x
+  cost: 0
+- method: GET
+  path: /exact
+  permission: admin
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		method, path string
+		perm         keys.Permission
+		cost         int64
+	}{
+		{"POST", "/api/v0/pin/abc", keys.PermPin, 5},
+		{"POST", "/api/v0/pin", keys.PermPin, 5},
+		{"POST", "/api/v0/pinned", keys.PermWrite, 1},
+		{"GET", "/api/v0/pin/abc", keys.PermRead, 1},
+		{"DELETE", "/free/a/x", keys.PermWrite, 0},
+		{"GET", "/free/a/b/x", keys.PermRead, 1},
+		{"GET", "/exact", keys.PermAdmin, 1},
+		{"GET", "/exact/", keys.PermRead, 1},
+		{"HEAD", "/", keys.PermRead, 1},
+		{"OPTIONS", "/", keys.PermRead, 1},
+		{"PATCH", "/", keys.PermWrite, 1},
+	}
+	for _, tc := range cases {
+		d := rs.match(tc.method, tc.path)
+		if d.permission != tc.perm || d.cost != tc.cost {
+			t.Errorf("%s %s: %s/%d, want %s/%d", tc.method, tc.path, d.permission, d.cost, tc.perm, tc.cost)
+		}
+	}
+}
+
+func TestRulesInvalid(t *testing.T) {
+	cases := map[string]string{
+		"- method: POST\n  path: /a\n  permission: fly":   `route rule 1 (POST /a): invalid permissions: unknown permission "fly"`,
+		"- method: GET\n  path: a":                        `route rule 1 (GET a): path "a": must start with /`,
+		"- path: /a\n- method: get\n  path: /b":           `route rule 2 (get /b): method "get"`,
+		"- path: /a\n  cost: -1":                          "cost -1: must be between 0 and 1000000",
+		"- path: /a[\n":                                   "syntax error in pattern",
+		"- path: /a\n  colour: red":                       "field colour not found",
+		"path: /a":                                        "route rules:",
+	}
+	for in, want := range cases {
+		_, err := ParseRules([]byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to contain %q", in, err, want)
+		}
+	}
+	if rs, err := ParseRules(nil); err != nil || len(rs.rules) != 0 {
+		t.Errorf("empty file: %v", err)
+	}
+}
+
+func FuzzMatchPath(f *testing.F) {
+	f.Add("/a/*", "/a/b")
+	f.Add("/a[", "/a")
+	f.Fuzz(func(t *testing.T, pattern, p string) {
+		_ = matchPath(pattern, p) // must not panic
+	})
+}
