@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -64,8 +65,12 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 				setIdentity(pr.Out.Header, &info.p)
 			}
 		},
-		Transport:      &timedTransport{next: transport, m: h.opt.Metrics},
-		FlushInterval:  -1, // stream: every write reaches the client at once (SSE, chunked)
+		Transport: &timedTransport{next: transport, m: h.opt.Metrics},
+		// Streamed responses (SSE, or no Content-Length) are flushed on every
+		// write by ReverseProxy itself; others go out in as few writes as
+		// possible.
+		FlushInterval:  0,
+		BufferPool:     newBufferPool(),
 		ModifyResponse: h.bookReportedUsage,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
@@ -114,6 +119,17 @@ func setIdentity(h http.Header, p *keys.Principal) {
 	h.Set(headerKeyName, p.Key.Name)
 	h.Set(headerPermissions, keys.JoinPermissions(p.Key.Permissions))
 }
+
+// bufferPool recycles the copy buffers of ReverseProxy, which otherwise
+// allocates 32 KiB per request.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
 
 // timedTransport measures the upstream's time to response headers.
 type timedTransport struct {

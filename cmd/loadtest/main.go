@@ -132,8 +132,8 @@ func run(conns int, dur time.Duration) error {
 	}
 
 	type gw struct {
-		name, data, admin string
-		cmd               *exec.Cmd
+		name, data, admin, metrics string
+		cmd                        *exec.Cmd
 	}
 	var gws []gw
 	for _, store := range []struct{ name, url string }{{"keygate (embedded)", ""}, {"keygate (redis)", "redis://" + redisAddr}} {
@@ -143,7 +143,7 @@ func run(conns int, dur time.Duration) error {
 		if err != nil {
 			return err
 		}
-		gws = append(gws, gw{store.name, data, admin, c})
+		gws = append(gws, gw{store.name, data, admin, metrics, c})
 	}
 	for _, a := range append([]string{upAddr, bareAddr, redisAddr}, gws[0].data, gws[1].data, gws[0].admin, gws[1].admin) {
 		if err := waitListen(a); err != nil {
@@ -197,6 +197,9 @@ func run(conns int, dur time.Duration) error {
 			rss = fmt.Sprintf("%.1f MiB", float64(r.rss)/1024)
 		}
 		fmt.Printf("%-22s %12.0f %8.2f %10s %10s %10s\n", r.name, r.rps, r.rps/base.rps, r.p50, r.p99, rss)
+	}
+	for _, g := range gws {
+		fmt.Printf("%s: %s\n", g.name, storeHealth(g.metrics))
 	}
 	bare := results[1]
 	fmt.Printf("\nkeygate vs bare ReverseProxy: embedded %.2f×, redis %.2f× requests/s\n", results[2].rps/bare.rps, results[3].rps/bare.rps)
@@ -369,6 +372,34 @@ func loadGo(addr, header string, conns int, dur time.Duration) (result, error) {
 	}
 	slices.Sort(lat)
 	return result{rps: float64(len(lat)) / dur.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
+}
+
+// storeHealth reports the store errors and uncounted admissions a gateway
+// saw during the run, from its /metrics: a fast run that skipped counting
+// would be no result.
+func storeHealth(addr string) string {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	var errs, failOpen float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[1], 64)
+		switch {
+		case strings.HasPrefix(line, "keygate_store_errors_total"):
+			errs += v
+		case strings.HasPrefix(line, "keygate_fail_open_admits_total"):
+			failOpen += v
+		}
+	}
+	return fmt.Sprintf("%.0f store errors, %.0f uncounted (fail-open) admits", errs, failOpen)
 }
 
 // rssKiB reads a process's resident set size from /proc.

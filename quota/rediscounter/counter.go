@@ -55,7 +55,8 @@ const tokenTTL = 5 * time.Second
 // Counter is a quota.Counter on Redis or Redis Cluster. It is safe for
 // concurrent use. The zero value is not usable; call New.
 type Counter struct {
-	rdb redis.UniversalClient
+	rdb   redis.UniversalClient
+	batch batcher
 }
 
 var _ quota.Counter = (*Counter)(nil)
@@ -111,9 +112,9 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	case !ch.NonceUntil.IsZero():
 		nonceAt = max(ch.NonceUntil.UnixMilli(), 1)
 	}
-	v, err := chargeScript.Run(ctx, c.rdb, keys,
+	v, err := c.run(ctx, keys, []any{
 		ch.Cost, limit(ch.OrgMax), limit(ch.KeyMax), expireAt, ttl, nonceAt, ch.At.UnixMilli(),
-	).Result()
+	})
 	if err != nil {
 		return quota.Result{}, storeError("charging org "+ch.OrgID, err)
 	}
