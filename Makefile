@@ -1,7 +1,8 @@
 # keygate — `make run` tries it, `make test` proves it.
-.PHONY: run test check fmt-check vet lint bench fuzz build
+.PHONY: run build test unit deploy-test e2e-k8s fmt-check vet lint bench fuzz dashboard
 
 GO ?= go
+STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 run:
 	./scripts/run-demo.sh
@@ -9,12 +10,25 @@ run:
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/keygate ./cmd/keygate
 
-# The whole test suite. Redis-backed tests start private redis-server
-# processes and fail (never skip) when redis-server is missing.
-test: fmt-check vet
-	KEYGATE_TEST_REDIS=require $(GO) test -race -count=1 -p 2 ./...
+# The whole suite: formatting, vet, staticcheck, every Go test with -race
+# (Redis-backed tests start private redis-server processes and a local Redis
+# Cluster; a real Prometheus and promtool check the metrics and rules), the
+# deploy checks (dashboard, manifests, kustomize, Dockerfile lint), and the
+# end-to-end test against a real kube-apiserver. Needs: redis-server,
+# prometheus, etcd-server (Debian packages; .ci/run installs them).
+test: fmt-check vet lint unit deploy-test e2e-k8s
 
-check: test lint
+unit:
+	KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require $(GO) test -race -count=1 -p 2 ./...
+
+deploy-test:
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd tools/deploytest && $(GO) vet ./... && $(GO) vet -tags e2ek8s ./... && $(GO) test -race -count=1 ./...
+
+# Builds kube-apiserver from the Go module proxy on first use (~7 minutes on
+# two cores, cached afterwards) and runs the injector against it.
+e2e-k8s:
+	./scripts/e2e-k8s.sh
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -23,8 +37,8 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
-lint: vet
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+lint:
+	$(GO) run $(STATICCHECK) ./...
 
 bench:
 	KEYGATE_TEST_REDIS=require $(GO) test -run='^$$' -bench=. -benchmem -benchtime=2s ./quota/... ./proxy/...
@@ -32,3 +46,7 @@ bench:
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzCredentialFrom -fuzztime=30s ./proxy
+	$(GO) test -run='^$$' -fuzz=FuzzSignedRequest -fuzztime=30s ./proxy
+
+dashboard:
+	cd deploy && $(GO) run ./grafana > grafana/keygate-quota.json

@@ -36,6 +36,9 @@ type AuthOptions struct {
 	// OnRevocation, when set, is told of each revocation received through
 	// Watch and how long after publication it was applied.
 	OnRevocation func(lag time.Duration)
+	// Sealer opens the sealed secrets signed requests are verified with;
+	// nil turns signed requests off (ErrSigningOff). See AuthenticateSigned.
+	Sealer *Sealer
 }
 
 // Authenticator turns credentials into principals. A verified key is cached
@@ -48,6 +51,9 @@ type Authenticator struct {
 
 	mu      sync.RWMutex
 	entries map[SecretHash]Principal
+	// signed caches the principals of signed requests, with their opened
+	// secrets, by access key (authsigned.go). Revocations evict from both.
+	signed map[string]signedEntry
 	// loading coalesces concurrent store reads of one key: a burst of
 	// requests with a cold cache costs one read, not one per request.
 	loading map[SecretHash]*load
@@ -165,6 +171,7 @@ func (a *Authenticator) load(ctx context.Context, h SecretHash, now time.Time) (
 	if err != nil {
 		return Principal{}, fmt.Errorf("reading org of key: %w", err)
 	}
+	o, _ = o.ApplyScheduledPlan(now) // a plan change scheduled for this period
 	pl, err := a.store.Plan(ctx, o.PlanID)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Principal{}, fmt.Errorf("reading plan of org: %w", err)
@@ -192,6 +199,7 @@ func (a *Authenticator) Revoke(r Revocation) {
 			delete(a.entries, h)
 		}
 	}
+	a.revokeSigned(r)
 }
 
 // Flush forgets every cached principal.
@@ -200,6 +208,7 @@ func (a *Authenticator) Flush() {
 	defer a.mu.Unlock()
 	a.gen++
 	clear(a.entries)
+	clear(a.signed)
 }
 
 // Run applies revocations from the store until ctx is done. When the watch
@@ -241,6 +250,7 @@ func (a *Authenticator) expireAll() {
 		p.VerifiedAt = p.VerifiedAt.Add(-a.opt.TTL)
 		a.entries[h] = p
 	}
+	a.expireSigned()
 }
 
 func (a *Authenticator) forget(h SecretHash) {

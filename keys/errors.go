@@ -23,6 +23,14 @@ var (
 	// ErrOverAllocated means the per-key maxima of an organization would add up
 	// to more than the organization's quota.
 	ErrOverAllocated = errors.New("per-key quotas would exceed the organization quota")
+	// ErrSigningOff means a signed request reached a gateway without an
+	// operator key (no Sealer): it cannot verify signatures.
+	ErrSigningOff = errors.New("signed requests are off")
+	// ErrNotSignable means the key has no sealed secret (it was created while
+	// signing was off), so its signatures cannot be verified.
+	ErrNotSignable = errors.New("key has no sealed secret and cannot sign requests")
+	// ErrBadSignature means a signed request's signature does not match.
+	ErrBadSignature = errors.New("request signature does not match")
 )
 
 // InvalidError reports a field of a request that is not acceptable.

@@ -32,6 +32,9 @@ type Org struct {
 	PlanID        int64  `json:"plan_id"`
 	// NextPlanID is a plan change scheduled for the next period.
 	NextPlanID *int64 `json:"next_plan_id,omitempty"`
+	// NextPlanAt is when NextPlanID takes effect: the end of the period
+	// window in which it was scheduled. See ApplyScheduledPlan.
+	NextPlanAt time.Time `json:"next_plan_at,omitzero"`
 	// MaxAPIRequests overrides the plan's quota when set.
 	MaxAPIRequests *int64 `json:"max_api_requests,omitempty"`
 	Unlimited      bool   `json:"unlimited"`
@@ -64,6 +67,18 @@ func (o Org) RequestQuota(plan Plan) (max int64, source string) {
 	default:
 		return -1, SourceUnlimited
 	}
+}
+
+// ApplyScheduledPlan returns o with its scheduled plan change made current
+// when it is due at now, and whether it was. The switch is applied lazily by
+// whoever reads the organization (the Authenticator, the stats routes); a
+// reader that writes the organization back persists it.
+func (o Org) ApplyScheduledPlan(now time.Time) (Org, bool) {
+	if o.NextPlanID == nil || o.NextPlanAt.IsZero() || now.Before(o.NextPlanAt) {
+		return o, false
+	}
+	o.PlanID, o.NextPlanID, o.NextPlanAt = *o.NextPlanID, nil, time.Time{}
+	return o, true
 }
 
 // Key is an API key of an organization. The JSON tags are the storage format;

@@ -32,16 +32,18 @@ type credential struct {
 // returns keys.ErrNoCredential when there is none, and never looks anything
 // up: it is pure and fuzzed.
 func credentialFrom(h http.Header) (credential, error) {
-	if ak := h.Get(headerAccessKey); ak != "" {
-		if sig := h.Get(headerAccessSignature); sig != "" {
-			return credential{Credential: keys.Credential{AccessKey: strings.TrimSpace(ak)}, signature: strings.TrimSpace(sig)}, nil
+	// Values are trimmed before they count as present: a blank header is
+	// no credential (401), not an empty one.
+	if ak := strings.TrimSpace(h.Get(headerAccessKey)); ak != "" {
+		if sig := strings.TrimSpace(h.Get(headerAccessSignature)); sig != "" {
+			return credential{Credential: keys.Credential{AccessKey: ak}, signature: sig}, nil
 		}
-		if s := h.Get(headerAccessSecret); s != "" {
-			return credential{Credential: keys.Credential{AccessKey: strings.TrimSpace(ak), Secret: strings.TrimSpace(s)}}, nil
+		if s := strings.TrimSpace(h.Get(headerAccessSecret)); s != "" {
+			return credential{Credential: keys.Credential{AccessKey: ak, Secret: s}}, nil
 		}
 	}
-	if s := h.Get(headerAPIKey); s != "" {
-		return credential{Credential: keys.Credential{Secret: strings.TrimSpace(s)}}, nil
+	if s := strings.TrimSpace(h.Get(headerAPIKey)); s != "" {
+		return credential{Credential: keys.Credential{Secret: s}}, nil
 	}
 	if s, ok := bearerToken(h.Get(headerAuthorization)); ok {
 		return credential{Credential: keys.Credential{Secret: s}, bearer: true}, nil

@@ -73,6 +73,12 @@ func classify(err error, now time.Time) problem {
 		return problem{status: http.StatusUnauthorized, message: "Valid API key required", outcome: outcomeNoCredential}
 	case errors.Is(err, keys.ErrInvalidCredential):
 		return problem{status: http.StatusForbidden, message: "Invalid API key", outcome: outcomeInvalidCredential}
+	case errors.Is(err, keys.ErrBadSignature):
+		return problem{status: http.StatusForbidden, message: "Invalid request signature", outcome: outcomeInvalidCredential}
+	case errors.Is(err, keys.ErrSigningOff):
+		return problem{status: http.StatusForbidden, message: "Signed requests are not enabled on this gateway; send the secret instead", outcome: outcomeInvalidCredential}
+	case errors.Is(err, keys.ErrNotSignable):
+		return problem{status: http.StatusForbidden, message: "API key cannot sign requests: it was created while request signing was off; create a new key", outcome: outcomeInvalidCredential}
 	case errors.As(err, &perm):
 		return problem{status: http.StatusForbidden, message: perm.Error(), outcome: outcomeForbidden}
 	case errors.As(err, &exceeded):

@@ -200,7 +200,7 @@ type countingBody struct {
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
-		b.book.add(b.info.p.Key.OrgID, quota.Meter{Name: meterIngress, Period: b.info.period}, int64(n), b.info.at)
+		b.book.add(b.info.p.Key.OrgID, quota.Meter{Name: meterIngress, Period: b.info.period}, int64(n), b.info.at, b.info.p.Plan.Limits)
 	}
 	return n, err
 }

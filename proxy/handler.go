@@ -39,6 +39,9 @@ type Options struct {
 	// TSSkew is how far the ts parameter of partner and signed requests may
 	// be from now (default 5m).
 	TSSkew time.Duration
+	// Sealer seals the secrets of new keys so they can sign requests; nil
+	// when signing is off. Auth must be built with the same Sealer.
+	Sealer *keys.Sealer
 	// Provider is the provider field of the stats routes (default keygate).
 	Provider string
 	// Transport replaces the upstream transport (tests).
@@ -130,7 +133,7 @@ func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord,
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.opt.StoreTimeout)
-	p, err := h.authenticate(ctx, r, cred)
+	p, nonce, err := h.verify(ctx, r, cred)
 	if err != nil {
 		cancel()
 		h.fail(w, r, rec, err)
@@ -144,12 +147,14 @@ func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord,
 		return
 	}
 	period := planPeriod(p.Plan)
-	res, err := h.charge(ctx, p, period, d.cost, now)
+	res, err := h.charge(ctx, p, period, d.cost, now, nonce)
 	cancel()
 	switch {
 	case err == nil:
 		setRateLimit(w.Header(), p, res, now)
-	case h.opt.FailOpen && errors.Is(err, quota.ErrUnavailable):
+	// A signed request whose one-time use could not be recorded is refused
+	// even in open mode: its signature could be replayed.
+	case h.opt.FailOpen && errors.Is(err, quota.ErrUnavailable) && nonce.value == "":
 		h.failOpen(p, err)
 	default:
 		h.fail(w, r, rec, err)
@@ -159,11 +164,13 @@ func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord,
 	info := &forwardInfo{p: p, period: period, at: now, bearer: cred.bearer}
 	org := p.Key.OrgID
 	if r.ContentLength > 0 {
-		h.usage.add(org, quota.Meter{Name: meterIngress, Period: period}, r.ContentLength, now)
+		h.usage.add(org, quota.Meter{Name: meterIngress, Period: period}, r.ContentLength, now, info.p.Plan.Limits)
 	} else if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{ReadCloser: r.Body, book: h.usage, info: info}
 	}
-	w.onWrite = func(n int) { h.usage.add(org, quota.Meter{Name: meterEgress, Period: period}, int64(n), now) }
+	w.onWrite = func(n int) {
+		h.usage.add(org, quota.Meter{Name: meterEgress, Period: period}, int64(n), now, info.p.Plan.Limits)
+	}
 	h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, info)))
 }
 
@@ -178,29 +185,49 @@ func planPeriod(pl keys.Plan) quota.Period {
 }
 
 // authenticate turns a request's credential into a principal, timing the
-// store call. The request is needed to verify signed requests.
+// store call. The request is needed to verify signed requests, whose
+// signature it also spends (a cost-0 charge carrying the nonce): callers
+// other than the data path charge nothing themselves.
 func (h *Handler) authenticate(ctx context.Context, r *http.Request, c credential) (keys.Principal, error) {
-	if c.signature != "" {
-		return keys.Principal{}, keys.ErrInvalidCredential // signed requests: see signing.go
+	p, nonce, err := h.verify(ctx, r, c)
+	if err != nil || nonce.value == "" {
+		return p, err
 	}
-	start := time.Now()
-	p, err := h.opt.Auth.Authenticate(ctx, c.Credential)
-	h.opt.Metrics.store("authenticate", time.Since(start), errors.Is(err, keys.ErrUnavailable))
-	return p, err
+	if _, err := h.charge(ctx, p, planPeriod(p.Plan), 0, h.opt.Now(), nonce); err != nil {
+		return keys.Principal{}, err
+	}
+	return p, nil
 }
 
-// charge counts cost against the principal's key and organization.
-func (h *Handler) charge(ctx context.Context, p keys.Principal, period quota.Period, cost int64, now time.Time) (quota.Result, error) {
+// verify authenticates a credential; for a signed request it also returns
+// the nonce the caller must spend with its charge (see signing.go).
+func (h *Handler) verify(ctx context.Context, r *http.Request, c credential) (p keys.Principal, nonce signedNonce, err error) {
+	start := time.Now()
+	if c.signature != "" {
+		p, nonce, err = h.verifySigned(ctx, r, c)
+	} else {
+		p, err = h.opt.Auth.Authenticate(ctx, c.Credential)
+	}
+	h.opt.Metrics.store("authenticate", time.Since(start), errors.Is(err, keys.ErrUnavailable))
+	return p, nonce, err
+}
+
+// charge counts cost against the principal's key and organization, spending
+// a signed request's nonce (if any) in the same round trip; a used nonce
+// fails with quota.ErrReplay and counts nothing.
+func (h *Handler) charge(ctx context.Context, p keys.Principal, period quota.Period, cost int64, now time.Time, nonce signedNonce) (quota.Result, error) {
 	orgMax, _ := p.Org.RequestQuota(p.Plan)
 	c := quota.Charge{
-		OrgID:  p.Key.OrgID,
-		KeyID:  p.Key.UID,
-		Cost:   cost,
-		OrgMax: orgMax,
-		KeyMax: p.Key.KeyMax(),
-		Period: period,
-		At:     now,
-		Token:  h.tokenPrefix + strconv.FormatUint(h.tokenSeq.Add(1), 36),
+		OrgID:      p.Key.OrgID,
+		KeyID:      p.Key.UID,
+		Cost:       cost,
+		OrgMax:     orgMax,
+		KeyMax:     p.Key.KeyMax(),
+		Period:     period,
+		At:         now,
+		Token:      h.tokenPrefix + strconv.FormatUint(h.tokenSeq.Add(1), 36),
+		Nonce:      nonce.value,
+		NonceUntil: nonce.until,
 	}
 	start := time.Now()
 	res, err := h.opt.Counter.Charge(ctx, c)

@@ -74,8 +74,19 @@ func (h *Handler) createKey(ctx context.Context, req newKeyRequest) (keys.Key, s
 	return k, secret, nil
 }
 
-// sealSecret stores the secret encrypted when request signing is on.
-func (h *Handler) sealSecret(k *keys.Key, secret string) error { return nil }
+// sealSecret stores the secret encrypted when request signing is on, so the
+// key can sign requests; without a Sealer the key gets no sealed secret.
+func (h *Handler) sealSecret(k *keys.Key, secret string) error {
+	if h.opt.Sealer == nil {
+		return nil
+	}
+	sealed, err := h.opt.Sealer.Seal(*k, secret)
+	if err != nil {
+		return fmt.Errorf("sealing secret: %w", err)
+	}
+	k.SealedSecret = sealed
+	return nil
+}
 
 // allocLimit is the organization's request quota, the bound on the sum of
 // its keys' maxima; -1 when unlimited.
@@ -115,6 +126,8 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 			return badRequest("request body must be a JSON object")
 		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
 			return badRequest("malformed JSON in request body")
+		case errors.As(err, &typ) && typ.Field == "":
+			return badRequest("request body must be a JSON object")
 		case errors.As(err, &typ):
 			return badRequest("field %q must be a %s", typ.Field, jsonKind(typ.Type.Kind().String()))
 		case strings.HasPrefix(err.Error(), "json: unknown field "):

@@ -15,6 +15,20 @@ const (
 	orgNone  = "none"
 )
 
+// outcomes lists the values of the outcome label of keygate_requests_total:
+// the data path's (issue 7) and those of the self-served routes.
+var outcomes = []string{
+	outcomeAdmitted, outcomeNoCredential, outcomeInvalidCredential, outcomeForbidden,
+	outcomeQuotaExceeded, outcomeStoreUnavailable, outcomeUpstreamError, outcomeUpstreamTimeout,
+	outcomeBadRequest, outcomeInternal,
+}
+
+// storeOps are the values of the op label of the store metrics.
+var storeOps = []string{"authenticate", "charge", "add_usage"}
+
+// authLookupResults are the results keys.AuthOptions.OnLookup reports.
+var authLookupResults = []string{"hit", "miss", "stale"}
+
 // Metrics are keygate's Prometheus metrics. Build them with NewMetrics on a
 // registry of the caller's; a nil *Metrics records nothing. Safe for
 // concurrent use.
@@ -100,6 +114,15 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 		Help: "Always 1; labels describe the running build.",
 	}, []string{"version", "revision", "goversion"})
 	build.WithLabelValues(version, revision, goVersion()).Set(1)
+	// Series that dashboards and alerts rate() over exist from the start,
+	// at zero, so the first error or lookup is an increase, not a new series.
+	for _, op := range storeOps {
+		m.storeDuration.WithLabelValues(op)
+		m.storeErrors.WithLabelValues(op)
+	}
+	for _, r := range authLookupResults {
+		m.authCache.WithLabelValues(r)
+	}
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamDuration, m.storeDuration, m.storeErrors,
 		m.quotaUsage, m.quotaLimit, m.quotaRatio, m.failOpenAdmits, m.authCache, m.revocations, m.revocationLag, build)
 	return m

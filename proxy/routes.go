@@ -34,5 +34,23 @@ func (h *Handler) selfRoutes() routeTable {
 	t := routeTable{}
 	// seed 002
 	t.add(http.MethodGet, "/api/v1/account", h.handleAccount)
+	// seed 000
+	t.add(http.MethodGet, "/api/v0/stats", h.handleV0Stats)
+	t.add(http.MethodGet, "/api/v0/plans", h.handleV0Plans)
+	t.add(http.MethodPost, "/api/v0/key", h.handleV0CreateKey)
+	t.add(http.MethodGet, "/api/v0/keys", h.handleV0Keys)
+	t.add(http.MethodDelete, "/api/v0/key", h.handleV0DeleteKey)
+	// seed 001
+	t.add(http.MethodPost, partnerPrefix+"create", h.partnerRoute(h.partnerCreate))
+	t.add(http.MethodGet, partnerPrefix+"stats", h.partnerRoute(h.partnerStats))
+	t.add(http.MethodPost, partnerPrefix+"update-plan", h.partnerRoute(h.partnerUpdatePlan))
+	t.add(http.MethodPost, partnerPrefix+"key", h.partnerRoute(h.partnerCreateKey))
+	t.add(http.MethodGet, partnerPrefix+"keys", h.partnerRoute(h.partnerKeys))
+	t.add(http.MethodDelete, partnerPrefix+"key", h.partnerRoute(h.partnerDeleteKey))
+	// seed 003
+	t.add(http.MethodPost, "/user/apikeys", h.handleUserAPIKeys)
+	t.add(http.MethodGet, "/user/apikeys", h.handleUserAPIKeys)
+	t.add(http.MethodPost, "/user/create_apikey", h.handleUserCreateAPIKey)
+	t.add(http.MethodPost, "/user/delete_apikey", h.handleUserDeleteAPIKey)
 	return t
 }

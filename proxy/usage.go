@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,34 +38,45 @@ type usageKey struct {
 	sec int64
 }
 
+// usageVal is a pending delta and the limits of the plan it was booked
+// under (the principal's plan.Limits, kept by reference: no copy, no store
+// read), from which the flush sets the keygate_quota_limit gauges.
+type usageVal struct {
+	delta  int64
+	limits map[string]int64
+}
+
 // usageBook accumulates meter deltas between flushes. Safe for concurrent
 // use.
 type usageBook struct {
 	mu      sync.Mutex
-	pending map[usageKey]int64
+	pending map[usageKey]usageVal
 }
 
-func newUsageBook() *usageBook { return &usageBook{pending: make(map[usageKey]int64)} }
+func newUsageBook() *usageBook { return &usageBook{pending: make(map[usageKey]usageVal)} }
 
-func (b *usageBook) add(org string, m quota.Meter, delta int64, at time.Time) {
+// add books delta for org's meter m at at; limits are the org's plan limits
+// by meter name (may be nil).
+func (b *usageBook) add(org string, m quota.Meter, delta int64, at time.Time, limits map[string]int64) {
 	if delta == 0 {
 		return
 	}
 	k := usageKey{org: org, meter: m, sec: at.Unix()}
 	b.mu.Lock()
-	b.pending[k] += delta
+	v := b.pending[k]
+	b.pending[k] = usageVal{delta: v.delta + delta, limits: limits}
 	b.mu.Unlock()
 }
 
 // take returns and clears the pending deltas.
-func (b *usageBook) take() map[usageKey]int64 {
+func (b *usageBook) take() map[usageKey]usageVal {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.pending) == 0 {
 		return nil
 	}
 	out := b.pending
-	b.pending = make(map[usageKey]int64, len(out))
+	b.pending = make(map[usageKey]usageVal, len(out))
 	return out
 }
 
@@ -83,24 +97,57 @@ func (h *Handler) RunUsage(ctx context.Context) {
 	}
 }
 
-// FlushUsage writes booked meter usage to the store now.
+// FlushUsage writes booked meter usage to the store now: one Add per
+// organization and second, whose returned totals set the usage gauges (and
+// the plan's limits the limit gauges) of the meters booked.
 func (h *Handler) FlushUsage(ctx context.Context) {
 	type group struct {
 		org string
 		sec int64
 	}
-	groups := make(map[group][]quota.MeterDelta)
-	for k, d := range h.usage.take() {
-		g := group{k.org, k.sec}
-		groups[g] = append(groups[g], quota.MeterDelta{Meter: k.meter, Delta: d})
+	type batch struct {
+		deltas []quota.MeterDelta
+		limits map[string]int64
 	}
-	for g, deltas := range groups {
+	batches := make(map[group]*batch)
+	for k, v := range h.usage.take() {
+		g := group{k.org, k.sec}
+		b := batches[g]
+		if b == nil {
+			b = &batch{}
+			batches[g] = b
+		}
+		b.deltas = append(b.deltas, quota.MeterDelta{Meter: k.meter, Delta: v.delta})
+		if v.limits != nil {
+			b.limits = v.limits
+		}
+	}
+	// Oldest second first, so a gauge ends with the latest total.
+	order := make([]group, 0, len(batches))
+	for g := range batches {
+		order = append(order, g)
+	}
+	slices.SortFunc(order, func(a, b group) int { return cmp.Compare(a.sec, b.sec) })
+	for _, g := range order {
+		b := batches[g]
 		cctx, cancel := context.WithTimeout(ctx, h.opt.StoreTimeout)
-		err := h.opt.Counter.Add(cctx, g.org, time.Unix(g.sec, 0), deltas)
+		start := time.Now()
+		totals, err := h.opt.Counter.Add(cctx, g.org, time.Unix(g.sec, 0), b.deltas)
 		cancel()
+		h.opt.Metrics.store("add_usage", time.Since(start), errors.Is(err, quota.ErrUnavailable))
 		if err != nil {
-			h.opt.Metrics.store("add_usage", 0, true)
-			h.log.Warn("booking metered usage failed; dropped", zap.String("org_id", g.org), zap.Int("meters", len(deltas)), zap.Error(err))
+			h.log.Warn("booking metered usage failed; dropped", zap.String("org_id", g.org), zap.Int("meters", len(b.deltas)), zap.Error(err))
+			continue
+		}
+		if len(totals) != len(b.deltas) {
+			continue // a broken Counter; the store has the truth
+		}
+		for i, d := range b.deltas {
+			limit, ok := b.limits[d.Meter.Name]
+			if !ok {
+				limit = -1
+			}
+			h.opt.Metrics.meter(g.org, d.Meter.Name, d.Meter.Period.String(), totals[i], limit)
 		}
 	}
 }
@@ -124,7 +171,7 @@ func (h *Handler) bookReportedUsage(resp *http.Response) error {
 				h.log.Debug("ignoring malformed X-Keygate-Usage item", zap.String("item", item))
 				continue
 			}
-			h.usage.add(info.p.Key.OrgID, reportedMeter(name, info.period), delta, info.at)
+			h.usage.add(info.p.Key.OrgID, reportedMeter(name, info.period), delta, info.at, info.p.Plan.Limits)
 		}
 	}
 	return nil

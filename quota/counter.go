@@ -97,8 +97,11 @@ type Counter interface {
 	// Usage reads the request counters of an organization and, when keyID is
 	// not empty, of one key, in the window of period at at.
 	Usage(ctx context.Context, orgID, keyID string, period Period, at time.Time) (Usage, error)
-	// Add books meter deltas for an organization in the windows at at.
-	Add(ctx context.Context, orgID string, at time.Time, deltas []MeterDelta) error
+	// Add books meter deltas for an organization in the windows at at and
+	// returns each meter's total right after its delta was applied, in the
+	// order given (a meter named twice gets its running total each time),
+	// so callers learn the new usage without another round trip.
+	Add(ctx context.Context, orgID string, at time.Time, deltas []MeterDelta) ([]int64, error)
 	// Meters reads meters of an organization in the windows at at, in the
 	// order asked.
 	Meters(ctx context.Context, orgID string, at time.Time, meters []Meter) ([]int64, error)

@@ -5,15 +5,38 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+
+	"github.com/keygate/keygate/inject"
 )
 
 // runOther runs the commands beyond serve.
 func runOther(ctx context.Context, args []string, env map[string]string, stdout, stderr io.Writer) error {
-	_ = ctx
-	_ = env
-	_ = stdout
+	switch args[0] {
+	case "sign":
+		return runSign(args[1:], env, stdout, stderr)
+	case "rekey":
+		return runRekey(ctx, args[1:], env, stdout, stderr)
+	case "inject":
+		return runInject(ctx, env, stderr)
+	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// runInject runs the Kubernetes mutating admission webhook, configured by
+// KEYGATE_INJECT_* variables, until ctx is done.
+func runInject(ctx context.Context, env map[string]string, stderr io.Writer) error {
+	level := env["KEYGATE_LOG_LEVEL"]
+	if level == "" {
+		level = "info"
+	}
+	format := env["KEYGATE_LOG_FORMAT"]
+	if format == "" {
+		format = "json"
+	}
+	log, flush := newLogger(config{LogLevel: level, LogFormat: format}, stderr)
+	defer flush()
+	return inject.Run(ctx, func(k string) string { return env[k] }, log.Named("inject"))
 }
 
 func versionString() string {

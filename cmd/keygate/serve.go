@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,11 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		return fmt.Errorf("KEYGATE_ROUTES_FILE: %w", err)
 	}
 
+	sealer, err := newSealer(cfg)
+	if err != nil {
+		return err
+	}
+
 	st, err := openStores(cfg, log)
 	if err != nil {
 		return err
@@ -59,6 +65,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		StaleAuth:    cfg.StaleAuth,
 		OnLookup:     metrics.AuthLookup,
 		OnRevocation: metrics.Revocation,
+		Sealer:       sealer,
 	})
 	upstream := cfg.UpstreamURL
 	h := proxy.New(proxy.Options{
@@ -71,6 +78,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		StoreTimeout:    cfg.RedisTimeout,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		TSSkew:          cfg.PartnerTSSkew,
+		Sealer:          sealer,
 		Provider:        cfg.Provider,
 		Log:             log,
 		Metrics:         metrics,
@@ -129,7 +137,8 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		log.Info("listening", zap.String("listener", s.name), zap.String("addr", s.ln.Addr().String()))
 	}
 	log.Info("keygate started", zap.String("upstream", redactURL(&upstream)), zap.String("store", st.kind),
-		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", cfg.SecretKey != ""))
+		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", sealer != nil))
+	logSigning(log, sealer)
 	if ready != nil {
 		l := listeners{}
 		for _, s := range servers {
@@ -314,4 +323,43 @@ func newLogger(cfg config, out io.Writer) (*zap.Logger, func()) {
 	ws := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(out), Size: 256 << 10, FlushInterval: time.Second}
 	log := zap.New(zapcore.NewCore(enc, ws, level), zap.ErrorOutput(zapcore.AddSync(out)))
 	return log, func() { _ = ws.Stop() }
+}
+
+// newSealer builds the Sealer of signing secrets from KEYGATE_SECRET_KEY and
+// KEYGATE_SECRET_KEY_PREVIOUS (validated by loadConfig); nil when signing is
+// off.
+func newSealer(cfg config) (*keys.Sealer, error) {
+	if cfg.SecretKey == "" {
+		return nil, nil
+	}
+	cur, err := base64.StdEncoding.DecodeString(cfg.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("KEYGATE_SECRET_KEY: %w", err)
+	}
+	var prev []byte
+	if cfg.SecretKeyPrevious != "" {
+		if prev, err = base64.StdEncoding.DecodeString(cfg.SecretKeyPrevious); err != nil {
+			return nil, fmt.Errorf("KEYGATE_SECRET_KEY_PREVIOUS: %w", err)
+		}
+	}
+	s, err := keys.NewSealer(cur, prev)
+	if err != nil {
+		return nil, fmt.Errorf("KEYGATE_SECRET_KEY: %w", err)
+	}
+	return s, nil
+}
+
+// logSigning says at start-up whether signed requests are on, and under
+// which key ids (never the keys).
+func logSigning(log *zap.Logger, s *keys.Sealer) {
+	if s == nil {
+		log.Warn("request signing off: KEYGATE_SECRET_KEY is empty, so signed requests (X-Access-Signature) are refused " +
+			"and new keys are created without a sealed secret (they can never sign)")
+		return
+	}
+	fields := []zap.Field{zap.String("key_id", s.CurrentID().String())}
+	if prev, ok := s.PreviousID(); ok {
+		fields = append(fields, zap.String("previous_key_id", prev.String()))
+	}
+	log.Info("request signing on: new secrets are sealed with AES-256-GCM under KEYGATE_SECRET_KEY", fields...)
 }

@@ -568,10 +568,22 @@ func testMeters(t *testing.T, s *suite) {
 	pinned := quota.Meter{Name: "pinned_bytes", Period: quota.PeriodNone}
 	egress := quota.Meter{Name: "egress", Period: quota.PeriodHour}
 	unknown := quota.Meter{Name: "ipns", Period: quota.PeriodMonth}
-	add := func(org string, at time.Time, deltas ...quota.MeterDelta) {
+	// add books deltas and checks the totals Add returns: one per delta, in
+	// order, each the meter's total right after that delta.
+	add := func(org string, at time.Time, totals []int64, deltas ...quota.MeterDelta) {
 		t.Helper()
-		if err := s.c.Add(s.ctx, org, at, deltas); err != nil {
+		got, err := s.c.Add(s.ctx, org, at, deltas)
+		if err != nil {
 			t.Fatalf("Add(%s, %s): %v", org, at, err)
+		}
+		if got == nil || len(got) != len(totals) {
+			t.Fatalf("Add(%s, %s) = %#v, want totals %v", org, at, got, totals)
+		}
+		for i := range totals {
+			if got[i] != totals[i] {
+				t.Errorf("Add(%s, %s) = %v, want totals %v", org, at, got, totals)
+				break
+			}
 		}
 	}
 	want := func(org string, at time.Time, meters []quota.Meter, want ...int64) {
@@ -592,8 +604,8 @@ func testMeters(t *testing.T, s *suite) {
 	}
 	all := []quota.Meter{pinned, egress, unknown}
 	want("org1", base, all, 0, 0, 0)
-	add("org1", base, quota.MeterDelta{Meter: pinned, Delta: 1024}, quota.MeterDelta{Meter: egress, Delta: 500})
-	add("org1", base, quota.MeterDelta{Meter: pinned, Delta: -24}, quota.MeterDelta{Meter: egress, Delta: 7}, quota.MeterDelta{Meter: pinned, Delta: 10})
+	add("org1", base, []int64{1024, 500}, quota.MeterDelta{Meter: pinned, Delta: 1024}, quota.MeterDelta{Meter: egress, Delta: 500})
+	add("org1", base, []int64{1000, 507, 1010}, quota.MeterDelta{Meter: pinned, Delta: -24}, quota.MeterDelta{Meter: egress, Delta: 7}, quota.MeterDelta{Meter: pinned, Delta: 10})
 	want("org1", base, all, 1010, 507, 0)
 	want("org1", base, []quota.Meter{egress, pinned}, 507, 1010) // in the order asked
 	want("org1", base, nil)
@@ -601,14 +613,14 @@ func testMeters(t *testing.T, s *suite) {
 	// The hourly meter starts again in the next hour; the running total goes on.
 	next := egress.Period.Window(base).End
 	want("org1", next, all, 1010, 0, 0)
-	add("org1", next, quota.MeterDelta{Meter: pinned, Delta: -2000}, quota.MeterDelta{Meter: egress, Delta: 3})
+	add("org1", next, []int64{-990, 3}, quota.MeterDelta{Meter: pinned, Delta: -2000}, quota.MeterDelta{Meter: egress, Delta: 3})
 	want("org1", next, all, -990, 3, 0)
 	want("org1", base, []quota.Meter{egress}, 507)
-	add("org1", base.AddDate(5, 0, 0), quota.MeterDelta{Meter: pinned, Delta: 1})
+	add("org1", base.AddDate(5, 0, 0), []int64{-989}, quota.MeterDelta{Meter: pinned, Delta: 1})
 	want("org1", base.AddDate(-5, 0, 0), []quota.Meter{pinned}, -989)
 
 	// Meters are per org, and apart from the request counters.
 	want("org2", base, all, 0, 0, 0)
-	add("org1", base)
+	add("org1", base, []int64{})
 	s.wantUsage(t, "org1", "k1", quota.PeriodMonth, base, 0, 0)
 }

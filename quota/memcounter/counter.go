@@ -175,20 +175,23 @@ func (c *Counter) Usage(_ context.Context, orgID, keyID string, period quota.Per
 	return u, nil
 }
 
-// Add books the deltas, each in the window of its meter's period at at.
-func (c *Counter) Add(_ context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) error {
+// Add books the deltas, each in the window of its meter's period at at, and
+// returns the totals after each.
+func (c *Counter) Add(_ context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) ([]int64, error) {
 	if !validOrg(orgID) {
-		return invalidOrg(orgID)
+		return nil, invalidOrg(orgID)
 	}
+	out := make([]int64, len(deltas))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sweep(at)
-	for _, d := range deltas {
+	for i, d := range deltas {
 		w := d.Meter.Period.Window(at)
 		k := countKey{orgID, kindMeter, d.Meter.Name, w.ID}
-		c.counts[k] = count{n: c.get(k, at) + d.Delta, expireAt: w.ExpireAt()}
+		out[i] = c.get(k, at) + d.Delta
+		c.counts[k] = count{n: out[i], expireAt: w.ExpireAt()}
 	}
-	return nil
+	return out, nil
 }
 
 // Meters reads the meters in the order asked.

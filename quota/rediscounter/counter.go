@@ -162,19 +162,20 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 }
 
 // Add books the deltas in one MULTI/EXEC: INCRBY and, for periods that end,
-// EXPIREAT at the window's expiry.
-func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) error {
+// EXPIREAT at the window's expiry. The INCRBY replies are the totals.
+func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) ([]int64, error) {
 	if !validOrg(orgID) {
-		return invalidOrg(orgID)
+		return nil, invalidOrg(orgID)
 	}
 	if len(deltas) == 0 {
-		return nil
+		return []int64{}, nil
 	}
+	incrs := make([]*redis.IntCmd, len(deltas))
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		for _, d := range deltas {
+		for i, d := range deltas {
 			w := d.Meter.Period.Window(at)
 			k := meterKey(orgID, d.Meter.Name, w.ID)
-			p.IncrBy(ctx, k, d.Delta)
+			incrs[i] = p.IncrBy(ctx, k, d.Delta)
 			if exp := w.ExpireAt(); !exp.IsZero() {
 				p.ExpireAt(ctx, k, exp)
 			}
@@ -182,9 +183,15 @@ func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []
 		return nil
 	})
 	if err != nil {
-		return storeError("booking meters of org "+orgID, err)
+		return nil, storeError("booking meters of org "+orgID, err)
 	}
-	return nil
+	out := make([]int64, len(deltas))
+	for i, cmd := range incrs {
+		if out[i], err = cmd.Result(); err != nil {
+			return nil, fmt.Errorf("booking meters of org %s: meter %s: %w", orgID, deltas[i].Meter.Name, err)
+		}
+	}
+	return out, nil
 }
 
 // Meters reads the meters with one MGET (one slot).
