@@ -7,8 +7,9 @@ import (
 	"github.com/keygate/keygate/keys"
 )
 
-// Credential headers. Whatever keygate reads from them is removed before
-// forwarding.
+// Credential headers, in canonical form: the hot path indexes headers
+// directly instead of paying for canonicalisation on every Get, Set and Del.
+// Whatever keygate reads from them is removed before forwarding.
 const (
 	headerAPIKey          = "X-Api-Key"
 	headerAccessKey       = "X-Access-Key"
@@ -34,21 +35,30 @@ type credential struct {
 func credentialFrom(h http.Header) (credential, error) {
 	// Values are trimmed before they count as present: a blank header is
 	// no credential (401), not an empty one.
-	if ak := strings.TrimSpace(h.Get(headerAccessKey)); ak != "" {
-		if sig := strings.TrimSpace(h.Get(headerAccessSignature)); sig != "" {
+	if ak := strings.TrimSpace(headerValue(h, headerAccessKey)); ak != "" {
+		if sig := strings.TrimSpace(headerValue(h, headerAccessSignature)); sig != "" {
 			return credential{Credential: keys.Credential{AccessKey: ak}, signature: sig}, nil
 		}
-		if s := strings.TrimSpace(h.Get(headerAccessSecret)); s != "" {
+		if s := strings.TrimSpace(headerValue(h, headerAccessSecret)); s != "" {
 			return credential{Credential: keys.Credential{AccessKey: ak, Secret: s}}, nil
 		}
 	}
-	if s := strings.TrimSpace(h.Get(headerAPIKey)); s != "" {
+	if s := strings.TrimSpace(headerValue(h, headerAPIKey)); s != "" {
 		return credential{Credential: keys.Credential{Secret: s}}, nil
 	}
-	if s, ok := bearerToken(h.Get(headerAuthorization)); ok {
+	if s, ok := bearerToken(headerValue(h, headerAuthorization)); ok {
 		return credential{Credential: keys.Credential{Secret: s}, bearer: true}, nil
 	}
 	return credential{}, keys.ErrNoCredential
+}
+
+// headerValue is h.Get for a key already in canonical form: net/http
+// canonicalises incoming header names, so a direct index finds them.
+func headerValue(h http.Header, canonicalKey string) string {
+	if v := h[canonicalKey]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // bearerToken extracts the token of an "Authorization: Bearer" value; the

@@ -26,7 +26,14 @@ const (
 	outcomeUpstreamTimeout   = "upstream_timeout"
 	outcomeBadRequest        = "bad_request"
 	outcomeInternal          = "internal_error"
+	// outcomeClientClosed: the client went away before keygate could
+	// answer (status 499, as nginx logs it); not a store or upstream fault.
+	outcomeClientClosed = "client_closed"
 )
+
+// statusClientClosed is written (for the log; nobody reads it) when the
+// client has gone.
+const statusClientClosed = 499
 
 // Errors of the forwarding step.
 var (

@@ -73,8 +73,11 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 		BufferPool:     newBufferPool(),
 		ModifyResponse: h.bookReportedUsage,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-				w.WriteHeader(499) // client went away; nobody reads this
+			if r.Context().Err() != nil {
+				if sw, ok := w.(*statusWriter); ok {
+					sw.outcome = outcomeClientClosed
+				}
+				w.WriteHeader(statusClientClosed)
 				return
 			}
 			var ne net.Error
@@ -99,14 +102,16 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 // sets. Authorization goes only when keygate consumed its bearer token: next
 // to another credential form it is the backend's own.
 func stripInbound(h http.Header, bearerConsumed bool) {
-	h.Del(headerAPIKey)
-	h.Del(headerAccessKey)
-	h.Del(headerAccessSecret)
-	h.Del(headerAccessSignature)
+	delete(h, headerAPIKey)
+	delete(h, headerAccessKey)
+	delete(h, headerAccessSecret)
+	delete(h, headerAccessSignature)
 	if bearerConsumed {
-		h.Del(headerAuthorization)
+		delete(h, headerAuthorization)
 	}
 	for name := range h {
+		// Names are canonical ("X-Keygate-…") except in headers a caller
+		// built by hand; compare without regard to case to be sure.
 		if len(name) >= len(keygatePrefix) && strings.EqualFold(name[:len(keygatePrefix)], keygatePrefix) {
 			delete(h, name)
 		}
@@ -114,10 +119,10 @@ func stripInbound(h http.Header, bearerConsumed bool) {
 }
 
 func setIdentity(h http.Header, p *keys.Principal) {
-	h.Set(headerOrgID, p.Key.OrgID)
-	h.Set(headerKeyID, p.Key.UID)
-	h.Set(headerKeyName, p.Key.Name)
-	h.Set(headerPermissions, keys.JoinPermissions(p.Key.Permissions))
+	h[headerOrgID] = []string{p.Key.OrgID}
+	h[headerKeyID] = []string{p.Key.UID}
+	h[headerKeyName] = []string{p.Key.Name}
+	h[headerPermissions] = []string{keys.JoinPermissions(p.Key.Permissions)}
 }
 
 // bufferPool recycles the copy buffers of ReverseProxy, which otherwise

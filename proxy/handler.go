@@ -26,6 +26,11 @@ type Options struct {
 	Store    keys.Store
 	Auth     *keys.Authenticator
 	Counter  quota.Counter
+	// RemoteCounter says the Counter talks to a server over the network and
+	// may retry a charge after a lost reply: every charge then carries an
+	// idempotency token so a retry counts once. An in-process counter needs
+	// none, and keeping tokens would only cost it memory.
+	RemoteCounter bool
 	// Rules set permissions and costs per route.
 	Rules Rules
 	// FailOpen admits verified keys uncounted while the store is
@@ -154,7 +159,7 @@ func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord,
 		setRateLimit(w.Header(), p, res, now)
 	// A signed request whose one-time use could not be recorded is refused
 	// even in open mode: its signature could be replayed.
-	case h.opt.FailOpen && errors.Is(err, quota.ErrUnavailable) && nonce.value == "":
+	case h.opt.FailOpen && errors.Is(err, quota.ErrUnavailable) && nonce.value == "" && r.Context().Err() == nil:
 		h.failOpen(p, err)
 	default:
 		h.fail(w, r, rec, err)
@@ -208,7 +213,7 @@ func (h *Handler) verify(ctx context.Context, r *http.Request, c credential) (p 
 	} else {
 		p, err = h.opt.Auth.Authenticate(ctx, c.Credential)
 	}
-	h.opt.Metrics.store("authenticate", time.Since(start), errors.Is(err, keys.ErrUnavailable))
+	h.opt.Metrics.store("authenticate", time.Since(start), storeFault(ctx, err, keys.ErrUnavailable))
 	return p, nonce, err
 }
 
@@ -225,13 +230,15 @@ func (h *Handler) charge(ctx context.Context, p keys.Principal, period quota.Per
 		KeyMax:     p.Key.KeyMax(),
 		Period:     period,
 		At:         now,
-		Token:      h.tokenPrefix + strconv.FormatUint(h.tokenSeq.Add(1), 36),
 		Nonce:      nonce.value,
 		NonceUntil: nonce.until,
 	}
+	if h.opt.RemoteCounter {
+		c.Token = h.tokenPrefix + strconv.FormatUint(h.tokenSeq.Add(1), 36)
+	}
 	start := time.Now()
 	res, err := h.opt.Counter.Charge(ctx, c)
-	h.opt.Metrics.store("charge", time.Since(start), errors.Is(err, quota.ErrUnavailable))
+	h.opt.Metrics.store("charge", time.Since(start), storeFault(ctx, err, quota.ErrUnavailable))
 	if err == nil {
 		h.opt.Metrics.quota(p.Key.OrgID, period.String(), res.OrgUsed, orgMax)
 	}
@@ -249,8 +256,21 @@ func (h *Handler) failOpen(p keys.Principal, err error) {
 	}
 }
 
-// fail answers a data-path request with the error's problem.
+// storeFault reports whether err is the store's fault: unavailable, and not
+// because the caller's context was cancelled (the client went away).
+func storeFault(ctx context.Context, err, unavailable error) bool {
+	return errors.Is(err, unavailable) && !errors.Is(ctx.Err(), context.Canceled)
+}
+
+// fail answers a data-path request with the error's problem. When the
+// client has gone, whatever failed failed because of that: it is recorded as
+// client_closed, not as a store or upstream fault.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, rec *accessRecord, err error) {
+	if r.Context().Err() != nil {
+		rec.outcome = outcomeClientClosed
+		w.WriteHeader(statusClientClosed)
+		return
+	}
 	p := classify(err, h.opt.Now())
 	rec.outcome = p.outcome
 	if p.internal {
@@ -305,6 +325,8 @@ func setRateLimit(h http.Header, p keys.Principal, res quota.Result, now time.Ti
 		policy += ";w=" + strconv.FormatInt(int64(w.End.Sub(w.Start)/time.Second), 10)
 		state += ";t=" + strconv.FormatInt(int64((w.Remaining(now)+time.Second-1)/time.Second), 10)
 	}
-	h.Set("RateLimit-Policy", policy)
-	h.Set("RateLimit", state)
+	// Canonical names, set directly: Header.Set would canonicalise them on
+	// every request.
+	h["Ratelimit-Policy"] = []string{policy}
+	h["Ratelimit"] = []string{state}
 }

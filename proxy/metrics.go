@@ -20,7 +20,7 @@ const (
 var outcomes = []string{
 	outcomeAdmitted, outcomeNoCredential, outcomeInvalidCredential, outcomeForbidden,
 	outcomeQuotaExceeded, outcomeStoreUnavailable, outcomeUpstreamError, outcomeUpstreamTimeout,
-	outcomeBadRequest, outcomeInternal,
+	outcomeBadRequest, outcomeInternal, outcomeClientClosed,
 }
 
 // storeOps are the values of the op label of the store metrics.

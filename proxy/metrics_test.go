@@ -217,7 +217,7 @@ keygate_quota_usage_ratio{org="0f3b8f0e-1111-4c6e-9a53-000000000001"} 0.01
 // dashboard and the alert rules select on.
 func TestOutcomesMatchIssue(t *testing.T) {
 	want := []string{"admitted", "no_credential", "invalid_credential", "forbidden", "quota_exceeded",
-		"store_unavailable", "upstream_error", "upstream_timeout", "bad_request", "internal_error"}
+		"store_unavailable", "upstream_error", "upstream_timeout", "bad_request", "internal_error", "client_closed"}
 	if !slices.Equal(outcomes, want) {
 		t.Errorf("outcomes = %v, want %v", outcomes, want)
 	}

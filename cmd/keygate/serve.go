@@ -73,6 +73,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		Store:           st.keys,
 		Auth:            auth,
 		Counter:         st.counter,
+		RemoteCounter:   st.kind == "redis",
 		Rules:           rules,
 		FailOpen:        cfg.FailureMode == "open",
 		StoreTimeout:    cfg.RedisTimeout,

@@ -64,15 +64,22 @@ func serveUpstream(addr string) {
 }
 
 // serveBareProxy is the baseline every proxy pays: httputil.ReverseProxy
-// with a transport tuned like keygate's.
+// with a transport and buffer pool tuned like keygate's, and nothing else.
 func serveBareProxy(addr, upstream string) {
 	u, _ := url.Parse(upstream)
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConnsPerHost = 512
-	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u); pr.SetXForwarded() }, Transport: t}
+	pool := &bufferPool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u); pr.SetXForwarded() }, Transport: t, BufferPool: pool}
 	srv := &http.Server{Addr: addr, Handler: rp, ReadHeaderTimeout: 5 * time.Second}
 	fmt.Fprintln(os.Stderr, srv.ListenAndServe())
 }
+
+// bufferPool recycles ReverseProxy's copy buffers.
+type bufferPool sync.Pool
+
+func (p *bufferPool) Get() []byte  { return *((*sync.Pool)(p).Get().(*[]byte)) }
+func (p *bufferPool) Put(b []byte) { (*sync.Pool)(p).Put(&b) }
 
 type result struct {
 	name     string
@@ -174,9 +181,24 @@ func run(conns int, dur time.Duration) error {
 	}
 	fmt.Printf("loopback, %d connections, %s each, generator: %s, GOMAXPROCS of the machine: %d cores\n\n", conns, dur, gen, numCPU())
 	var results, single []result
+	cpuOf := func() map[string]float64 {
+		m := map[string]float64{}
+		for _, p := range procs {
+			m[filepath.Base(p.Path)+" "+strings.Join(p.Args[1:min(len(p.Args), 2)], "")+fmt.Sprint(p.Process.Pid)] = cpuSeconds(p.Process.Pid)
+		}
+		return m
+	}
 	for _, tg := range targets {
 		_, _ = load(tg.addr, tg.header, conns, time.Second, haveWrk == nil, 0) // warm-up
+		before := cpuOf()
 		r, err := load(tg.addr, tg.header, conns, dur, haveWrk == nil, tg.pid)
+		if os.Getenv("LOADTEST_CPU") != "" {
+			for k, v := range cpuOf() {
+				if d := v - before[k]; d > 0.05 {
+					fmt.Printf("  %-22s cpu %-40s %.2fs\n", tg.name, k, d)
+				}
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", tg.name, err)
 		}
@@ -400,6 +422,22 @@ func storeHealth(addr string) string {
 		}
 	}
 	return fmt.Sprintf("%.0f store errors, %.0f uncounted (fail-open) admits", errs, failOpen)
+}
+
+// cpuSeconds reads a process's user+system CPU time from /proc.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100 // clock ticks; 100 Hz on Linux
 }
 
 // rssKiB reads a process's resident set size from /proc.

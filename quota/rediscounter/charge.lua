@@ -70,9 +70,11 @@ if cost > 0 then
   end
   org = redis.call('INCRBY', KEYS[1], ARGV[1])
   key = redis.call('INCRBY', KEYS[2], ARGV[1])
+  -- Only this script writes the counters, so one that INCRBY just created
+  -- (its value is the cost) is the only one without its expiry yet.
   if tonumber(ARGV[4]) > 0 then
-    redis.call('EXPIREAT', KEYS[1], ARGV[4])
-    redis.call('EXPIREAT', KEYS[2], ARGV[4])
+    if org == cost then redis.call('EXPIREAT', KEYS[1], ARGV[4]) end
+    if key == cost then redis.call('EXPIREAT', KEYS[2], ARGV[4]) end
   end
 end
 
