@@ -10,13 +10,15 @@ run:
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/keygate ./cmd/keygate
 
-# The whole suite: formatting, vet, staticcheck, every Go test with -race
-# (Redis-backed tests start private redis-server processes and a local Redis
-# Cluster; a real Prometheus and promtool check the metrics and rules), the
-# deploy checks (dashboard, manifests, kustomize, Dockerfile lint), and the
-# end-to-end test against a real kube-apiserver. Needs: redis-server,
-# prometheus, etcd-server (Debian packages; .ci/run installs them).
-test: fmt-check vet lint unit deploy-test e2e-k8s
+# The whole suite (scripts/test.sh, which CI runs too): formatting, vet,
+# staticcheck, every Go test with -race (Redis-backed tests start private
+# redis-server processes and a local Redis Cluster; a real Prometheus and
+# promtool check the metrics and rules), the deploy checks (dashboard,
+# manifests, kustomize, Dockerfile lint), and the end-to-end test against a
+# real kube-apiserver. It installs redis-server, prometheus and etcd-server
+# with apt-get when they are missing.
+test:
+	./scripts/test.sh
 
 unit:
 	KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require $(GO) test -race -count=1 -p 2 ./...

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -142,14 +143,26 @@ func (h *Handler) AdminHandler(token string) http.Handler {
 		return &badRequestError{status: http.StatusNotFound, msg: "no such operator route"}
 	})
 	want := sha256.Sum256([]byte(token))
+	audit := h.opt.Log.Named("admin")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
 		got, _ := bearerToken(r.Header.Get(headerAuthorization))
 		sum := sha256.Sum256([]byte(got))
 		if got == "" || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
-			writeDataProblem(w, problem{status: http.StatusUnauthorized, message: "Valid admin token required", outcome: outcomeInvalidCredential})
-			return
+			writeDataProblem(sw, problem{status: http.StatusUnauthorized, message: "Valid admin token required", outcome: outcomeInvalidCredential})
+		} else {
+			mux.ServeHTTP(sw, r)
 		}
-		mux.ServeHTTP(w, r)
+		// One audit line per operator request: what was asked and how it
+		// ended, never the token or the body (it may hold a password).
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		audit.Info("request", zap.String("method", r.Method), zap.String("path", r.URL.Path),
+			zap.Int("status", status), zap.Duration("duration", time.Since(start)),
+			zap.String("remote_addr", r.RemoteAddr))
 	})
 }
 

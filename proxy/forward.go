@@ -151,16 +151,54 @@ func (t *timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // statusWriter records the status and counts the body bytes of a response.
 // It unwraps for http.ResponseController, so flushing reaches the client.
+// It also keeps the connection's write deadline writeTimeout ahead of every
+// write (the data listener has no server-wide WriteTimeout, which would cut
+// streams short).
 type statusWriter struct {
 	http.ResponseWriter
 	status  int
 	outcome string // set by the reverse proxy's error handler
 	onWrite func(n int)
+
+	writeTimeout time.Duration
+	// renewAt is when the write deadline is next moved: half-way to it, so
+	// a stream of small writes does not reset the deadline on each one.
+	renewAt time.Time
+}
+
+// extendDeadline moves the write deadline writeTimeout past now, unless it
+// was moved recently.
+func (w *statusWriter) extendDeadline(now time.Time) {
+	if w.writeTimeout <= 0 || now.Before(w.renewAt) {
+		return
+	}
+	w.deadlineFor(now, w.writeTimeout)
+}
+
+// deadlineFor sets the write deadline d past now. Writers without
+// deadlines (tests' recorders) are left alone.
+func (w *statusWriter) deadlineFor(now time.Time, d time.Duration) {
+	if w.writeTimeout <= 0 {
+		return
+	}
+	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(now.Add(d))
+	w.renewAt = now.Add(d - w.writeTimeout/2)
 }
 
 func (w *statusWriter) WriteHeader(code int) {
+	if code == http.StatusSwitchingProtocols && w.writeTimeout > 0 {
+		// The connection is about to be hijacked for another protocol
+		// (WebSocket) that runs as long as it likes: no deadline.
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
+		w.writeTimeout = 0
+	}
 	if w.status == 0 && code >= 200 {
 		w.status = code
+		// The response starts: from now on each write has writeTimeout,
+		// however long the upstream took to get here.
+		w.deadlineFor(time.Now(), w.writeTimeout)
+	} else {
+		w.extendDeadline(time.Now())
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
@@ -169,6 +207,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
+	w.extendDeadline(time.Now())
 	n, err := w.ResponseWriter.Write(b)
 	if w.onWrite != nil && n > 0 {
 		w.onWrite(n)

@@ -41,6 +41,11 @@ type Options struct {
 	// UpstreamTimeout bounds the wait for the upstream's response headers
 	// (default 60s); past it the client gets 504.
 	UpstreamTimeout time.Duration
+	// WriteTimeout bounds each write of a response to the client (default
+	// 30s). It is a deadline per write, not per response, so a stream (SSE)
+	// lasts as long as the client reads it, while a client that stops
+	// reading cannot hold a connection for ever.
+	WriteTimeout time.Duration
 	// TSSkew is how far the ts parameter of partner and signed requests may
 	// be from now (default 5m).
 	TSSkew time.Duration
@@ -84,6 +89,9 @@ func New(o Options) *Handler {
 	if o.UpstreamTimeout <= 0 {
 		o.UpstreamTimeout = 60 * time.Second
 	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 30 * time.Second
+	}
 	if o.TSSkew <= 0 {
 		o.TSSkew = 5 * time.Minute
 	}
@@ -119,7 +127,11 @@ type accessRecord struct {
 // ServeHTTP routes self-served paths to their handlers and proxies the rest.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.opt.Now()
-	sw := &statusWriter{ResponseWriter: w}
+	sw := &statusWriter{ResponseWriter: w, writeTimeout: h.opt.WriteTimeout}
+	// A fresh deadline for this request: the connection may carry a stale
+	// one from an earlier request, and net/http writes (100 Continue, the
+	// final flush) outside the handler's writes.
+	sw.extendDeadline(time.Now()) // deadlines are on the real clock, not opt.Now
 	rec := &accessRecord{}
 	if route, ok := h.routes.lookup(r.Method, r.URL.Path); ok {
 		route(sw, r, rec)
@@ -176,6 +188,9 @@ func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord,
 	w.onWrite = func(n int) {
 		h.usage.add(org, quota.Meter{Name: meterEgress, Period: period}, int64(n), now, info.p.Plan.Limits)
 	}
+	// The upstream may take UpstreamTimeout to answer; nothing is written
+	// meanwhile, so no write deadline may end before that.
+	w.deadlineFor(time.Now(), h.opt.UpstreamTimeout+h.opt.WriteTimeout)
 	h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, info)))
 }
 

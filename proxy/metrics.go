@@ -3,9 +3,13 @@ package proxy
 import (
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/keygate/keygate/quota"
 )
 
 // orgOther is the org label of organizations past the cardinality cap, and
@@ -47,7 +51,16 @@ type Metrics struct {
 	revocationLag    prometheus.Histogram
 
 	orgs *orgLabels
+
+	// meterMu guards meterAt: when each upstream-reported, ingress or egress
+	// usage series was last set (by the usage flush, not per request).
+	meterMu sync.Mutex
+	meterAt map[meterSeries]time.Time
+
+	now func() time.Time
 }
+
+type meterSeries struct{ org, meter, period string }
 
 // NewMetrics registers keygate's metrics on reg. maxOrgs caps the number of
 // distinct org label values; later organizations are folded into "other".
@@ -106,7 +119,9 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 			Help:    "Time from a revocation's publication to its application on this sidecar.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 5},
 		}),
-		orgs: &orgLabels{max: maxOrgs, seen: make(map[string]struct{})},
+		orgs:    &orgLabels{max: maxOrgs, seen: make(map[string]*orgSeen)},
+		meterAt: make(map[meterSeries]time.Time),
+		now:     time.Now,
 	}
 	version, revision := buildVersion()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -124,7 +139,7 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 		m.authCache.WithLabelValues(r)
 	}
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamDuration, m.storeDuration, m.storeErrors,
-		m.quotaUsage, m.quotaLimit, m.quotaRatio, m.failOpenAdmits, m.authCache, m.revocations, m.revocationLag, build)
+		quotaCollector{m}, m.quotaLimit, m.failOpenAdmits, m.authCache, m.revocations, m.revocationLag, build)
 	return m
 }
 
@@ -154,31 +169,53 @@ func goVersion() string {
 type orgLabels struct {
 	max  int
 	mu   sync.RWMutex
-	seen map[string]struct{}
+	seen map[string]*orgSeen
+}
+
+// orgSeen is what the metrics know of one labelled organization: when its
+// request usage was last set, and under which period.
+type orgSeen struct {
+	requestsAt     atomic.Int64 // Unix nanoseconds; 0 = never
+	requestsPeriod atomic.Pointer[string]
 }
 
 // label returns org if it is (or can become) one of the first max
 // organizations seen, else "other".
 func (o *orgLabels) label(org string) string {
+	l, _ := o.lookup(org)
+	return l
+}
+
+// lookup is label plus the organization's state; nil for "none" and
+// "other", which have no usage gauges.
+func (o *orgLabels) lookup(org string) (string, *orgSeen) {
 	if org == "" {
-		return orgNone
+		return orgNone, nil
 	}
 	o.mu.RLock()
-	_, ok := o.seen[org]
+	s, ok := o.seen[org]
 	o.mu.RUnlock()
 	if ok {
-		return org
+		return org, s
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, ok := o.seen[org]; ok {
-		return org
+	if s, ok := o.seen[org]; ok {
+		return org, s
 	}
 	if len(o.seen) >= o.max {
-		return orgOther
+		return orgOther, nil
 	}
-	o.seen[org] = struct{}{}
-	return org
+	s = &orgSeen{}
+	o.seen[org] = s
+	return org, s
+}
+
+// get returns a labelled organization's state, or nil.
+func (o *orgLabels) get(org string) *orgSeen {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return o.seen[org]
 }
 
 func statusClass(status int) string {
@@ -225,23 +262,29 @@ func (m *Metrics) quota(org, period string, used, limit int64) {
 	if m == nil {
 		return
 	}
-	l := m.orgs.label(org)
-	if l == orgOther {
+	l, seen := m.orgs.lookup(org)
+	if seen == nil {
 		return // a folded gauge would mix organizations' values
 	}
-	m.quotaUsage.WithLabelValues(l, "requests", period).Set(float64(used))
+	m.quotaUsage.WithLabelValues(l, meterRequests, period).Set(float64(used))
 	if limit >= 0 {
-		m.quotaLimit.WithLabelValues(l, "requests", period).Set(float64(limit))
+		m.quotaLimit.WithLabelValues(l, meterRequests, period).Set(float64(limit))
 		if limit > 0 {
 			m.quotaRatio.WithLabelValues(l).Set(float64(used) / float64(limit))
 		} else {
 			m.quotaRatio.WithLabelValues(l).Set(1)
 		}
 	}
+	if p := seen.requestsPeriod.Load(); p == nil || *p != period {
+		p := period // allocated only when the org's period changes
+		seen.requestsPeriod.Store(&p)
+	}
+	seen.requestsAt.Store(m.now().UnixNano())
 }
 
-// meter records a meter's usage and limit (limit < 0: none).
-func (m *Metrics) meter(org, meter, period string, used, limit int64) {
+// meter records a meter's usage as of at (the time of the requests it was
+// booked for) and its limit (limit < 0: none).
+func (m *Metrics) meter(org, meter, period string, used, limit int64, at time.Time) {
 	if m == nil {
 		return
 	}
@@ -252,6 +295,101 @@ func (m *Metrics) meter(org, meter, period string, used, limit int64) {
 	m.quotaUsage.WithLabelValues(l, meter, period).Set(float64(used))
 	if limit >= 0 {
 		m.quotaLimit.WithLabelValues(l, meter, period).Set(float64(limit))
+	}
+	k := meterSeries{l, meter, period}
+	m.meterMu.Lock()
+	if at.After(m.meterAt[k]) {
+		m.meterAt[k] = at
+	}
+	m.meterMu.Unlock()
+}
+
+// quotaCollector collects keygate_quota_usage and keygate_quota_usage_ratio.
+// A usage gauge holds the shared counter's value in the window in which this
+// sidecar last saw it; once that window of the period has ended (or the
+// organization moved to a plan of another period) the counter has reset,
+// so the series reads 0 until the sidecar sees the new window's value.
+// Without this, a sidecar that served an organization at the end of a
+// period would report last period's usage for as long as it gets none of
+// that organization's traffic, and the max across sidecars that the rules
+// take would keep a quota alert firing after the reset.
+type quotaCollector struct{ m *Metrics }
+
+func (c quotaCollector) Describe(ch chan<- *prometheus.Desc) {
+	c.m.quotaUsage.Describe(ch)
+	c.m.quotaRatio.Describe(ch)
+}
+
+func (c quotaCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.m.now()
+	requestsReset := map[string]bool{} // by org
+	collectLabelled(c.m.quotaUsage, func(mt prometheus.Metric, lv map[string]string) {
+		org, meter, period := lv["org"], lv["meter"], lv["period"]
+		var at time.Time
+		current := true
+		if meter == meterRequests {
+			if seen := c.m.orgs.get(org); seen != nil {
+				if n := seen.requestsAt.Load(); n != 0 {
+					at = time.Unix(0, n)
+				}
+				if p := seen.requestsPeriod.Load(); p != nil && *p != period {
+					current = false
+				}
+			}
+		} else {
+			c.m.meterMu.Lock()
+			at = c.m.meterAt[meterSeries{org, meter, period}]
+			c.m.meterMu.Unlock()
+		}
+		if current && !windowEnded(period, at, now) {
+			ch <- mt
+			return
+		}
+		if meter == meterRequests && current {
+			requestsReset[org] = true
+		}
+		ch <- prometheus.MustNewConstMetric(mt.Desc(), prometheus.GaugeValue, 0, org, meter, period)
+	})
+	collectLabelled(c.m.quotaRatio, func(mt prometheus.Metric, lv map[string]string) {
+		if requestsReset[lv["org"]] {
+			ch <- prometheus.MustNewConstMetric(mt.Desc(), prometheus.GaugeValue, 0, lv["org"])
+			return
+		}
+		ch <- mt
+	})
+}
+
+// windowEnded reports whether the window of period that held at has ended
+// by now. A period that never resets, or an unknown time, never ends.
+func windowEnded(period string, at, now time.Time) bool {
+	if at.IsZero() {
+		return false
+	}
+	p, err := quota.ParsePeriod(period)
+	if err != nil {
+		return false
+	}
+	end := p.Window(at).End
+	return !end.IsZero() && !now.Before(end)
+}
+
+// collectLabelled calls f with each metric of v and its label values by name.
+func collectLabelled(v *prometheus.GaugeVec, f func(prometheus.Metric, map[string]string)) {
+	ch := make(chan prometheus.Metric, 64)
+	go func() {
+		v.Collect(ch)
+		close(ch)
+	}()
+	for mt := range ch {
+		var pb dto.Metric
+		if err := mt.Write(&pb); err != nil {
+			continue
+		}
+		lv := make(map[string]string, len(pb.Label))
+		for _, l := range pb.Label {
+			lv[l.GetName()] = l.GetValue()
+		}
+		f(mt, lv)
 	}
 }
 

@@ -147,7 +147,7 @@ func (h *Handler) FlushUsage(ctx context.Context) {
 			if !ok {
 				limit = -1
 			}
-			h.opt.Metrics.meter(g.org, d.Meter.Name, d.Meter.Period.String(), totals[i], limit)
+			h.opt.Metrics.meter(g.org, d.Meter.Name, d.Meter.Period.String(), totals[i], limit, time.Unix(g.sec, 0))
 		}
 	}
 }

@@ -130,7 +130,9 @@ func userErrorID(err error, p problem) string {
 	switch {
 	case errors.As(err, &ue):
 		return ue.id
-	case p.outcome == outcomeNoCredential || p.outcome == outcomeInvalidCredential:
+	// 401s include a signed request's bad ts or spent signature: the
+	// credential is refused, whatever the problem's outcome label.
+	case p.outcome == outcomeNoCredential || p.outcome == outcomeInvalidCredential || p.status == http.StatusUnauthorized:
 		return userErrUnauthorized
 	case p.outcome == outcomeForbidden:
 		return userErrForbidden

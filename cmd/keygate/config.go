@@ -4,8 +4,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -95,8 +97,8 @@ func (c config) validate() error {
 		}
 	}
 	for name, addr := range map[string]string{"LISTEN_ADDR": c.ListenAddr, "ADMIN_ADDR": c.AdminAddr, "METRICS_ADDR": c.MetricsAddr} {
-		if !strings.Contains(addr, ":") {
-			bad(name, "want host:port or :port, got %q", addr)
+		if !validListenAddr(addr) {
+			bad(name, "want host:port or :port with a port from 0 to 65535, got %q", addr)
 		}
 	}
 	if c.FailureMode != "open" && c.FailureMode != "closed" {
@@ -134,6 +136,17 @@ func (c config) validate() error {
 		bad("LOG_FORMAT", "want json or console, got %q", c.LogFormat)
 	}
 	return errors.Join(errs...)
+}
+
+// validListenAddr reports whether addr is host:port or :port with a numeric
+// port, as net.Listen takes it.
+func validListenAddr(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	return err == nil && n <= 65535
 }
 
 // rewriteEnvError turns caarlos0/env's errors, which name Go fields, into

@@ -65,6 +65,13 @@ func meteredUpstream() http.Handler {
 // key's secret.
 func (g *gate) meteredOrg(planID, max int64, limits map[string]int64) (string, string) {
 	g.t.Helper()
+	return g.meteredOrgKeyMax(planID, max, limits, nil)
+}
+
+// meteredOrgKeyMax is meteredOrg with the key's own request quota (nil:
+// none).
+func (g *gate) meteredOrgKeyMax(planID, max int64, limits map[string]int64, keyMax *int64) (string, string) {
+	g.t.Helper()
 	g.admin("POST", "/admin/v1/plans", map[string]any{"id": planID, "name": "plan " + strconv.FormatInt(planID, 10),
 		"price": "0.00", "period": "month", "max_api_requests": max, "limits": limits}, 201, nil)
 	var org struct {
@@ -72,7 +79,7 @@ func (g *gate) meteredOrg(planID, max int64, limits map[string]int64) (string, s
 	}
 	g.admin("POST", "/admin/v1/orgs", map[string]any{"name": "Acme", "email": "ops@example.com", "plan_id": planID}, 201, &org)
 	var k newKey
-	g.admin("POST", "/admin/v1/orgs/"+org.ID+"/keys", map[string]any{"name": "k1", "permissions": []string{"admin"}}, 201, &k)
+	g.admin("POST", "/admin/v1/orgs/"+org.ID+"/keys", map[string]any{"name": "k1", "permissions": []string{"admin"}, "max_api_requests": keyMax}, 201, &k)
 	return org.ID, k.AccessSecret
 }
 
@@ -174,12 +181,18 @@ func TestRealPrometheusScrape(t *testing.T) {
 	defer up.Close()
 	g := startGate(t, map[string]string{"KEYGATE_UPSTREAM_URL": up.URL, "KEYGATE_REDIS_URL": srv.URL()})
 
+	// Org A runs out of its own quota (usage = limit); org B's key runs out
+	// of the key's quota while the org has room, so its usage series (3) is
+	// the admitted count and not its limit (10).
 	orgA, secretA := g.meteredOrg(1, 5, nil)
-	orgB, secretB := g.meteredOrg(2, 3, nil)
+	keyMax := int64(3)
+	orgB, secretB := g.meteredOrgKeyMax(2, 10, nil, &keyMax)
 	gotA, gotB := g.driveGET(secretA, 7), g.driveGET(secretB, 6)
 	if gotA[200] != 5 || gotA[429] != 2 || gotB[200] != 3 || gotB[429] != 3 {
 		t.Fatalf("statuses: org A %v, org B %v", gotA, gotB)
 	}
+	// Refused requests add nothing, and unauthenticated ones are org="none".
+	g.driveGET("", 2)
 
 	prom := startPrometheus(t, bin, g.l.Metrics, filepath.Join(rulesDir(t), "keygate-rules.yml"))
 	type want struct {
@@ -188,12 +201,13 @@ func TestRealPrometheusScrape(t *testing.T) {
 	}
 	wants := []want{
 		{`keygate_quota_usage{meter="requests"}`, map[string]float64{orgA: 5, orgB: 3}},
-		{`keygate_quota_limit{meter="requests"}`, map[string]float64{orgA: 5, orgB: 3}},
+		{`keygate_quota_limit{meter="requests"}`, map[string]float64{orgA: 5, orgB: 10}},
 		{`sum by (org) (keygate_requests_total{outcome="admitted"})`, map[string]float64{orgA: 5, orgB: 3}},
 		{`sum by (org) (keygate_requests_total{outcome="quota_exceeded",status_class="4xx"})`, map[string]float64{orgA: 2, orgB: 3}},
+		{`sum by (org) (keygate_requests_total{status_class="4xx"})`, map[string]float64{orgA: 2, orgB: 3, "none": 2}},
 		// The recording rules and the alert evaluate on the scraped data.
-		{`org_meter:keygate_quota_usage:ratio{meter="requests"}`, map[string]float64{orgA: 1, orgB: 1}},
-		{`ALERTS{alertname="KeygateOrgQuotaExhausted",meter="requests"}`, map[string]float64{orgA: 1, orgB: 1}},
+		{`org_meter:keygate_quota_usage:ratio{meter="requests"}`, map[string]float64{orgA: 1, orgB: 0.3}},
+		{`ALERTS{alertname="KeygateOrgQuotaExhausted",meter="requests"}`, map[string]float64{orgA: 1}},
 	}
 	deadline := time.Now().Add(45 * time.Second)
 	for _, w := range wants {

@@ -87,17 +87,17 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 
 	var draining atomic.Bool
 	servers := []*namedServer{
-		{name: "data", addr: cfg.ListenAddr, srv: &http.Server{
+		{name: "data", env: "KEYGATE_LISTEN_ADDR", addr: cfg.ListenAddr, srv: &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    64 << 10,
 			// No WriteTimeout: streamed responses (SSE) may last; the
 			// upstream timeout bounds the wait for headers, and each write
-			// gets its own deadline in the proxy.
+			// gets its own deadline in the proxy (proxy.Options.WriteTimeout).
 			ErrorLog: zap.NewStdLog(log.Named("http")),
 		}},
-		{name: "metrics", addr: cfg.MetricsAddr, srv: &http.Server{
+		{name: "metrics", env: "KEYGATE_METRICS_ADDR", addr: cfg.MetricsAddr, srv: &http.Server{
 			Handler:           metricsMux(reg, st, &draining, cfg.RedisTimeout),
 			ReadHeaderTimeout: 5 * time.Second,
 			WriteTimeout:      30 * time.Second,
@@ -105,7 +105,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		}},
 	}
 	if cfg.AdminToken != "" {
-		servers = append(servers, &namedServer{name: "admin", addr: cfg.AdminAddr, srv: &http.Server{
+		servers = append(servers, &namedServer{name: "admin", env: "KEYGATE_ADMIN_ADDR", addr: cfg.AdminAddr, srv: &http.Server{
 			Handler:           h.AdminHandler(cfg.AdminToken),
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       30 * time.Second,
@@ -185,15 +185,16 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 
 // namedServer is one listener of the sidecar.
 type namedServer struct {
-	name, addr string
-	srv        *http.Server
-	ln         net.Listener
+	// env is the variable that configures addr, named in errors.
+	name, env, addr string
+	srv             *http.Server
+	ln              net.Listener
 }
 
 func (s *namedServer) listen() error {
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return fmt.Errorf("%s listener on %s: %w", s.name, s.addr, err)
+		return fmt.Errorf("%s: %s listener on %s: %w", s.env, s.name, s.addr, err)
 	}
 	s.ln = ln
 	return nil

@@ -93,6 +93,12 @@ func runSign(args []string, env map[string]string, stdout, stderr io.Writer) err
 		}
 		u.RawQuery += "ts=" + s
 	}
+	if !wireSafeQuery(u.RawQuery) {
+		// A query typed unencoded (a space, é, a quote) is not something
+		// curl or an HTTP client can send as it is: print it encoded. The
+		// signature covers the decoded parameters, so it is unchanged.
+		u.RawQuery = q.Encode()
+	}
 	path := u.EscapedPath()
 	if path == "" {
 		path = "/"
@@ -106,6 +112,22 @@ func runSign(args []string, env map[string]string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "X-Access-Signature: %s\n", proxy.SignRequest(m, path, q, secret))
 	fmt.Fprintf(stdout, "URL: %s\n", u.String())
 	return nil
+}
+
+// wireSafeQuery reports whether a raw query holds only what may appear
+// unencoded in a URL's query (RFC 3986: unreserved, sub-delims, ":", "@", "/",
+// "?" and percent-escapes, which url.ParseQuery has already checked).
+func wireSafeQuery(raw string) bool {
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("-._~!$&'()*+,;=:@/?%", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func readSignSecret(file string, env map[string]string) (string, error) {

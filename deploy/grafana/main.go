@@ -176,18 +176,19 @@ func buildDashboard() (dashboard.Dashboard, error) {
 			query(`org_meter:keygate_quota_limit:max{`+sel+`}`, "{{org}} {{meter}} limit"))).
 		// Requests.
 		WithRow(dashboard.NewRowBuilder("Requests")).
-		WithPanel(series("Refusals and errors by status", "401 no credential, 403 invalid credential or missing permission, 429 quota exhausted, 503 store unavailable, 502 upstream unreachable, 504 upstream timeout.", "reqps", 12,
+		WithPanel(series("Refusals and errors by status", "401 no credential, 403 invalid credential or missing permission, 429 quota exhausted, 503 store unavailable, 502 upstream unreachable, 504 upstream timeout; 499 the client went away before the answer (no response sent; a rise often means a slow upstream whose callers give up before KEYGATE_UPSTREAM_TIMEOUT).", "reqps", 12,
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="no_credential", `+sel+`})`, "401 no credential"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome=~"invalid_credential|forbidden", status_class="4xx", `+sel+`})`, "403 invalid credential / forbidden"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="quota_exceeded", `+sel+`})`, "429 quota exceeded"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="store_unavailable", `+sel+`})`, "503 store unavailable"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="upstream_error", `+sel+`})`, "502 upstream error"),
-			query(`sum(org_outcome:keygate_requests:rate5m{outcome="upstream_timeout", `+sel+`})`, "504 upstream timeout"))).
+			query(`sum(org_outcome:keygate_requests:rate5m{outcome="upstream_timeout", `+sel+`})`, "504 upstream timeout"),
+			query(`sum(org_outcome:keygate_requests:rate5m{outcome="client_closed", `+sel+`})`, "499 client closed"))).
 		WithPanel(series("Requests by outcome", "Every request by outcome (admitted requests include the upstream's own errors).", "reqps", 12,
 			query(`sum by (outcome) (org_outcome:keygate_requests:rate5m{`+sel+`})`, "{{outcome}}"))).
 		WithPanel(series("Requests by organization — top $topn", "Request rate of the busiest organizations; org=\"other\" gathers those past KEYGATE_METRICS_MAX_ORGS, org=\"none\" requests without a valid credential.", "reqps", 12,
 			query(`topk($topn, sum by (org) (org_outcome:keygate_requests:rate5m{`+sel+`}))`, "{{org}}"))).
-		WithPanel(series("5xx share", "Share of all responses with a 5xx status; the KeygateRising5xxShare alert fires above 5 % when it doubled in an hour.", "percentunit", 12,
+		WithPanel(series("5xx share", "Share of responses with a 5xx status (requests abandoned by their client, 499, are left out); the KeygateRising5xxShare alert fires above 5 % when it doubled in an hour.", "percentunit", 12,
 			query(`keygate:requests_5xx:ratio_rate5m`, "5xx share"))).
 		// Latency.
 		WithRow(dashboard.NewRowBuilder("Latency")).

@@ -119,7 +119,7 @@ func (s *Store) Plans(context.Context) ([]keys.Plan, error) {
 // CreateOrg adds an organization; keys.ErrConflict when its id or username is
 // taken.
 func (s *Store) CreateOrg(_ context.Context, o keys.Org) error {
-	if err := checkOrgID(o.ID); err != nil {
+	if err := keys.ValidateOrgID(o.ID); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -202,7 +202,7 @@ func (s *Store) UpdateOrg(_ context.Context, o keys.Org) error {
 // CreateKey adds k to its organization under the allocation rule of
 // keys.Store.
 func (s *Store) CreateKey(_ context.Context, k keys.Key, allocLimit int64) error {
-	if err := checkKey(k); err != nil {
+	if err := k.Validate(); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -389,32 +389,6 @@ func (s *Store) publish(r keys.Revocation) {
 			w.lostOnce.Do(func() { close(w.lost) })
 		}
 	}
-}
-
-// checkOrgID refuses organization ids the Redis store could not hash-tag, so
-// both stores accept the same ids.
-func checkOrgID(id string) error {
-	if id == "" {
-		return &keys.InvalidError{Field: "id", Reason: "must not be empty"}
-	}
-	if strings.ContainsAny(id, "{}") {
-		return &keys.InvalidError{Field: "id", Reason: "must not contain braces"}
-	}
-	return nil
-}
-
-// checkKey refuses keys the Redis store could not index, so both stores
-// accept the same keys.
-func checkKey(k keys.Key) error {
-	switch {
-	case k.UID == "" || strings.Contains(k.UID, "/"):
-		return &keys.InvalidError{Field: "uid", Reason: "must be non-empty and contain no slash"}
-	case k.Name == "":
-		return &keys.InvalidError{Field: "name", Reason: "must not be empty"}
-	case k.MaxAPIRequests != nil && *k.MaxAPIRequests < 0:
-		return &keys.InvalidError{Field: "max_api_requests", Reason: "must not be negative"}
-	}
-	return checkOrgID(k.OrgID)
 }
 
 func copyInt(p *int64) *int64 {

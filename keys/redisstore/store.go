@@ -144,7 +144,7 @@ func (s *Store) Plans(ctx context.Context) ([]keys.Plan, error) {
 // taken. The record is claimed first (SET NX), then the username (HSETNX);
 // when the username is taken the record is removed again.
 func (s *Store) CreateOrg(ctx context.Context, o keys.Org) error {
-	if err := checkOrgID(o.ID); err != nil {
+	if err := keys.ValidateOrgID(o.ID); err != nil {
 		return err
 	}
 	b, err := json.Marshal(o)
@@ -316,7 +316,7 @@ func (s *Store) UpdateOrg(ctx context.Context, o keys.Org) error {
 // and its allocation are written by one script; the secret-hash and uid
 // indices after it.
 func (s *Store) CreateKey(ctx context.Context, k keys.Key, allocLimit int64) error {
-	if err := checkKey(k); err != nil {
+	if err := k.Validate(); err != nil {
 		return err
 	}
 	b, err := json.Marshal(k)
@@ -693,30 +693,6 @@ func (s *Store) receive(ctx context.Context, sub *redis.PubSub, msgs chan<- any,
 }
 
 // ----- helpers -----
-
-// checkOrgID refuses organization ids that would break the hash tag.
-func checkOrgID(id string) error {
-	if id == "" {
-		return &keys.InvalidError{Field: "id", Reason: "must not be empty"}
-	}
-	if strings.ContainsAny(id, "{}") {
-		return &keys.InvalidError{Field: "id", Reason: "must not contain braces"}
-	}
-	return nil
-}
-
-// checkKey refuses keys the store cannot index.
-func checkKey(k keys.Key) error {
-	switch {
-	case k.UID == "" || strings.Contains(k.UID, "/"):
-		return &keys.InvalidError{Field: "uid", Reason: "must be non-empty and contain no slash"}
-	case k.Name == "":
-		return &keys.InvalidError{Field: "name", Reason: "must not be empty"}
-	case k.MaxAPIRequests != nil && *k.MaxAPIRequests < 0:
-		return &keys.InvalidError{Field: "max_api_requests", Reason: "must not be negative"}
-	}
-	return checkOrgID(k.OrgID)
-}
 
 // maxArg renders a per-key maximum as a script argument: "" for none.
 func maxArg(max *int64) string {

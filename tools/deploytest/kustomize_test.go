@@ -6,8 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -213,9 +215,7 @@ func checkExampleApp(t *testing.T, r rendered, native bool) {
 		}
 	}
 	checkHardened(t, &spec, append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...))
-	if spec.TerminationGracePeriodSeconds == nil || *spec.TerminationGracePeriodSeconds < 60 {
-		t.Errorf("terminationGracePeriodSeconds %v: below keygate's 60s upstream timeout", spec.TerminationGracePeriodSeconds)
-	}
+	checkGracePeriod(t, &spec, kg)
 	if dep.Spec.Template.Annotations["prometheus.io/scrape"] != "true" {
 		t.Error("no Prometheus scrape annotation")
 	}
@@ -385,4 +385,52 @@ func hasPort(c *corev1.Container, port int32) bool {
 		}
 	}
 	return false
+}
+
+// checkGracePeriod: the pod's terminationGracePeriodSeconds covers the
+// longest preStop hook of the app's containers (they run before keygate is
+// signalled: a native sidecar is stopped after the containers, and in the
+// classic layout the app's hook is what the endpoint removal waits on) plus
+// keygate's drain, KEYGATE_SHUTDOWN_TIMEOUT (25s when unset), which must be
+// set explicitly so that it cannot drift from the grace period.
+func checkGracePeriod(t *testing.T, spec *corev1.PodSpec, kg *corev1.Container) {
+	t.Helper()
+	drain := 25 * time.Second
+	found := false
+	for _, e := range kg.Env {
+		if e.Name == "KEYGATE_SHUTDOWN_TIMEOUT" {
+			d, err := time.ParseDuration(e.Value)
+			if err != nil {
+				t.Errorf("KEYGATE_SHUTDOWN_TIMEOUT %q: %v", e.Value, err)
+			}
+			drain, found = d, true
+		}
+	}
+	if !found {
+		t.Error("keygate's KEYGATE_SHUTDOWN_TIMEOUT is not set next to terminationGracePeriodSeconds")
+	}
+	var preStop time.Duration
+	for _, c := range spec.Containers {
+		if c.Name == kg.Name || c.Lifecycle == nil || c.Lifecycle.PreStop == nil {
+			continue
+		}
+		h := c.Lifecycle.PreStop
+		switch {
+		case h.Sleep != nil:
+			preStop = max(preStop, time.Duration(h.Sleep.Seconds)*time.Second)
+		case h.Exec != nil && len(h.Exec.Command) == 2 && h.Exec.Command[0] == "sleep":
+			n, err := strconv.Atoi(h.Exec.Command[1])
+			if err != nil {
+				t.Errorf("container %s: preStop %v", c.Name, h.Exec.Command)
+			}
+			preStop = max(preStop, time.Duration(n)*time.Second)
+		}
+	}
+	if preStop == 0 {
+		t.Error("the app has no preStop delay: requests routed during the endpoint removal would be refused")
+	}
+	need := preStop + drain
+	if g := spec.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= need {
+		t.Errorf("terminationGracePeriodSeconds %v: want more than preStop %s + keygate drain %s", g, preStop, drain)
+	}
 }

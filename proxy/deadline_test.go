@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/keys/memstore"
+	"github.com/keygate/keygate/quota/memcounter"
+)
+
+// Per-write deadlines on the data listener: a client that stops reading
+// cannot hold a connection (and the upstream's) for ever, while a slow
+// upstream and a stream with long pauses are not cut short.
+
+const testWriteTimeout = 200 * time.Millisecond
+
+// deadlineGate serves a Handler with a short write timeout in front of
+// upstream, on real loopback connections, and returns its URL and a key.
+func deadlineGate(t *testing.T, upstream http.Handler) (string, string) {
+	t.Helper()
+	up := httptest.NewServer(upstream)
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL)
+	st := memstore.New()
+	h := New(Options{
+		Upstream:        u,
+		Store:           st,
+		Auth:            keys.NewAuthenticator(st, keys.AuthOptions{}),
+		Counter:         memcounter.New(),
+		Metrics:         NewMetrics(prometheus.NewRegistry(), 10),
+		UpstreamTimeout: 5 * time.Second,
+		WriteTimeout:    testWriteTimeout,
+	})
+	secret := metricsSetupOrg(t, h, 1, 1000, nil, metricsOrgA)
+	front := httptest.NewServer(h)
+	t.Cleanup(front.Close)
+	return front.URL, secret
+}
+
+func TestStalledClientIsCutOff(t *testing.T) {
+	upstreamDone := make(chan struct{})
+	base, secret := deadlineGate(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(upstreamDone)
+		chunk := []byte(strings.Repeat("x", 32<<10))
+		// Endless body: only keygate giving up on the client ends it. Bounded
+		// so a broken keygate fails the test instead of hanging it.
+		for range 1 << 16 {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+	if _, err := io.WriteString(conn, "GET /download HTTP/1.1\r\nHost: x\r\nX-API-Key: "+secret+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Never read: keygate's writes block once the buffers are full, and the
+	// write deadline must end them.
+	select {
+	case <-upstreamDone:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a client that stopped reading still holds its connection and the upstream's after 20s")
+	}
+}
+
+func TestSlowUpstreamAndPausedStreamNotCut(t *testing.T) {
+	pause := 3 * testWriteTimeout
+	base, secret := deadlineGate(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			// Headers later than the write timeout, within the upstream timeout.
+			time.Sleep(pause)
+			_, _ = io.WriteString(w, "late\n")
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			if i > 0 {
+				time.Sleep(pause) // a quiet stream, longer than the write timeout
+			}
+			_, _ = io.WriteString(w, "data: tick\n\n")
+			_ = http.NewResponseController(w).Flush()
+		}
+	}))
+	get := func(path string) (int, string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", base+path, nil)
+		req.Header.Set("X-API-Key", secret)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			b.WriteString(sc.Text() + "\n")
+		}
+		if err := sc.Err(); err != nil {
+			t.Fatalf("%s: reading: %v (after %q)", path, err, b.String())
+		}
+		return resp.StatusCode, b.String()
+	}
+	if status, body := get("/slow"); status != 200 || body != "late\n" {
+		t.Errorf("slow upstream: %d %q", status, body)
+	}
+	if status, body := get("/events"); status != 200 || body != strings.Repeat("data: tick\n\n", 3) {
+		t.Errorf("paused stream: %d %q", status, body)
+	}
+	// Keep-alive: the next request on a connection whose last deadline has
+	// passed still gets its answer.
+	time.Sleep(2 * testWriteTimeout)
+	if status, body := get("/slow"); status != 200 || body != "late\n" {
+		t.Errorf("reused connection after its deadline passed: %d %q", status, body)
+	}
+}
