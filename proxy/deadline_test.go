@@ -131,3 +131,58 @@ func TestSlowUpstreamAndPausedStreamNotCut(t *testing.T) {
 		t.Errorf("reused connection after its deadline passed: %d %q", status, body)
 	}
 }
+
+func TestStalledUploadIsCutOff(t *testing.T) {
+	upstreamDone := make(chan error, 1)
+	base, secret := deadlineGate(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.Copy(io.Discard, r.Body)
+		upstreamDone <- err
+	}))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A chunked upload that sends one chunk and then stalls.
+	req := "POST /upload HTTP/1.1\r\nHost: x\r\nX-API-Key: " + secret + "\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-upstreamDone:
+		if err == nil {
+			t.Fatal("the upstream read a complete body from a stalled upload")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a client that stalled mid-upload still holds its connection and the upstream's after 20s")
+	}
+}
+
+func TestSlowButSteadyUploadCompletes(t *testing.T) {
+	got := make(chan int, 1)
+	base, secret := deadlineGate(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- len(b)
+	}))
+	pr, pw := io.Pipe()
+	go func() {
+		// 6 pieces, each within the timeout of the last, longer in all.
+		for range 6 {
+			time.Sleep(testWriteTimeout / 2)
+			if _, err := pw.Write([]byte("0123456789")); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", base+"/upload", pr)
+	req.Header.Set("X-API-Key", secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || <-got != 60 {
+		t.Fatalf("steady upload: status %d", resp.StatusCode)
+	}
+}

@@ -234,17 +234,37 @@ type forwardInfo struct {
 	bearer bool
 }
 
-// countingBody books the bytes read from a request body of unknown length.
-type countingBody struct {
+// requestBody wraps the body of a forwarded request. It keeps the
+// connection's read deadline timeout ahead of every read, so a client that
+// stalls mid-upload cannot hold the connection (and an upstream one) for
+// ever, and clears it at the end of the body so it cannot fire later while
+// the response streams. When book is set (the length was not known up
+// front) it books the ingress bytes as they are read.
+type requestBody struct {
 	io.ReadCloser
-	book *usageBook
-	info *forwardInfo
+	rc      *http.ResponseController
+	timeout time.Duration
+	// renewAt is when the deadline is next moved: half-way to it, so a
+	// stream of small reads does not reset it on each one.
+	renewAt time.Time
+	book    *usageBook
+	info    *forwardInfo
 }
 
-func (b *countingBody) Read(p []byte) (int, error) {
+func (b *requestBody) Read(p []byte) (int, error) {
+	if b.timeout > 0 {
+		if now := time.Now(); !now.Before(b.renewAt) {
+			_ = b.rc.SetReadDeadline(now.Add(b.timeout)) // unsupported by test recorders: fine
+			b.renewAt = now.Add(b.timeout / 2)
+		}
+	}
 	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
+	if n > 0 && b.book != nil {
 		b.book.add(b.info.p.Key.OrgID, quota.Meter{Name: meterIngress, Period: b.info.period}, int64(n), b.info.at, b.info.p.Plan.Limits)
+	}
+	if err != nil && b.timeout > 0 {
+		_ = b.rc.SetReadDeadline(time.Time{})
+		b.timeout = 0
 	}
 	return n, err
 }

@@ -41,10 +41,12 @@ type Options struct {
 	// UpstreamTimeout bounds the wait for the upstream's response headers
 	// (default 60s); past it the client gets 504.
 	UpstreamTimeout time.Duration
-	// WriteTimeout bounds each write of a response to the client (default
-	// 30s). It is a deadline per write, not per response, so a stream (SSE)
-	// lasts as long as the client reads it, while a client that stops
-	// reading cannot hold a connection for ever.
+	// WriteTimeout bounds each write of a response to the client, and each
+	// read of a forwarded request body from it (default 30s). It is a
+	// deadline per write or read, not per request, so a stream (SSE) or a
+	// large upload lasts as long as the client keeps it moving, while a
+	// client that stalls cannot hold a connection (and an upstream one) for
+	// ever.
 	WriteTimeout time.Duration
 	// TSSkew is how far the ts parameter of partner and signed requests may
 	// be from now (default 5m).
@@ -180,10 +182,14 @@ func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord,
 	rec.outcome = outcomeAdmitted
 	info := &forwardInfo{p: p, period: period, at: now, bearer: cred.bearer}
 	org := p.Key.OrgID
-	if r.ContentLength > 0 {
-		h.usage.add(org, quota.Meter{Name: meterIngress, Period: period}, r.ContentLength, now, info.p.Plan.Limits)
-	} else if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &countingBody{ReadCloser: r.Body, book: h.usage, info: info}
+	if r.Body != nil && r.Body != http.NoBody {
+		body := &requestBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: h.opt.WriteTimeout, info: info}
+		if r.ContentLength > 0 {
+			h.usage.add(org, quota.Meter{Name: meterIngress, Period: period}, r.ContentLength, now, info.p.Plan.Limits)
+		} else {
+			body.book = h.usage // length unknown: count as it is read
+		}
+		r.Body = body
 	}
 	w.onWrite = func(n int) {
 		h.usage.add(org, quota.Meter{Name: meterEgress, Period: period}, int64(n), now, info.p.Plan.Limits)

@@ -1,10 +1,8 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path"
@@ -96,20 +94,61 @@ func LoadRules(name string) (Rules, error) {
 	return ParseRules(b)
 }
 
-// ParseRules parses route rules; see LoadRules.
+// ParseRules parses route rules; see LoadRules. Each problem is reported
+// on one line naming the rule by position, line and content.
 func ParseRules(b []byte) (Rules, error) {
-	var rules []Rule
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&rules); err != nil && !errors.Is(err, io.EOF) {
-		return Rules{}, fmt.Errorf("route rules: %w", err)
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return Rules{}, fmt.Errorf("route rules: %s", oneLine(err))
 	}
-	for i, r := range rules {
-		if err := r.validate(); err != nil {
-			return Rules{}, fmt.Errorf("route rule %d (%s %s): %w", i+1, r.Method, r.Path, err)
+	if len(doc.Content) == 0 {
+		return Rules{}, nil // an empty file: no rules
+	}
+	list := doc.Content[0]
+	if list.Kind != yaml.SequenceNode {
+		return Rules{}, fmt.Errorf("route rules: line %d: want a list of rules (- method: …, path: …)", list.Line)
+	}
+	rules := make([]Rule, 0, len(list.Content))
+	for i, node := range list.Content {
+		r, err := decodeRule(node)
+		if err == nil {
+			err = r.validate()
 		}
+		if err != nil {
+			return Rules{}, fmt.Errorf("route rule %d (%s %s, line %d): %s", i+1, r.Method, r.Path, node.Line, oneLine(err))
+		}
+		rules = append(rules, r)
 	}
 	return Rules{rules: rules}, nil
+}
+
+// decodeRule decodes one rule strictly: a mapping of known fields only.
+func decodeRule(node *yaml.Node) (Rule, error) {
+	var r Rule
+	if node.Kind != yaml.MappingNode {
+		return r, errors.New("want a mapping of method, path, permission, cost")
+	}
+	if err := node.Decode(&r); err != nil {
+		return r, err
+	}
+	for i := 0; i+1 < len(node.Content); i += 2 {
+		switch k := node.Content[i].Value; k {
+		case "method", "path", "permission", "cost":
+		default:
+			return r, fmt.Errorf("unknown field %q (want method, path, permission, cost)", k)
+		}
+	}
+	return r, nil
+}
+
+// oneLine flattens a multi-line error (yaml.TypeError lists one problem per
+// line) so start-up fails with a single line.
+func oneLine(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return strings.Join(te.Errors, "; ")
+	}
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
 }
 
 func (r Rule) validate() error {

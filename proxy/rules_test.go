@@ -50,12 +50,12 @@ func TestRules(t *testing.T) {
 
 func TestRulesInvalid(t *testing.T) {
 	cases := map[string]string{
-		"- method: POST\n  path: /a\n  permission: fly": `route rule 1 (POST /a): invalid permissions: unknown permission "fly"`,
-		"- method: GET\n  path: a":                      `route rule 1 (GET a): path "a": must start with /`,
-		"- path: /a\n- method: get\n  path: /b":         `route rule 2 (get /b): method "get"`,
+		"- method: POST\n  path: /a\n  permission: fly": `route rule 1 (POST /a, line 1): invalid permissions: unknown permission "fly"`,
+		"- method: GET\n  path: a":                      `route rule 1 (GET a, line 1): path "a": must start with /`,
+		"- path: /a\n- method: get\n  path: /b":         `route rule 2 (get /b, line 2): method "get"`,
 		"- path: /a\n  cost: -1":                        "cost -1: must be between 0 and 1000000",
 		"- path: /a[\n":                                 "syntax error in pattern",
-		"- path: /a\n  colour: red":                     "field colour not found",
+		"- path: /a\n  colour: red":                     `route rule 1 ( /a, line 1): unknown field "colour" (want method, path, permission, cost)`,
 		"path: /a":                                      "route rules:",
 	}
 	for in, want := range cases {

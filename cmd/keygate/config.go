@@ -65,6 +65,10 @@ type config struct {
 	MetricsMaxOrgs int `env:"METRICS_MAX_ORGS" envDefault:"1000"`
 	// Provider is the provider field of the stats routes.
 	Provider string `env:"PROVIDER" envDefault:"keygate"`
+	// ShutdownDelay is how long keygate keeps serving after SIGTERM with
+	// /readyz failing, so load balancers stop routing to it before it stops
+	// accepting connections.
+	ShutdownDelay time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
 }
@@ -109,6 +113,9 @@ func (c config) validate() error {
 		if d <= 0 {
 			bad(name, "must be a positive duration, got %s", d)
 		}
+	}
+	if c.ShutdownDelay < 0 {
+		bad("SHUTDOWN_DELAY", "must not be negative")
 	}
 	if c.StaleAuth < 0 {
 		bad("STALE_AUTH", "must not be negative")

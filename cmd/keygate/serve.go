@@ -162,8 +162,19 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		log.Error("listener failed", zap.Error(serveErr))
 	}
 
-	// Drain: report not ready, stop accepting, wait for in-flight requests.
+	// Drain: report not ready, keep serving for ShutdownDelay while load
+	// balancers (a Kubernetes Service's endpoints) stop sending new
+	// requests, then stop accepting and wait for in-flight requests.
 	draining.Store(true)
+	if cfg.ShutdownDelay > 0 && serveErr == nil {
+		log.Info("not ready; serving on until the shutdown delay ends", zap.Duration("delay", cfg.ShutdownDelay))
+		t := time.NewTimer(cfg.ShutdownDelay)
+		select {
+		case <-t.C:
+		case serveErr = <-errc:
+			t.Stop()
+		}
+	}
 	log.Info("shutting down", zap.Duration("timeout", cfg.ShutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
