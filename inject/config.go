@@ -77,8 +77,21 @@ type Config struct {
 	// Always (Kubernetes >= 1.29) instead of a second container; a pod can
 	// override it with the keygate.io/native-sidecar annotation.
 	NativeSidecar bool
+	// NativeSidecarFunc, when set, replaces NativeSidecar: Mutate calls it
+	// once per opted-in pod without the annotation. Run sets it with KEYGATE_INJECT_NATIVE_SIDECAR=auto to the
+	// answer learned from the API server's version, which it refreshes.
+	NativeSidecarFunc func() bool
 	// ImagePullPolicy of the added container; empty lets the API server default it.
 	ImagePullPolicy string
+}
+
+// nativeDefault is the sidecar mode of a pod without the
+// keygate.io/native-sidecar annotation.
+func (c Config) nativeDefault() bool {
+	if c.NativeSidecarFunc != nil {
+		return c.NativeSidecarFunc()
+	}
+	return c.NativeSidecar
 }
 
 // Validate reports the first missing or malformed field, naming its variable.
@@ -106,6 +119,10 @@ type serverConfig struct {
 	Addr     string
 	CertFile string
 	KeyFile  string
+	// NativeMode is KEYGATE_INJECT_NATIVE_SIDECAR: auto, true or false. With
+	// true or false Config.NativeSidecar is set; with auto Run asks KubeAPI.
+	NativeMode string
+	KubeAPI    kubeAPI
 }
 
 // configFromEnv reads the KEYGATE_INJECT_* variables through getenv, so tests
@@ -117,7 +134,6 @@ func configFromEnv(getenv func(string) string) (serverConfig, error) {
 			ConfigSecret:    getenv("KEYGATE_INJECT_CONFIG_SECRET"),
 			Namespace:       getenv("KEYGATE_INJECT_NAMESPACE"),
 			ImagePullPolicy: getenv("KEYGATE_INJECT_IMAGE_PULL_POLICY"),
-			NativeSidecar:   true,
 		},
 		Addr:     getenv("KEYGATE_INJECT_ADDR"),
 		CertFile: getenv("KEYGATE_INJECT_TLS_CERT"),
@@ -126,12 +142,13 @@ func configFromEnv(getenv func(string) string) (serverConfig, error) {
 	if sc.Addr == "" {
 		sc.Addr = defaultInjectAddr
 	}
-	if v := getenv("KEYGATE_INJECT_NATIVE_SIDECAR"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return serverConfig{}, fmt.Errorf("KEYGATE_INJECT_NATIVE_SIDECAR %q: want true or false", v)
-		}
-		sc.NativeSidecar = b
+	var err error
+	if sc.NativeMode, err = parseNativeMode(getenv("KEYGATE_INJECT_NATIVE_SIDECAR")); err != nil {
+		return serverConfig{}, err
+	}
+	sc.NativeSidecar = sc.NativeMode == modeNative
+	if sc.KubeAPI, err = kubeAPIFromEnv(getenv); err != nil {
+		return serverConfig{}, err
 	}
 	if sc.CertFile == "" {
 		return serverConfig{}, errors.New("KEYGATE_INJECT_TLS_CERT is required")
@@ -162,11 +179,10 @@ type podSettings struct {
 // rather than run with a sidecar it did not ask for.
 func settingsFrom(cfg Config, ann map[string]string) (podSettings, error) {
 	s := podSettings{
-		upstream:      strings.TrimSpace(ann[AnnotationUpstreamPort]),
-		listenPort:    DefaultListenPort,
-		metricsPort:   DefaultMetricsPort,
-		routes:        strings.TrimSpace(ann[AnnotationRoutes]),
-		nativeSidecar: cfg.NativeSidecar,
+		upstream:    strings.TrimSpace(ann[AnnotationUpstreamPort]),
+		listenPort:  DefaultListenPort,
+		metricsPort: DefaultMetricsPort,
+		routes:      strings.TrimSpace(ann[AnnotationRoutes]),
 	}
 	var err error
 	if s.listenPort, err = portAnnotation(ann, AnnotationListenPort, DefaultListenPort); err != nil {
@@ -194,6 +210,8 @@ func settingsFrom(cfg Config, ann map[string]string) (podSettings, error) {
 			return podSettings{}, fmt.Errorf("annotation %s=%q: want true or false", AnnotationNativeSidecar, v)
 		}
 		s.nativeSidecar = b
+	} else {
+		s.nativeSidecar = cfg.nativeDefault()
 	}
 	if s.requests, err = quantities(ann, AnnotationCPURequest, defaultCPUReq, AnnotationMemoryRequest, defaultMemReq); err != nil {
 		return podSettings{}, err

@@ -11,6 +11,19 @@
 //   - Run reads KEYGATE_INJECT_* from the environment and serves HTTPS with a
 //     certificate that is re-read when its files change (cert-manager rotates it
 //     in place).
+//   - With KEYGATE_INJECT_NATIVE_SIDECAR=auto (the default) Run asks the API
+//     server for its version (GET /version, public to every client through the
+//     built-in system:public-info-viewer role) before serving and every 10
+//     minutes after: keygate is added as a native sidecar (an init container
+//     with restartPolicy Always) when the server is 1.29 or later, as a classic
+//     second container otherwise, and as a classic container while the version
+//     cannot be learned (it works on every version). The answer reaches Mutate
+//     through Config.NativeSidecarFunc; true or false skip the question. The
+//     keygate.io/native-sidecar annotation overrides either per pod. The API
+//     server is found as client-go finds it in a pod (KUBERNETES_SERVICE_HOST,
+//     KUBERNETES_SERVICE_PORT, the mounted service account's ca.crt and token),
+//     or from KEYGATE_INJECT_KUBE_API, KEYGATE_INJECT_KUBE_CA and
+//     KEYGATE_INJECT_KUBE_TOKEN (files) outside a cluster.
 //
 // It lives outside cmd/keygate so the webhook's tests can run it in-process, and
 // outside proxy because it shares nothing with the data path.

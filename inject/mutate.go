@@ -26,7 +26,10 @@ type Op struct {
 // refuses the pod with the error's text, since admitting it without keygate
 // would expose the backend without authentication.
 //
-// Mutate is pure: it reads nothing but its arguments.
+// Mutate is pure: it reads nothing but its arguments. cfg.NativeSidecarFunc,
+// when set, is called once for an opted-in pod without the
+// keygate.io/native-sidecar annotation; Run's is an atomic load of the answer
+// its API server version detector keeps.
 func Mutate(cfg Config, req *admissionv1.AdmissionRequest) ([]Op, error) {
 	if req == nil {
 		return nil, errors.New("admission review has no request")

@@ -347,3 +347,46 @@ func TestHandlerRoutes(t *testing.T) {
 		})
 	}
 }
+
+// TestMutateNativeSidecarFunc checks that the detector's answer decides where
+// keygate goes, that the pod's annotation still overrides it, and that the
+// answer is asked only when the annotation is absent.
+func TestMutateNativeSidecarFunc(t *testing.T) {
+	req := func(ann string) *admissionv1.AdmissionRequest {
+		r := &admissionv1.AdmissionRequest{UID: "u", Namespace: "shop", Operation: admissionv1.Create}
+		r.Kind.Version, r.Kind.Kind = "v1", "Pod"
+		r.Object.Raw = []byte(`{"metadata":{"labels":{"keygate.io/inject":"true"}` + ann + `},"spec":{"containers":[{"name":"a","ports":[{"name":"http","containerPort":8080}]}]}}`)
+		return r
+	}
+	tests := []struct {
+		name      string
+		detected  bool
+		ann       string
+		wantPath  string
+		wantAsked bool
+	}{
+		{"detected native", true, "", "/spec/initContainers", true},
+		{"detected classic", false, "", "/spec/containers/-", true},
+		{"annotation true over classic", false, `,"annotations":{"keygate.io/native-sidecar":"true"}`, "/spec/initContainers", false},
+		{"annotation false over native", true, `,"annotations":{"keygate.io/native-sidecar":"false"}`, "/spec/containers/-", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			asked := 0
+			cfg := testConfig
+			cfg.NativeSidecar = !tt.detected // ignored: the func decides
+			cfg.NativeSidecarFunc = func() bool { asked++; return tt.detected }
+			ops, err := inject.Mutate(cfg, req(tt.ann))
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := ops[len(ops)-1]
+			if last.Path != tt.wantPath {
+				t.Errorf("keygate added at %s, want %s", last.Path, tt.wantPath)
+			}
+			if (asked > 0) != tt.wantAsked || asked > 1 {
+				t.Errorf("NativeSidecarFunc called %d times, want asked = %v (at most once)", asked, tt.wantAsked)
+			}
+		})
+	}
+}

@@ -37,8 +37,17 @@ func Run(ctx context.Context, getenv func(string) string, log *zap.Logger) error
 	if err != nil {
 		return fmt.Errorf("injector listen on %s: %w", sc.Addr, err)
 	}
+	cfg := sc.Config
+	if sc.NativeMode == modeAuto {
+		// Asked before serving, so the first review already gets the answer.
+		det := newVersionDetector(sc.KubeAPI, log)
+		dctx, stopDetector := context.WithCancel(ctx)
+		wait := det.start(dctx)
+		defer func() { stopDetector(); wait() }()
+		cfg.NativeSidecarFunc = det.Native
+	}
 	srv := &http.Server{
-		Handler: NewHandler(sc.Config, log),
+		Handler: NewHandler(cfg, log),
 		TLSConfig: &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: certs.GetCertificate,
@@ -52,7 +61,7 @@ func Run(ctx context.Context, getenv func(string) string, log *zap.Logger) error
 	served := make(chan error, 1)
 	go func() { served <- srv.ServeTLS(ln, "", "") }()
 	log.Info("injector listening", zap.String("addr", ln.Addr().String()),
-		zap.String("image", sc.Image), zap.Bool("native_sidecar", sc.NativeSidecar))
+		zap.String("image", sc.Image), zap.String("native_sidecar", sc.NativeMode))
 
 	select {
 	case err := <-served:

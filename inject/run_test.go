@@ -1,6 +1,7 @@
 package inject_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,17 +9,22 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
+	admissionv1 "k8s.io/api/admission/v1"
 
 	"github.com/keygate/keygate/inject"
 )
@@ -168,6 +174,7 @@ func TestRunConfigErrors(t *testing.T) {
 		{"no key", map[string]string{"KEYGATE_INJECT_TLS_KEY": ""}, "KEYGATE_INJECT_TLS_KEY"},
 		{"missing cert file", map[string]string{"KEYGATE_INJECT_TLS_CERT": filepath.Join(dir, "nope.crt")}, "nope.crt"},
 		{"bad native switch", map[string]string{"KEYGATE_INJECT_NATIVE_SIDECAR": "maybe"}, "KEYGATE_INJECT_NATIVE_SIDECAR"},
+		{"plain-http API server", map[string]string{"KEYGATE_INJECT_KUBE_API": "http://127.0.0.1:8080"}, "KEYGATE_INJECT_KUBE_API"},
 		{"bad pull policy", map[string]string{"KEYGATE_INJECT_IMAGE_PULL_POLICY": "Sometimes"}, "KEYGATE_INJECT_IMAGE_PULL_POLICY"},
 		{"bad address", map[string]string{"KEYGATE_INJECT_ADDR": "127.0.0.1:http-nope"}, "listen"},
 	}
@@ -188,6 +195,105 @@ func TestRunConfigErrors(t *testing.T) {
 			}
 			if errors.Is(err, context.DeadlineExceeded) {
 				t.Fatal("Run served instead of refusing the config")
+			}
+		})
+	}
+}
+
+// TestRunNativeSidecarMode runs the real server in each sidecar mode against a
+// fake API server's /version and checks where an opted-in pod's keygate goes.
+func TestRunNativeSidecarMode(t *testing.T) {
+	var minor atomic.Value
+	var hits atomic.Int32
+	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if r.URL.Path != "/version" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte(`{"major":"1","minor":"` + minor.Load().(string) + `","gitVersion":"v1.x.0"}`))
+	}))
+	defer api.Close()
+	caFile := filepath.Join(t.TempDir(), "api-ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	review, err := os.ReadFile(filepath.Join("testdata", "opt-in.review.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const native, classic = "/spec/initContainers", "/spec/containers"
+	tests := []struct {
+		name, mode, apiURL, minor string
+		want                      string
+		wantAsked                 bool
+	}{
+		{"auto, 1.29", "", api.URL, "29", native, true},
+		{"auto, 1.30+", "auto", api.URL, "30+", native, true},
+		{"auto, 1.28", "auto", api.URL, "28", classic, true},
+		{"auto, API server unreachable", "auto", "https://127.0.0.1:1", "29", classic, false},
+		{"true, 1.28 not asked", "true", api.URL, "28", native, false},
+		{"false, 1.29 not asked", "false", api.URL, "29", classic, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			minor.Store(tt.minor)
+			hits.Store(0)
+			dir := t.TempDir()
+			writeServingCert(t, dir, 1, time.Now())
+			addr := freeAddr(t)
+			env := map[string]string{
+				"KEYGATE_INJECT_ADDR":           addr,
+				"KEYGATE_INJECT_TLS_CERT":       filepath.Join(dir, "tls.crt"),
+				"KEYGATE_INJECT_TLS_KEY":        filepath.Join(dir, "tls.key"),
+				"KEYGATE_INJECT_IMAGE":          "keygate:test",
+				"KEYGATE_INJECT_CONFIG_SECRET":  "keygate-config",
+				"KEYGATE_INJECT_NATIVE_SIDECAR": tt.mode,
+				"KEYGATE_INJECT_KUBE_API":       tt.apiURL,
+				"KEYGATE_INJECT_KUBE_CA":        caFile,
+				"KEYGATE_INJECT_KUBE_TOKEN":     filepath.Join(dir, "no-token"),
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- inject.Run(ctx, func(k string) string { return env[k] }, zaptest.NewLogger(t)) }()
+			servedSerial(t, addr, time.Now().Add(15*time.Second))
+
+			hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a test server's certificate
+			resp, err := hc.Post("https://"+addr+"/mutate", "application/json", bytes.NewReader(review))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got admissionv1.AdmissionReview
+			err = json.NewDecoder(resp.Body).Decode(&got)
+			_ = resp.Body.Close()
+			if err != nil || got.Response == nil || !got.Response.Allowed {
+				t.Fatalf("review answer %+v, err %v", got.Response, err)
+			}
+			var ops []inject.Op
+			if err := json.Unmarshal(got.Response.Patch, &ops); err != nil {
+				t.Fatal(err)
+			}
+			where := ""
+			for _, op := range ops {
+				if op.Path == native || op.Path == classic+"/-" {
+					where = strings.TrimSuffix(op.Path, "/-")
+				}
+			}
+			if where != tt.want {
+				t.Errorf("keygate added at %q, want %q (ops %v)", where, tt.want, ops)
+			}
+			if asked := hits.Load() > 0; asked != tt.wantAsked {
+				t.Errorf("API server asked %d times, want asked = %v", hits.Load(), tt.wantAsked)
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("Run after cancel: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("Run did not return after its context was cancelled")
 			}
 		})
 	}

@@ -166,9 +166,10 @@ func TestSlowButSteadyUploadCompletes(t *testing.T) {
 	}))
 	pr, pw := io.Pipe()
 	go func() {
-		// 6 pieces, each within the timeout of the last, longer in all.
-		for range 6 {
-			time.Sleep(testWriteTimeout / 2)
+		// 8 pieces, each well within the timeout of the last, twice as
+		// long as the timeout in all.
+		for range 8 {
+			time.Sleep(testWriteTimeout / 4)
 			if _, err := pw.Write([]byte("0123456789")); err != nil {
 				return
 			}
@@ -182,7 +183,7 @@ func TestSlowButSteadyUploadCompletes(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 || <-got != 60 {
+	if resp.StatusCode != 200 || <-got != 80 {
 		t.Fatalf("steady upload: status %d", resp.StatusCode)
 	}
 }

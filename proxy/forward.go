@@ -244,19 +244,15 @@ type requestBody struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	timeout time.Duration
-	// renewAt is when the deadline is next moved: half-way to it, so a
-	// stream of small reads does not reset it on each one.
-	renewAt time.Time
 	book    *usageBook
 	info    *forwardInfo
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
 	if b.timeout > 0 {
-		if now := time.Now(); !now.Before(b.renewAt) {
-			_ = b.rc.SetReadDeadline(now.Add(b.timeout)) // unsupported by test recorders: fine
-			b.renewAt = now.Add(b.timeout / 2)
-		}
+		// Renewed on every read (reads come per buffer, not per byte), so
+		// each wait for the client gets the whole timeout.
+		_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout)) // unsupported by test recorders: fine
 	}
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 && b.book != nil {

@@ -2,7 +2,9 @@
 # e2e-k8s.sh runs keygate's end-to-end test against a real Kubernetes API
 # server: Debian's etcd-server (installed when missing), kube-apiserver built
 # from the Go module proxy by tools/build-kube-apiserver.sh (cached after the
-# first build, ~6-7 minutes on 2 cores), and the injector in-process.
+# first build, ~6-7 minutes on 2 cores), and the injector in-process with
+# KEYGATE_INJECT_NATIVE_SIDECAR=auto pointed at that API server (it must
+# choose native sidecars from the server's version).
 # Everything listens on 127.0.0.1 and is stopped when the test ends.
 set -euo pipefail
 

@@ -24,8 +24,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -43,7 +47,9 @@ import (
 )
 
 // The end-to-end test: etcd and a real kube-apiserver on loopback, the
-// injector in-process behind the webhook configuration we ship, pods created
+// injector in-process behind the webhook configuration we ship (its sidecar
+// mode auto-detected from that API server's /version, asked with a token of
+// a ServiceAccount without roles), pods created
 // through the API server, and every rendered manifest applied with
 // server-side dry-run. Run it with scripts/e2e-k8s.sh, which provides:
 //
@@ -72,7 +78,26 @@ func TestE2EKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	injectorAddr := startInjector(ctx, t, dir, pki)
+	// The injector runs with KEYGATE_INJECT_NATIVE_SIDECAR=auto and asks this
+	// API server for its version with a token of its own service account,
+	// which has no Role: GET /version is allowed by system:public-info-viewer.
+	serverVersion, err := cs.Discovery().ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kube-apiserver %s (major %q, minor %q)", serverVersion.GitVersion, serverVersion.Major, serverVersion.Minor)
+	tokenFile := injectorToken(ctx, t, cs, dir)
+	injectorAddr, injectorLogs := startInjector(ctx, t, dir, pki, cfg.Host, tokenFile)
+	t.Run("auto mode learned native sidecars from the API server", func(t *testing.T) {
+		learned := injectorLogs.FilterMessageSnippet("API server version learned").All()
+		if len(learned) != 1 {
+			t.Fatalf("%d \"API server version learned\" log entries, want 1; warnings: %v", len(learned), injectorLogs.FilterLevelExact(zapcore.WarnLevel).All())
+		}
+		fields := learned[0].ContextMap()
+		if fields["server_version"] != serverVersion.GitVersion || fields["native_sidecar"] != true {
+			t.Errorf("detector logged %v, want server_version %s and native_sidecar true", fields, serverVersion.GitVersion)
+		}
+	})
 	registerWebhook(ctx, t, cs, injectorAddr, pki.caPEM)
 
 	for _, ns := range []struct {
@@ -83,7 +108,7 @@ func TestE2EKubernetes(t *testing.T) {
 	}
 	waitInjecting(ctx, t, cs, "shop")
 
-	t.Run("opted-in pod is stored with keygate", func(t *testing.T) {
+	t.Run("opted-in pod is stored with keygate as a native sidecar (auto)", func(t *testing.T) {
 		got, err := cs.CoreV1().Pods("shop").Create(ctx, appPod("web", true, nil), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatalf("create pod: %v", err)
@@ -347,22 +372,55 @@ func startAPIServer(ctx context.Context, t *testing.T, bin, dir, etcdURL string,
 	return cfg
 }
 
+// injectorToken creates the injector's namespace and ServiceAccount as the
+// shipped manifests do (no Role, no RoleBinding) and writes a token for it
+// from the TokenRequest API, as the kubelet would mount it.
+func injectorToken(ctx context.Context, t *testing.T, cs kubernetes.Interface, dir string) string {
+	t.Helper()
+	const ns, sa = "keygate-system", "keygate-injector"
+	createNamespace(ctx, t, cs, ns, nil)
+	_, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("create service account %s/%s: %v", ns, sa, err)
+	}
+	expiry := int64(3600)
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for %s/%s: %v", ns, sa, err)
+	}
+	path := filepath.Join(dir, "injector-token")
+	if err := os.WriteFile(path, []byte(tr.Status.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // startInjector runs inject.Run in-process, as `keygate inject` does, with a
-// serving certificate from the test's CA.
-func startInjector(ctx context.Context, t *testing.T, dir string, p *pki) string {
+// serving certificate from the test's CA and KEYGATE_INJECT_NATIVE_SIDECAR=auto
+// pointed at the test's API server. It returns the address and the
+// injector's log entries (also written to the test log).
+func startInjector(ctx context.Context, t *testing.T, dir string, p *pki, apiURL, tokenFile string) (string, *observer.ObservedLogs) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	env := map[string]string{
-		"KEYGATE_INJECT_ADDR":          addr,
-		"KEYGATE_INJECT_TLS_CERT":      p.serverCert,
-		"KEYGATE_INJECT_TLS_KEY":       p.serverKey,
-		"KEYGATE_INJECT_IMAGE":         "ghcr.io/keygate/keygate:e2e",
-		"KEYGATE_INJECT_CONFIG_SECRET": "keygate-config",
-		"KEYGATE_INJECT_NAMESPACE":     "keygate-system",
+		"KEYGATE_INJECT_ADDR":           addr,
+		"KEYGATE_INJECT_TLS_CERT":       p.serverCert,
+		"KEYGATE_INJECT_TLS_KEY":        p.serverKey,
+		"KEYGATE_INJECT_IMAGE":          "ghcr.io/keygate/keygate:e2e",
+		"KEYGATE_INJECT_CONFIG_SECRET":  "keygate-config",
+		"KEYGATE_INJECT_NAMESPACE":      "keygate-system",
+		"KEYGATE_INJECT_NATIVE_SIDECAR": "auto",
+		"KEYGATE_INJECT_KUBE_API":       apiURL,
+		"KEYGATE_INJECT_KUBE_CA":        filepath.Join(dir, "ca.crt"),
+		"KEYGATE_INJECT_KUBE_TOKEN":     tokenFile,
 	}
+	obsCore, logs := observer.New(zapcore.InfoLevel)
+	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), obsCore))
 	ictx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- inject.Run(ictx, func(k string) string { return env[k] }, zaptest.NewLogger(t)) }()
+	go func() { done <- inject.Run(ictx, func(k string) string { return env[k] }, log) }()
 	t.Cleanup(func() {
 		stop()
 		select {
@@ -390,7 +448,7 @@ func startInjector(ctx context.Context, t *testing.T, dir string, p *pki) string
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, fmt.Errorf("healthz %s", resp.Status)
 	})
-	return addr
+	return addr, logs
 }
 
 // registerWebhook registers the webhook exactly as deploy/kubernetes/injector

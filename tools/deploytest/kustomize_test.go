@@ -122,9 +122,9 @@ func TestKustomizeBuild(t *testing.T) {
 		"base":                              func(t *testing.T, r rendered) { checkExampleApp(t, r, true) },
 		"overlays/classic":                  func(t *testing.T, r rendered) { checkExampleApp(t, r, false) },
 		"overlays/servicemonitor":           checkServiceMonitor,
-		"injector":                          func(t *testing.T, r rendered) { checkInjector(t, r, true, true) },
-		"overlays/injector-classic":         func(t *testing.T, r rendered) { checkInjector(t, r, true, false) },
-		"overlays/injector-self-managed-ca": func(t *testing.T, r rendered) { checkInjector(t, r, false, true) },
+		"injector":                          func(t *testing.T, r rendered) { checkInjector(t, r, true, "auto") },
+		"overlays/injector-classic":         func(t *testing.T, r rendered) { checkInjector(t, r, true, "false") },
+		"overlays/injector-self-managed-ca": func(t *testing.T, r rendered) { checkInjector(t, r, false, "auto") },
 	}
 	for dir := range byDir {
 		if _, ok := checks[dir]; !ok {
@@ -241,8 +241,9 @@ func checkServiceMonitor(t *testing.T, r rendered) {
 
 // checkInjector checks the webhook's deployment: the settings the issue fixes
 // (failurePolicy, sideEffects, reinvocation, selectors), the certificate
-// wiring, and the sidecar mode the injector is told to use.
-func checkInjector(t *testing.T, r rendered, certManager, native bool) {
+// wiring, and the sidecar mode the injector is told to use (auto, true or
+// false) with the service account token auto needs to ask for the version.
+func checkInjector(t *testing.T, r rendered, certManager bool, nativeMode string) {
 	t.Helper()
 	mwc, _ := r.find("MutatingWebhookConfiguration", "keygate-injector").(*admissionregistrationv1.MutatingWebhookConfiguration)
 	dep, _ := r.find("Deployment", "keygate-injector").(*appsv1.Deployment)
@@ -303,8 +304,22 @@ func checkInjector(t *testing.T, r rendered, certManager, native bool) {
 			t.Errorf("injector env %s not set", k)
 		}
 	}
-	if want := fmt.Sprint(native); env["KEYGATE_INJECT_NATIVE_SIDECAR"] != want {
-		t.Errorf("KEYGATE_INJECT_NATIVE_SIDECAR %q, want %q", env["KEYGATE_INJECT_NATIVE_SIDECAR"], want)
+	if env["KEYGATE_INJECT_NATIVE_SIDECAR"] != nativeMode {
+		t.Errorf("KEYGATE_INJECT_NATIVE_SIDECAR %q, want %q", env["KEYGATE_INJECT_NATIVE_SIDECAR"], nativeMode)
+	}
+	// auto reads the mounted token and CA to call GET /version; the pod's
+	// setting wins over the ServiceAccount's, so it must say true itself.
+	podMount := dep.Spec.Template.Spec.AutomountServiceAccountToken
+	if mounted := podMount != nil && *podMount; mounted != (nativeMode == "auto") {
+		t.Errorf("automountServiceAccountToken %v with KEYGATE_INJECT_NATIVE_SIDECAR=%s, want %v", mounted, nativeMode, nativeMode == "auto")
+	}
+	if sa, _ := r.find("ServiceAccount", dep.Spec.Template.Spec.ServiceAccountName).(*corev1.ServiceAccount); sa == nil {
+		t.Errorf("ServiceAccount %q not in the build", dep.Spec.Template.Spec.ServiceAccountName)
+	}
+	for _, o := range r.objects {
+		if o.kind == "Role" || o.kind == "ClusterRole" || o.kind == "RoleBinding" || o.kind == "ClusterRoleBinding" {
+			t.Errorf("%s %s: the injector needs no RBAC (GET /version is system:public-info-viewer)", o.kind, o.name)
+		}
 	}
 	if len(c.Args) != 1 || c.Args[0] != "inject" {
 		t.Errorf("injector args %v, want [inject]", c.Args)
