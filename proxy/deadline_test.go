@@ -39,7 +39,7 @@ func deadlineGate(t *testing.T, upstream http.Handler) (string, string) {
 		Auth:            keys.NewAuthenticator(st, keys.AuthOptions{}),
 		Counter:         memcounter.New(),
 		Metrics:         NewMetrics(prometheus.NewRegistry(), 10),
-		UpstreamTimeout: 5 * time.Second,
+		UpstreamTimeout: 5 * testWriteTimeout,
 		WriteTimeout:    testWriteTimeout,
 	})
 	secret := metricsSetupOrg(t, h, 1, 1000, nil, metricsOrgA)

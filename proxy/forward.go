@@ -151,9 +151,10 @@ func (t *timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // statusWriter records the status and counts the body bytes of a response.
 // It unwraps for http.ResponseController, so flushing reaches the client.
-// It also keeps the connection's write deadline writeTimeout ahead of every
-// write (the data listener has no server-wide WriteTimeout, which would cut
-// streams short).
+// It also keeps a write deadline on the connection (the data listener has no
+// server-wide WriteTimeout, which would cut streams short): set once when the
+// request starts, far enough for the upstream's answer and writeTimeout more,
+// and moved on by writes only when a response outlasts that (streams).
 type statusWriter struct {
 	http.ResponseWriter
 	status  int
@@ -194,12 +195,8 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	if w.status == 0 && code >= 200 {
 		w.status = code
-		// The response starts: from now on each write has writeTimeout,
-		// however long the upstream took to get here.
-		w.deadlineFor(time.Now(), w.writeTimeout)
-	} else {
-		w.extendDeadline(time.Now())
 	}
+	w.extendDeadline(time.Now())
 	w.ResponseWriter.WriteHeader(code)
 }
 

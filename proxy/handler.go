@@ -41,12 +41,13 @@ type Options struct {
 	// UpstreamTimeout bounds the wait for the upstream's response headers
 	// (default 60s); past it the client gets 504.
 	UpstreamTimeout time.Duration
-	// WriteTimeout bounds each write of a response to the client, and each
-	// read of a forwarded request body from it (default 30s). It is a
-	// deadline per write or read, not per request, so a stream (SSE) or a
-	// large upload lasts as long as the client keeps it moving, while a
-	// client that stalls cannot hold a connection (and an upstream one) for
-	// ever.
+	// WriteTimeout bounds the client's stalls (default 30s): a response
+	// must be written within UpstreamTimeout+WriteTimeout of the request's
+	// start, after which every write renews the deadline by WriteTimeout,
+	// and each read of a forwarded request body must progress within
+	// WriteTimeout. A stream (SSE) or a large upload lasts as long as the
+	// client keeps it moving; a client that stalls cannot hold a connection
+	// (and an upstream one) for ever.
 	WriteTimeout time.Duration
 	// TSSkew is how far the ts parameter of partner and signed requests may
 	// be from now (default 5m).
@@ -130,10 +131,13 @@ type accessRecord struct {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.opt.Now()
 	sw := &statusWriter{ResponseWriter: w, writeTimeout: h.opt.WriteTimeout}
-	// A fresh deadline for this request: the connection may carry a stale
-	// one from an earlier request, and net/http writes (100 Continue, the
-	// final flush) outside the handler's writes.
-	sw.extendDeadline(time.Now()) // deadlines are on the real clock, not opt.Now
+	// One write deadline for the whole request in the common case: the
+	// upstream may take UpstreamTimeout to answer, then the response gets
+	// WriteTimeout; writes renew it only once a response outlasts that
+	// (streams). It also replaces a stale deadline left on the connection
+	// by an earlier request, and covers net/http's own writes (100
+	// Continue, the final flush). Deadlines use the real clock, not opt.Now.
+	sw.deadlineFor(time.Now(), h.opt.UpstreamTimeout+h.opt.WriteTimeout)
 	rec := &accessRecord{}
 	if route, ok := h.routes.lookup(r.Method, r.URL.Path); ok {
 		route(sw, r, rec)
@@ -194,9 +198,6 @@ func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord,
 	w.onWrite = func(n int) {
 		h.usage.add(org, quota.Meter{Name: meterEgress, Period: period}, int64(n), now, info.p.Plan.Limits)
 	}
-	// The upstream may take UpstreamTimeout to answer; nothing is written
-	// meanwhile, so no write deadline may end before that.
-	w.deadlineFor(time.Now(), h.opt.UpstreamTimeout+h.opt.WriteTimeout)
 	h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, info)))
 }
 

@@ -45,9 +45,10 @@ func main() {
 		}
 	}
 	conns := flag.Int("c", 64, "connections")
-	dur := flag.Duration("d", 5*time.Second, "duration of each measurement")
+	dur := flag.Duration("d", 3*time.Second, "duration of each measurement")
+	rounds := flag.Int("rounds", 3, "rounds; each target reports its median round")
 	flag.Parse()
-	if err := run(*conns, *dur); err != nil {
+	if err := run(*conns, *dur, max(*rounds, 1)); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
@@ -88,7 +89,7 @@ type result struct {
 	rss      int64 // KiB, keygate only
 }
 
-func run(conns int, dur time.Duration) error {
+func run(conns int, dur time.Duration, rounds int) error {
 	dir, err := os.MkdirTemp("", "keygate-loadtest")
 	if err != nil {
 		return err
@@ -179,8 +180,7 @@ func run(conns int, dur time.Duration) error {
 	if haveWrk != nil {
 		gen = "Go load generator (install wrk for better figures)"
 	}
-	fmt.Printf("loopback, %d connections, %s each, generator: %s, GOMAXPROCS of the machine: %d cores\n\n", conns, dur, gen, numCPU())
-	var results, single []result
+	fmt.Printf("loopback, %d connections, %d rounds of %s per target (median round shown), generator: %s, %d cores\n\n", conns, rounds, dur, gen, numCPU())
 	cpuOf := func() map[string]float64 {
 		m := map[string]float64{}
 		for _, p := range procs {
@@ -188,28 +188,44 @@ func run(conns int, dur time.Duration) error {
 		}
 		return m
 	}
-	for _, tg := range targets {
-		_, _ = load(tg.addr, tg.header, conns, time.Second, haveWrk == nil, 0) // warm-up
-		before := cpuOf()
-		r, err := load(tg.addr, tg.header, conns, dur, haveWrk == nil, tg.pid)
-		if os.Getenv("LOADTEST_CPU") != "" {
-			for k, v := range cpuOf() {
-				if d := v - before[k]; d > 0.05 {
-					fmt.Printf("  %-22s cpu %-40s %.2fs\n", tg.name, k, d)
-				}
-			}
-		}
-		if err != nil {
+	for _, tg := range targets { // warm-up: connections, caches, JIT-free but GC-sized heaps
+		if _, err := load(tg.addr, tg.header, conns, time.Second, haveWrk == nil, 0); err != nil {
 			return fmt.Errorf("%s: %w", tg.name, err)
 		}
-		r.name = tg.name
-		results = append(results, r)
-		s, err := load(tg.addr, tg.header, 1, dur/2, haveWrk == nil, 0)
-		if err != nil {
-			return fmt.Errorf("%s at one connection: %w", tg.name, err)
+	}
+	// Targets take turns, round after round, and each keeps its median
+	// round: a burst of noise on a shared machine then hits every target
+	// alike instead of deciding one ratio.
+	runs := make([][]result, len(targets))
+	singles := make([][]result, len(targets))
+	for range rounds {
+		for i, tg := range targets {
+			before := cpuOf()
+			r, err := load(tg.addr, tg.header, conns, dur, haveWrk == nil, tg.pid)
+			if err != nil {
+				return fmt.Errorf("%s: %w", tg.name, err)
+			}
+			if os.Getenv("LOADTEST_CPU") != "" {
+				for k, v := range cpuOf() {
+					if d := v - before[k]; d > 0.05 {
+						fmt.Printf("  %-22s cpu %-40s %.2fs\n", tg.name, k, d)
+					}
+				}
+			}
+			r.name = tg.name
+			runs[i] = append(runs[i], r)
+			s, err := load(tg.addr, tg.header, 1, dur/2, haveWrk == nil, 0)
+			if err != nil {
+				return fmt.Errorf("%s at one connection: %w", tg.name, err)
+			}
+			s.name = tg.name
+			singles[i] = append(singles[i], s)
 		}
-		s.name = tg.name
-		single = append(single, s)
+	}
+	var results, single []result
+	for i := range targets {
+		results = append(results, median(runs[i], func(r result) float64 { return r.rps }))
+		single = append(single, median(singles[i], func(r result) float64 { return float64(r.p50) }))
 	}
 	base := results[0]
 	fmt.Printf("%-22s %12s %8s %10s %10s %10s\n", "target", "req/s", "×direct", "p50", "p99", "RSS")
@@ -394,6 +410,25 @@ func loadGo(addr, header string, conns int, dur time.Duration) (result, error) {
 	}
 	slices.Sort(lat)
 	return result{rps: float64(len(lat)) / dur.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
+}
+
+// median returns the result whose key is the median of rs.
+func median(rs []result, key func(result) float64) result {
+	sorted := slices.Clone(rs)
+	slices.SortFunc(sorted, func(a, b result) int {
+		switch ka, kb := key(a), key(b); {
+		case ka < kb:
+			return -1
+		case ka > kb:
+			return 1
+		}
+		return 0
+	})
+	m := sorted[len(sorted)/2]
+	for _, r := range rs { // report the peak RSS of all rounds
+		m.rss = max(m.rss, r.rss)
+	}
+	return m
 }
 
 // storeHealth reports the store errors and uncounted admissions a gateway
