@@ -411,16 +411,30 @@ func hasPort(c *corev1.Container, port int32) bool {
 func checkGracePeriod(t *testing.T, spec *corev1.PodSpec, kg *corev1.Container) {
 	t.Helper()
 	drain := 25 * time.Second
+	var delay time.Duration
 	found := false
 	for _, e := range kg.Env {
-		if e.Name == "KEYGATE_SHUTDOWN_TIMEOUT" {
+		switch e.Name {
+		case "KEYGATE_SHUTDOWN_TIMEOUT":
 			d, err := time.ParseDuration(e.Value)
 			if err != nil {
 				t.Errorf("KEYGATE_SHUTDOWN_TIMEOUT %q: %v", e.Value, err)
 			}
 			drain, found = d, true
+		case "KEYGATE_SHUTDOWN_DELAY":
+			d, err := time.ParseDuration(e.Value)
+			if err != nil {
+				t.Errorf("KEYGATE_SHUTDOWN_DELAY %q: %v", e.Value, err)
+			}
+			delay = d
 		}
 	}
+	// A classic second container is signalled with the app: it must keep
+	// serving through the endpoint removal itself.
+	if kg.RestartPolicy == nil && delay == 0 {
+		t.Error("keygate as a classic container has no KEYGATE_SHUTDOWN_DELAY: requests routed during the endpoint removal would be refused")
+	}
+	classic := kg.RestartPolicy == nil
 	if !found {
 		t.Error("keygate's KEYGATE_SHUTDOWN_TIMEOUT is not set next to terminationGracePeriodSeconds")
 	}
@@ -444,8 +458,13 @@ func checkGracePeriod(t *testing.T, spec *corev1.PodSpec, kg *corev1.Container) 
 	if preStop == 0 {
 		t.Error("the app has no preStop delay: requests routed during the endpoint removal would be refused")
 	}
-	need := preStop + drain
+	// A native sidecar is signalled after the app has exited (its preStop
+	// included); a classic container at the same time as the app.
+	need := preStop + delay + drain
+	if classic {
+		need = max(preStop, delay+drain)
+	}
 	if g := spec.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= need {
-		t.Errorf("terminationGracePeriodSeconds %v: want more than preStop %s + keygate drain %s", g, preStop, drain)
+		t.Errorf("terminationGracePeriodSeconds %v: want more than %s (app preStop %s, keygate delay %s and drain %s)", g, need, preStop, delay, drain)
 	}
 }
