@@ -96,7 +96,6 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 
 	a.mu.RLock()
 	cached, ok := a.entries[h]
-	gen := a.gen
 	a.mu.RUnlock()
 	if ok && now.Sub(cached.VerifiedAt) < a.opt.TTL {
 		a.observe("hit")
@@ -117,43 +116,60 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 		return Principal{}, err
 	}
 	a.observe("miss")
-
-	a.mu.Lock()
-	if a.gen == gen {
-		if len(a.entries) >= a.opt.MaxEntries {
-			a.evictOne(now)
-		}
-		a.entries[h] = p
-	}
-	a.mu.Unlock()
 	return matchAccessKey(p, c)
 }
 
-// loadShared reads a principal from the store, sharing one read among
-// concurrent callers for the same hash. A caller whose ctx ends stops
-// waiting; the read goes on for the others under the first caller's ctx.
+// loadShared reads a principal from the store and caches it, sharing one
+// read among concurrent callers for the same hash. The read belongs to no
+// caller: it runs detached from the caller that started it (under that
+// caller's deadline), so one client going away does not fail the others,
+// and each caller stops waiting when its own ctx ends. The result is cached
+// only if no revocation arrived since the read began.
 func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.Time) (Principal, error) {
 	a.mu.Lock()
 	l, ok := a.loading[h]
 	if !ok {
 		l = &load{done: make(chan struct{})}
 		a.loading[h] = l
+		gen := a.gen
+		rctx, cancel := detach(ctx)
+		go func() {
+			defer cancel()
+			p, err := a.load(rctx, h, now)
+			a.mu.Lock()
+			delete(a.loading, h)
+			if err == nil && a.gen == gen {
+				if len(a.entries) >= a.opt.MaxEntries {
+					a.evictOne(now)
+				}
+				a.entries[h] = p
+			}
+			a.mu.Unlock()
+			l.p, l.err = p, err
+			close(l.done)
+		}()
 	}
 	a.mu.Unlock()
-	if !ok {
-		l.p, l.err = a.load(ctx, h, now)
-		a.mu.Lock()
-		delete(a.loading, h)
-		a.mu.Unlock()
-		close(l.done)
-		return l.p, l.err
-	}
 	select {
 	case <-l.done:
 		return l.p, l.err
 	case <-ctx.Done():
 		return Principal{}, fmt.Errorf("waiting for key lookup: %w: %w", ErrUnavailable, ctx.Err())
 	}
+}
+
+// detachedReadTimeout bounds a shared store read whose starter had no
+// deadline.
+const detachedReadTimeout = 5 * time.Second
+
+// detach returns a context that keeps ctx's values and deadline but not its
+// cancellation.
+func detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	d, ok := ctx.Deadline()
+	if !ok {
+		d = time.Now().Add(detachedReadTimeout)
+	}
+	return context.WithDeadline(context.WithoutCancel(ctx), d)
 }
 
 // load reads the key, its organization and its plan from the store.

@@ -184,3 +184,50 @@ func TestAuthenticatorWatchRevokes(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// gatedStore holds key reads until released.
+type gatedStore struct {
+	keys.Store
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s *gatedStore) KeyByHash(ctx context.Context, h keys.SecretHash) (keys.Key, error) {
+	s.started <- struct{}{}
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return keys.Key{}, fmt.Errorf("reading: %w: %w", keys.ErrUnavailable, ctx.Err())
+	}
+	return s.Store.KeyByHash(ctx, h)
+}
+
+// TestSharedReadSurvivesItsStarterLeaving: the first caller of a cold key
+// goes away; the caller that joined its read still gets the principal.
+func TestSharedReadSurvivesItsStarterLeaving(t *testing.T) {
+	base, _, secret := setup(t)
+	st := &gatedStore{Store: base, started: make(chan struct{}, 1), release: make(chan struct{})}
+	a := keys.NewAuthenticator(st, keys.AuthOptions{})
+	first, cancelFirst := context.WithCancel(context.Background())
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := a.Authenticate(first, keys.Credential{Secret: secret})
+		firstDone <- err
+	}()
+	<-st.started // the shared read is under way
+	secondDone := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := a.Authenticate(ctx, keys.Credential{Secret: secret})
+		secondDone <- err
+	}()
+	cancelFirst()
+	if err := <-firstDone; !errors.Is(err, keys.ErrUnavailable) {
+		t.Errorf("cancelled caller: %v, want ErrUnavailable", err)
+	}
+	close(st.release)
+	if err := <-secondDone; err != nil {
+		t.Errorf("the caller that joined the read failed with its starter: %v", err)
+	}
+}

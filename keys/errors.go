@@ -20,6 +20,11 @@ var (
 	// ErrUnavailable means the store could not be reached in time. It never
 	// means the credential is wrong.
 	ErrUnavailable = errors.New("key store unavailable")
+	// ErrNotBroadcast means a change was made but its revocation could not
+	// be sent to the other sidecars: they forget the old state within their
+	// cache TTL instead of at once. Stores wrap it together with
+	// ErrUnavailable; callers that know it treat the change as done.
+	ErrNotBroadcast = errors.New("change made, but its revocation was not broadcast")
 	// ErrOverAllocated means the per-key maxima of an organization would add up
 	// to more than the organization's quota.
 	ErrOverAllocated = errors.New("per-key quotas would exceed the organization quota")

@@ -423,7 +423,7 @@ func (h *Handler) adminPatchOrg(w http.ResponseWriter, r *http.Request) error {
 		}
 		o.MaxAPIRequests = m
 	}
-	if err := h.opt.Store.UpdateOrg(ctx, o); err != nil {
+	if err := h.madeAnyway(h.opt.Store.UpdateOrg(ctx, o)); err != nil {
 		return fmt.Errorf("updating org: %w", err)
 	}
 	h.opt.Auth.Revoke(keys.Revocation{OrgID: o.ID})
@@ -495,7 +495,7 @@ func (h *Handler) adminPatchKey(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	k, err := h.opt.Store.SetKeyMax(ctx, o.ID, r.PathValue("name"), b.MaxAPIRequests, limit)
-	if err != nil {
+	if err = h.madeAnyway(err); err != nil {
 		return fmt.Errorf("changing key: %w", err)
 	}
 	h.opt.Auth.Revoke(keys.Revocation{OrgID: k.OrgID, KeyUID: k.UID})

@@ -3,11 +3,13 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -185,5 +187,30 @@ func TestSlowButSteadyUploadCompletes(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || <-got != 80 {
 		t.Fatalf("steady upload: status %d", resp.StatusCode)
+	}
+}
+
+func TestStalledSelfServedBodyIsCutOff(t *testing.T) {
+	base, secret := deadlineGate(t, http.NotFoundHandler())
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Announces 100 bytes of JSON, sends 1, then stalls.
+	req := "POST /api/v0/key HTTP/1.1\r\nHost: x\r\nX-API-Key: " + secret + "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	b, err := io.ReadAll(conn)
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		var ne net.Error
+		if !errors.As(err, &ne) {
+			t.Fatalf("reading: %v", err)
+		}
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a self-served request with a stalled body still holds its handler after 20s (got %q)", b)
 	}
 }

@@ -35,8 +35,13 @@ const (
 // client has gone.
 const statusClientClosed = 499
 
-// Errors of the forwarding step.
+// maxConcurrentLogins bounds the password checks running at once.
+const maxConcurrentLogins = 2
+
+// Errors of the forwarding step, and of an overloaded login.
 var (
+	// errBusy: too many password checks at once; the client may retry.
+	errBusy            = errors.New("too many logins at once")
 	errUpstream        = errors.New("upstream unreachable")
 	errUpstreamTimeout = errors.New("upstream did not answer in time")
 )
@@ -99,6 +104,8 @@ func classify(err error, now time.Time) problem {
 		return problem{status: http.StatusUnauthorized, message: "Request signature already used", outcome: outcomeInvalidCredential}
 	case errors.Is(err, keys.ErrUnavailable), errors.Is(err, quota.ErrUnavailable):
 		return problem{status: http.StatusServiceUnavailable, message: "Key store unavailable, retry shortly", outcome: outcomeStoreUnavailable, retryAfter: time.Second}
+	case errors.Is(err, errBusy):
+		return problem{status: http.StatusServiceUnavailable, message: "Too many logins at once, retry shortly", outcome: outcomeBadRequest, retryAfter: time.Second}
 	case errors.Is(err, errUpstreamTimeout):
 		return problem{status: http.StatusGatewayTimeout, message: "Upstream did not answer in time", outcome: outcomeUpstreamTimeout}
 	case errors.Is(err, errUpstream):

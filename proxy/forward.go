@@ -88,7 +88,7 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 			}
 			p := classify(err, h.opt.Now())
 			if sw, ok := w.(*statusWriter); ok {
-				sw.onWrite = nil // an error body is not the upstream's egress
+				sw.countEgress = false // an error body is not the upstream's egress
 				sw.outcome = p.outcome
 			}
 			h.log.Warn("upstream failed", zap.String("path", r.URL.Path), zap.Error(err))
@@ -159,7 +159,10 @@ type statusWriter struct {
 	http.ResponseWriter
 	status  int
 	outcome string // set by the reverse proxy's error handler
-	onWrite func(n int)
+	// countEgress makes Write add to egress, the bytes of the upstream's
+	// response body; the data path books them once, when it is done.
+	countEgress bool
+	egress      int64
 
 	writeTimeout time.Duration
 	// renewAt is when the write deadline is next moved: half-way to it, so
@@ -206,8 +209,8 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	}
 	w.extendDeadline(time.Now())
 	n, err := w.ResponseWriter.Write(b)
-	if w.onWrite != nil && n > 0 {
-		w.onWrite(n)
+	if w.countEgress {
+		w.egress += int64(n)
 	}
 	return n, err
 }
@@ -255,7 +258,10 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	if n > 0 && b.book != nil {
 		b.book.add(b.info.p.Key.OrgID, quota.Meter{Name: meterIngress, Period: b.info.period}, int64(n), b.info.at, b.info.p.Plan.Limits)
 	}
-	if err != nil && b.timeout > 0 {
+	// At the end of the body the deadline goes, so it cannot fire while the
+	// response streams; after a failed read it stays, so net/http's
+	// draining of the unread rest cannot hang on a stalled client either.
+	if errors.Is(err, io.EOF) && b.timeout > 0 {
 		_ = b.rc.SetReadDeadline(time.Time{})
 		b.timeout = 0
 	}

@@ -80,12 +80,20 @@ type Handler struct {
 	// across sidecars and requests.
 	tokenPrefix string
 	tokenSeq    atomic.Uint64
+	// logins bounds the password checks running at once (argon2id holds
+	// 32 MiB each).
+	logins chan struct{}
 	// lastFailOpenLog rate-limits the fail-open warning (unix nanos).
 	lastFailOpenLog atomic.Int64
 }
 
-// New returns a Handler for o.
+// New returns a Handler for o. A missing required option is a programming
+// error in the caller and panics here, at construction, rather than on the
+// first request.
 func New(o Options) *Handler {
+	if o.Upstream == nil || o.Store == nil || o.Auth == nil || o.Counter == nil {
+		panic("proxy.New: Options.Upstream, Store, Auth and Counter are required")
+	}
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 250 * time.Millisecond
 	}
@@ -115,6 +123,7 @@ func New(o Options) *Handler {
 		access:      o.Log.Named("access"),
 		usage:       newUsageBook(),
 		tokenPrefix: hex.EncodeToString(p[:]) + "-",
+		logins:      make(chan struct{}, maxConcurrentLogins),
 	}
 	h.forward = h.newReverseProxy()
 	h.routes = h.selfRoutes()
@@ -140,11 +149,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw.deadlineFor(time.Now(), h.opt.UpstreamTimeout+h.opt.WriteTimeout)
 	rec := &accessRecord{}
 	if route, ok := h.routes.lookup(r.Method, r.URL.Path); ok {
-		route(sw, r, rec)
+		h.serveSelf(route, sw, r, rec)
 	} else {
 		h.serveData(sw, r, rec, start)
 	}
 	h.finish(r, sw, rec, start)
+}
+
+// serveSelf runs a self-served route. Its body (1 MiB at most) must arrive
+// within WriteTimeout: a client that trickles bytes cannot hold a handler,
+// nor the connection afterwards (net/http reads an unread body's rest before
+// reusing a connection). net/http replaces the deadline when it reads the
+// connection's next request.
+func (h *Handler) serveSelf(route selfHandler, w *statusWriter, r *http.Request, rec *accessRecord) {
+	if h.opt.WriteTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(h.opt.WriteTimeout)) // unsupported by test recorders: fine
+	}
+	route(w, r, rec)
 }
 
 // serveData is the data path: credential → principal → permission → charge
@@ -195,10 +216,11 @@ func (h *Handler) serveData(w *statusWriter, r *http.Request, rec *accessRecord,
 		}
 		r.Body = body
 	}
-	w.onWrite = func(n int) {
-		h.usage.add(org, quota.Meter{Name: meterEgress, Period: period}, int64(n), now, info.p.Plan.Limits)
-	}
+	w.countEgress = true
 	h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, info)))
+	if w.egress > 0 {
+		h.usage.add(org, quota.Meter{Name: meterEgress, Period: period}, w.egress, now, info.p.Plan.Limits)
+	}
 }
 
 // planPeriod returns the plan's period. Plans are validated when created, so

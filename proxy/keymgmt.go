@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/keygate/keygate/keys"
 )
 
@@ -103,11 +105,22 @@ func (h *Handler) allocLimit(ctx context.Context, o keys.Org) (int64, error) {
 // the store tells the others.
 func (h *Handler) deleteKey(ctx context.Context, orgID, name string) (keys.Key, error) {
 	k, err := h.opt.Store.DeleteKey(ctx, orgID, name)
-	if err != nil {
+	if err = h.madeAnyway(err); err != nil {
 		return keys.Key{}, fmt.Errorf("deleting key: %w", err)
 	}
 	h.opt.Auth.Revoke(keys.Revocation{OrgID: k.OrgID, KeyUID: k.UID})
 	return k, nil
+}
+
+// madeAnyway turns a store's ErrNotBroadcast into success with a warning:
+// the change was made, and the caller revokes it locally at once; other
+// sidecars forget the old state within their cache TTL instead of at once.
+func (h *Handler) madeAnyway(err error) error {
+	if errors.Is(err, keys.ErrNotBroadcast) {
+		h.log.Warn("change made but its revocation was not broadcast: other sidecars apply it within KEYGATE_AUTH_CACHE_TTL", zap.Error(err))
+		return nil
+	}
+	return err
 }
 
 // decodeJSON decodes a JSON request body strictly: bounded size, no unknown

@@ -121,7 +121,7 @@ func (h *Handler) subAccount(ctx context.Context, partner keys.Principal, uuid s
 // updateOrg writes an organization and forgets its cached principals here
 // at once; the store tells the other sidecars.
 func (h *Handler) updateOrg(ctx context.Context, o keys.Org) error {
-	if err := h.opt.Store.UpdateOrg(ctx, o); err != nil {
+	if err := h.madeAnyway(h.opt.Store.UpdateOrg(ctx, o)); err != nil {
 		return fmt.Errorf("updating org: %w", err)
 	}
 	h.opt.Auth.Revoke(keys.Revocation{OrgID: o.ID})

@@ -233,6 +233,14 @@ func (h *Handler) userLogin(ctx context.Context, rec *accessRecord, username, pa
 	if err != nil && !errors.Is(err, keys.ErrNotFound) {
 		return keys.Org{}, fmt.Errorf("reading login: %w", err)
 	}
+	// Each password check holds argon2id's memory (32 MiB): a bounded
+	// number run at once, so a flood of logins cannot exhaust the sidecar.
+	select {
+	case h.logins <- struct{}{}:
+		defer func() { <-h.logins }()
+	case <-ctx.Done():
+		return keys.Org{}, errBusy
+	}
 	if ok := keys.VerifyPassword(o.PasswordHash, password); !ok || o.Username == "" {
 		return keys.Org{}, withUserID(userErrUnauthorized, &badRequestError{status: http.StatusForbidden, msg: "Invalid username or password"})
 	}

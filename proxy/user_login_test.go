@@ -69,3 +69,25 @@ func TestLoginFailuresCostTheSame(t *testing.T) {
 		t.Errorf("empty login: %v", err)
 	}
 }
+
+// TestLoginsAreBounded: password checks beyond maxConcurrentLogins wait,
+// and give up with 503 when their context ends instead of piling up
+// argon2id's memory.
+func TestLoginsAreBounded(t *testing.T) {
+	e := newSignedEnv(t, nil)
+	for range maxConcurrentLogins {
+		e.h.logins <- struct{}{} // every slot taken
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := e.h.userLogin(ctx, &accessRecord{}, "alice", "pw")
+	if p := classify(err, e.now); !errors.Is(err, errBusy) || p.status != http.StatusServiceUnavailable || p.retryAfter == 0 {
+		t.Fatalf("login with every slot taken: %v → %+v, want 503 with Retry-After", err, p)
+	}
+	for range maxConcurrentLogins {
+		<-e.h.logins
+	}
+	if _, err := e.h.userLogin(context.Background(), &accessRecord{}, "alice", "pw"); errors.Is(err, errBusy) {
+		t.Fatal("login still busy with free slots")
+	}
+}

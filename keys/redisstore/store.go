@@ -583,7 +583,7 @@ func (s *Store) publish(ctx context.Context, r keys.Revocation) error {
 		return fmt.Errorf("encoding revocation: %w", err)
 	}
 	if err := s.rdb.Publish(ctx, revocationsChannel, b).Err(); err != nil {
-		return fail("publishing revocation (the change itself was made)", err)
+		return fmt.Errorf("%w: %w", keys.ErrNotBroadcast, fail("publishing revocation", err))
 	}
 	return nil
 }

@@ -20,7 +20,17 @@ import (
 const (
 	maxPipelines = 4
 	maxBatch     = 128
+	// maxPipelineWait bounds a pipeline that carries a call without a
+	// deadline.
+	maxPipelineWait = 10 * time.Second
 )
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
 
 // call is one script call waiting for its pipeline.
 type call struct {
@@ -40,7 +50,9 @@ type batcher struct {
 }
 
 // run executes the charge script with keys and args, batched with
-// concurrent calls, and returns its reply.
+// concurrent calls, and returns its reply. It returns when the reply is in
+// or ctx ends, whichever comes first: a pipeline kept alive for other calls
+// never holds this one past its own deadline.
 func (c *Counter) run(ctx context.Context, keys []string, args []any) (any, error) {
 	cl := &call{ctx: ctx, keys: keys, args: args, done: make(chan struct{})}
 	b := &c.batch
@@ -48,15 +60,9 @@ func (c *Counter) run(ctx context.Context, keys []string, args []any) (any, erro
 	b.queue = append(b.queue, cl)
 	if b.inflight < maxPipelines {
 		b.inflight++
-		batch := b.take()
-		b.mu.Unlock()
-		c.exec(batch)
-		// Others may have queued while this pipeline was out: flush them on
-		// a goroutine so this request returns now.
-		go c.drain()
-	} else {
-		b.mu.Unlock()
+		go c.drain() // takes this call and whatever queues meanwhile
 	}
+	b.mu.Unlock()
 	select {
 	case <-cl.done:
 		return cl.val, cl.err
@@ -76,8 +82,8 @@ func (b *batcher) take() []*call {
 	return batch
 }
 
-// drain flushes queued calls until none is left, then gives up its
-// pipeline slot.
+// drain sends queued calls in pipelines until none is left, then gives up
+// its pipeline slot.
 func (c *Counter) drain() {
 	b := &c.batch
 	for {
@@ -104,22 +110,22 @@ func (c *Counter) exec(batch []*call) {
 			close(cl.done)
 			continue
 		}
-		if d, ok := cl.ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-			deadline = d
+		d, ok := cl.ctx.Deadline()
+		if !ok {
+			d = time.Now().Add(maxPipelineWait)
 		}
+		deadline = later(deadline, d)
 		live = append(live, cl)
 	}
 	if len(live) == 0 {
 		return
 	}
-	// The pipeline outlives no caller's deadline but is not cancelled by one
+	// The pipeline lives until the latest deadline among its calls, so one
+	// call that waited long in the queue cannot fail the others; each caller
+	// still stops waiting at its own deadline (run). It is not cancelled by a
 	// caller going away.
-	ctx := context.Background()
-	if !deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
 	cmds := c.pipeline(ctx, live, func(p redis.Pipeliner, cl *call) *redis.Cmd {
 		return chargeScript.EvalSha(ctx, p, cl.keys, cl.args...)
 	})
