@@ -32,16 +32,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/internal/redisfail"
 	"github.com/keygate/keygate/keys"
 )
 
@@ -713,39 +712,10 @@ func decode[T any](what, v string) (T, error) {
 // fail wraps err with what the store was doing, and with keys.ErrUnavailable
 // when it means Redis could not be reached or could not answer in time.
 func fail(doing string, err error) error {
-	if unavailable(err) {
+	if redisfail.Unavailable(err) {
 		return fmt.Errorf("%s: %w: %w", doing, keys.ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s: %w", doing, err)
-}
-
-// unavailable reports whether err is a failure to reach Redis (network,
-// timeout, deadline, pool, a closed client, or a server that is loading or
-// whose cluster is down) rather than an answer.
-func unavailable(err error) bool {
-	switch {
-	case errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, context.Canceled),
-		errors.Is(err, redis.ErrPoolTimeout),
-		errors.Is(err, redis.ErrPoolExhausted),
-		errors.Is(err, redis.ErrClosed),
-		errors.Is(err, io.EOF),
-		errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, net.ErrClosed),
-		errors.Is(err, syscall.ECONNREFUSED),
-		errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.EPIPE):
-		return true
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	return redis.IsLoadingError(err) ||
-		redis.IsClusterDownError(err) ||
-		redis.IsTryAgainError(err) ||
-		redis.IsMasterDownError(err) ||
-		redis.IsMaxClientsError(err)
 }
 
 func isTimeout(err error) bool {

@@ -3,13 +3,13 @@ package rediscounter
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/internal/redisfail"
 	"github.com/keygate/keygate/quota"
 )
 
@@ -282,21 +282,8 @@ func parseCount(v any) (int64, error) {
 // storeError wraps err, adding quota.ErrUnavailable when it means the store
 // could not answer in time rather than that it refused the command.
 func storeError(doing string, err error) error {
-	if unavailable(err) {
+	if redisfail.Unavailable(err) {
 		return fmt.Errorf("%s: %w: %w", doing, quota.ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s: %w", doing, err)
-}
-
-// unavailable reports whether err is a failure to reach the store: any error
-// that is not a reply from Redis (network, timeout, context, pool, closed
-// client), or a reply saying the server cannot serve for now.
-func unavailable(err error) bool {
-	var rerr redis.Error
-	if !errors.As(err, &rerr) {
-		return true
-	}
-	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) ||
-		redis.IsMasterDownError(err) || redis.IsMaxClientsError(err) || redis.IsReadOnlyError(err) ||
-		redis.HasErrorPrefix(err, "BUSY")
 }
