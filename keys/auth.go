@@ -127,6 +127,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 // only if no revocation arrived since the read began.
 func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.Time) (Principal, error) {
 	a.mu.Lock()
+	// A read that finished since the caller looked may have cached it.
+	if p, ok := a.entries[h]; ok && now.Sub(p.VerifiedAt) < a.opt.TTL {
+		a.mu.Unlock()
+		return p, nil
+	}
 	l, ok := a.loading[h]
 	if !ok {
 		l = &load{done: make(chan struct{})}

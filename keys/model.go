@@ -45,6 +45,9 @@ type Org struct {
 	Username     string    `json:"username,omitempty"`
 	PasswordHash string    `json:"password_hash,omitempty"`
 	CreatedAt    time.Time `json:"created_at"`
+	// Revision counts the stored changes of the organization; UpdateOrg
+	// accepts a change only from a caller that read the current revision.
+	Revision int64 `json:"revision,omitempty"`
 }
 
 // Quota sources reported by the account endpoint.

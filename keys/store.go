@@ -30,9 +30,12 @@ type Store interface {
 	// SubOrgs lists the organizations created by partner, ordered by id.
 	SubOrgs(ctx context.Context, partnerID string) ([]Org, error)
 	// UpdateOrg replaces an existing organization (its id and username
-	// cannot change) and tells every sidecar to forget cached principals of
-	// that organization.
-	UpdateOrg(ctx context.Context, o Org) error
+	// cannot change) if it is still at o.Revision, the revision the caller
+	// read, and sets o.Revision to the new one; a concurrent change in
+	// between fails with ErrConflict (read again and retry) instead of being
+	// overwritten. It tells every sidecar to forget cached principals of the
+	// organization.
+	UpdateOrg(ctx context.Context, o *Org) error
 
 	// CreateKey adds k to its organization. It fails with ErrNotFound when
 	// the organization does not exist, ErrConflict when the name is taken in

@@ -423,8 +423,8 @@ func (h *Handler) adminPatchOrg(w http.ResponseWriter, r *http.Request) error {
 		}
 		o.MaxAPIRequests = m
 	}
-	if err := h.madeAnyway(h.opt.Store.UpdateOrg(ctx, o)); err != nil {
-		return fmt.Errorf("updating org: %w", err)
+	if err := h.madeAnyway(h.opt.Store.UpdateOrg(ctx, &o)); err != nil {
+		return orgConflict(fmt.Errorf("updating org: %w", err))
 	}
 	h.opt.Auth.Revoke(keys.Revocation{OrgID: o.ID})
 	writeJSON(w, http.StatusOK, newOrgView(o))
@@ -448,6 +448,14 @@ func (h *Handler) adminCreateKey(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusCreated, newKeyView(k, secret))
 	return nil
+}
+
+// orgConflict words a concurrent change of an organization for the client.
+func orgConflict(err error) error {
+	if errors.Is(err, keys.ErrConflict) {
+		return &badRequestError{status: http.StatusConflict, msg: "the organization was changed concurrently; read it again and retry"}
+	}
+	return err
 }
 
 // keyConflict words a duplicate key name for the client.

@@ -110,7 +110,16 @@ func (h *Handler) subAccount(ctx context.Context, partner keys.Principal, uuid s
 		return keys.Org{}, fmt.Errorf("reading sub-account: %w", err)
 	}
 	if due, ok := o.ApplyScheduledPlan(h.opt.Now()); ok {
-		if err := h.updateOrg(ctx, due); err != nil {
+		err := h.updateOrg(ctx, &due)
+		if errors.Is(err, keys.ErrConflict) {
+			// Changed meanwhile (perhaps the same switch by another
+			// sidecar): take the current record, the switch applied in
+			// memory; the writer that won persisted its own state.
+			if o, err = h.opt.Store.Org(ctx, uuid); err != nil {
+				return keys.Org{}, fmt.Errorf("reading sub-account: %w", err)
+			}
+			due, _ = o.ApplyScheduledPlan(h.opt.Now())
+		} else if err != nil {
 			return keys.Org{}, err
 		}
 		o = due
@@ -120,7 +129,7 @@ func (h *Handler) subAccount(ctx context.Context, partner keys.Principal, uuid s
 
 // updateOrg writes an organization and forgets its cached principals here
 // at once; the store tells the other sidecars.
-func (h *Handler) updateOrg(ctx context.Context, o keys.Org) error {
+func (h *Handler) updateOrg(ctx context.Context, o *keys.Org) error {
 	if err := h.madeAnyway(h.opt.Store.UpdateOrg(ctx, o)); err != nil {
 		return fmt.Errorf("updating org: %w", err)
 	}
@@ -243,7 +252,7 @@ func (h *Handler) partnerUpdatePlan(ctx context.Context, w http.ResponseWriter, 
 	} else {
 		o.PlanID, o.NextPlanID, o.NextPlanAt = *b.PlanID, nil, time.Time{}
 	}
-	return nil, h.updateOrg(ctx, o)
+	return nil, orgConflict(h.updateOrg(ctx, &o))
 }
 
 func (h *Handler) partnerCreateKey(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {

@@ -184,7 +184,7 @@ func (s *Store) listOrgs(keep func(keys.Org) bool) []keys.Org {
 
 // UpdateOrg replaces an existing organization and revokes all its keys. Its
 // username cannot change (a *keys.InvalidError).
-func (s *Store) UpdateOrg(_ context.Context, o keys.Org) error {
+func (s *Store) UpdateOrg(_ context.Context, o *keys.Org) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.orgs[o.ID]
@@ -194,7 +194,11 @@ func (s *Store) UpdateOrg(_ context.Context, o keys.Org) error {
 	if o.Username != old.Username {
 		return &keys.InvalidError{Field: "username", Reason: "cannot be changed"}
 	}
-	s.orgs[o.ID] = copyOrg(o)
+	if o.Revision != old.Revision {
+		return fmt.Errorf("organization %s changed concurrently: %w", o.ID, keys.ErrConflict)
+	}
+	o.Revision++
+	s.orgs[o.ID] = copyOrg(*o)
 	s.publish(keys.Revocation{OrgID: o.ID})
 	return nil
 }

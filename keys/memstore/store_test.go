@@ -40,7 +40,7 @@ func TestSlowWatcher(t *testing.T) {
 	// Wait until the watcher is registered and blocked in fn.
 	deadline := time.After(5 * time.Second)
 	for waiting := true; waiting; {
-		if err := s.UpdateOrg(ctx, o); err != nil {
+		if err := s.UpdateOrg(ctx, &o); err != nil {
 			t.Fatalf("UpdateOrg: %v", err)
 		}
 		select {
@@ -55,7 +55,7 @@ func TestSlowWatcher(t *testing.T) {
 	writes := make(chan error, 1)
 	go func() {
 		for range 5000 {
-			if err := s.UpdateOrg(ctx, o); err != nil {
+			if err := s.UpdateOrg(ctx, &o); err != nil {
 				writes <- err
 				return
 			}

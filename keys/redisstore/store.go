@@ -269,29 +269,53 @@ func (s *Store) orgsByID(ctx context.Context, ids []string, keep func(keys.Org) 
 	return out, nil
 }
 
-// UpdateOrg replaces an existing organization and publishes a revocation of
-// all its keys. Its username cannot change (a *keys.InvalidError). When the
-// revocation cannot be published the update is kept and the error wraps
-// keys.ErrUnavailable.
-func (s *Store) UpdateOrg(ctx context.Context, o keys.Org) error {
-	old, err := s.Org(ctx, o.ID)
-	if err != nil {
+// UpdateOrg replaces an existing organization if it is still at o.Revision
+// (WATCH on its record, a single key, so it works on Redis Cluster too),
+// bumps o.Revision, and publishes a revocation of all its keys. Its username
+// cannot change (a *keys.InvalidError). When the revocation cannot be
+// published the update is kept and the error wraps keys.ErrNotBroadcast.
+func (s *Store) UpdateOrg(ctx context.Context, o *keys.Org) error {
+	var old keys.Org
+	next := *o
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		b, err := tx.Get(ctx, orgKey(o.ID)).Bytes()
+		if errors.Is(err, redis.Nil) {
+			return fmt.Errorf("organization %s: %w", o.ID, keys.ErrNotFound)
+		}
+		if err != nil {
+			return fail("reading organization", err)
+		}
+		if err := json.Unmarshal(b, &old); err != nil {
+			return fmt.Errorf("decoding organization %s: %w", o.ID, err)
+		}
+		if o.Username != old.Username {
+			return &keys.InvalidError{Field: "username", Reason: "cannot be changed"}
+		}
+		if o.Revision != old.Revision {
+			return fmt.Errorf("organization %s changed concurrently: %w", o.ID, keys.ErrConflict)
+		}
+		next.Revision = old.Revision + 1
+		nb, err := json.Marshal(next)
+		if err != nil {
+			return fmt.Errorf("encoding organization: %w", err)
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.Set(ctx, orgKey(o.ID), nb, 0)
+			return nil
+		})
 		return err
-	}
-	if o.Username != old.Username {
-		return &keys.InvalidError{Field: "username", Reason: "cannot be changed"}
-	}
-	b, err := json.Marshal(o)
-	if err != nil {
-		return fmt.Errorf("encoding organization: %w", err)
-	}
-	ok, err := s.rdb.SetXX(ctx, orgKey(o.ID), b, 0).Result()
-	if err != nil {
+	}, orgKey(o.ID))
+	switch {
+	case errors.Is(err, redis.TxFailedErr):
+		return fmt.Errorf("organization %s changed concurrently: %w", o.ID, keys.ErrConflict)
+	case err != nil:
+		var inv *keys.InvalidError
+		if errors.Is(err, keys.ErrNotFound) || errors.Is(err, keys.ErrConflict) || errors.As(err, &inv) {
+			return err
+		}
 		return fail("updating organization", err)
 	}
-	if !ok {
-		return fmt.Errorf("organization %s: %w", o.ID, keys.ErrNotFound)
-	}
+	o.Revision = next.Revision
 	if o.PartnerID != old.PartnerID {
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			if old.PartnerID != "" {

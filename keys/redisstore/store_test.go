@@ -80,7 +80,7 @@ func watchLive(t *testing.T, w, p keys.Store, org keys.Org) (<-chan keys.Revocat
 	t.Cleanup(cancel)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if err := p.UpdateOrg(ctxFor(t, 5*time.Second), org); err != nil {
+		if err := p.UpdateOrg(ctxFor(t, 5*time.Second), &org); err != nil {
 			t.Fatalf("UpdateOrg(probe): %v", err)
 		}
 		select {
@@ -175,7 +175,7 @@ func TestUnavailable(t *testing.T) {
 		{"Orgs", func(ctx context.Context) error { _, err := s.Orgs(ctx); return err }},
 		{"SubOrgs", func(ctx context.Context) error { _, err := s.SubOrgs(ctx, "org"); return err }},
 		{"CreateOrg", func(ctx context.Context) error { return s.CreateOrg(ctx, keys.Org{ID: "org2"}) }},
-		{"UpdateOrg", func(ctx context.Context) error { return s.UpdateOrg(ctx, org) }},
+		{"UpdateOrg", func(ctx context.Context) error { o := org; return s.UpdateOrg(ctx, &o) }},
 		{"KeyByHash", func(ctx context.Context) error { _, err := s.KeyByHash(ctx, k.SecretHash); return err }},
 		{"KeyByUID", func(ctx context.Context) error { _, err := s.KeyByUID(ctx, k.UID); return err }},
 		{"Keys", func(ctx context.Context) error { _, err := s.Keys(ctx, "org"); return err }},

@@ -28,6 +28,7 @@ func Run(t *testing.T, newStore func(t *testing.T) keys.Store) {
 		{"Plans", testPlans},
 		{"Orgs", testOrgs},
 		{"UpdateOrg", testUpdateOrg},
+		{"ConcurrentUpdateOrg", testConcurrentUpdateOrg},
 		{"InvalidInput", testInvalidInput},
 		{"Keys", testKeys},
 		{"Allocation", testAllocation},
@@ -239,8 +240,11 @@ func testUpdateOrg(t *testing.T, s keys.Store) {
 	o.Name, o.PlanID, o.Unlimited, o.EmailVerified = "renamed", 2, true, true
 	o.MaxAPIRequests, o.NextPlanID = ptr(42), ptr(3)
 	o.PasswordHash = "new hash"
-	if err := s.UpdateOrg(ctx, o); err != nil {
+	if err := s.UpdateOrg(ctx, &o); err != nil {
 		t.Fatalf("UpdateOrg: %v", err)
+	}
+	if o.Revision != 1 {
+		t.Errorf("UpdateOrg left Revision %d, want 1", o.Revision)
 	}
 	got, err := s.Org(ctx, o.ID)
 	if err != nil {
@@ -255,7 +259,7 @@ func testUpdateOrg(t *testing.T, s keys.Store) {
 
 	// Moving the organization away from its partner updates SubOrgs.
 	o.PartnerID = ""
-	if err := s.UpdateOrg(ctx, o); err != nil {
+	if err := s.UpdateOrg(ctx, &o); err != nil {
 		t.Fatalf("UpdateOrg(no partner): %v", err)
 	}
 	if subs, err := s.SubOrgs(ctx, partner.ID); err != nil || len(subs) != 0 {
@@ -265,12 +269,61 @@ func testUpdateOrg(t *testing.T, s keys.Store) {
 	changed := o
 	changed.Username = "other"
 	var inv *keys.InvalidError
-	if err := s.UpdateOrg(ctx, changed); !errors.As(err, &inv) {
+	if err := s.UpdateOrg(ctx, &changed); !errors.As(err, &inv) {
 		t.Errorf("UpdateOrg(changed username): error %v, want *keys.InvalidError", err)
 	}
-	wantErr(t, "UpdateOrg(unknown)", s.UpdateOrg(ctx, newOrg("nobody")), keys.ErrNotFound)
+	nobody := newOrg("nobody")
+	wantErr(t, "UpdateOrg(unknown)", s.UpdateOrg(ctx, &nobody), keys.ErrNotFound)
+
+	// A copy read before another change is refused, and changes nothing.
+	stale := o
+	stale.Revision--
+	stale.Name = "stale"
+	wantErr(t, "UpdateOrg(stale revision)", s.UpdateOrg(ctx, &stale), keys.ErrConflict)
+	if got, _ := s.Org(ctx, o.ID); got.Name != "renamed" || got.Revision != o.Revision {
+		t.Errorf("after a refused stale update: %+v", got)
+	}
 	_, err = s.Org(ctx, "nobody")
 	wantErr(t, "Org after UpdateOrg(unknown)", err, keys.ErrNotFound)
+}
+
+// testConcurrentUpdateOrg: read-modify-write cycles racing on one
+// organization, each retrying on ErrConflict, lose no change.
+func testConcurrentUpdateOrg(t *testing.T, s keys.Store) {
+	ctx := ctxFor(t)
+	o := newOrg("org")
+	o.MaxAPIRequests = ptr(0)
+	mustCreateOrg(t, s, o)
+	const writers = 10
+	var wg sync.WaitGroup
+	for range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 { // bounded retries
+				cur, err := s.Org(ctx, o.ID)
+				if err != nil {
+					t.Errorf("Org: %v", err)
+					return
+				}
+				*cur.MaxAPIRequests++
+				err = s.UpdateOrg(ctx, &cur)
+				if err == nil {
+					return
+				}
+				if !errors.Is(err, keys.ErrConflict) {
+					t.Errorf("UpdateOrg: %v", err)
+					return
+				}
+			}
+			t.Error("UpdateOrg kept conflicting")
+		}()
+	}
+	wg.Wait()
+	got, err := s.Org(ctx, o.ID)
+	if err != nil || got.MaxAPIRequests == nil || *got.MaxAPIRequests != writers || got.Revision != writers {
+		t.Errorf("after %d racing increments: %+v, %v; want max %d and revision %d", writers, got, err, writers, writers)
+	}
 }
 
 func testInvalidInput(t *testing.T, s keys.Store) {
@@ -699,7 +752,11 @@ func startWatch(t *testing.T, s keys.Store, probe keys.Org) *watch {
 
 	deadline := time.Now().Add(waitTimeout)
 	for attempt := 1; ; attempt++ {
-		if err := s.UpdateOrg(ctxFor(t), probe); err != nil {
+		probe, err := s.Org(ctxFor(t), probe.ID)
+		if err != nil {
+			t.Fatalf("Org(probe): %v", err)
+		}
+		if err := s.UpdateOrg(ctxFor(t), &probe); err != nil {
 			t.Fatalf("UpdateOrg(probe): %v", err)
 		}
 		timer := time.NewTimer(50 * time.Millisecond)
@@ -774,7 +831,7 @@ func testWatch(t *testing.T, s keys.Store) {
 
 	o := newOrg("org")
 	o.Name = "renamed"
-	if err := s.UpdateOrg(ctx, o); err != nil {
+	if err := s.UpdateOrg(ctx, &o); err != nil {
 		t.Fatalf("UpdateOrg: %v", err)
 	}
 	check("UpdateOrg", w1.next(t, "org"), "")
