@@ -145,7 +145,7 @@ func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.T
 			delete(a.loading, h)
 			if err == nil && a.gen == gen {
 				if len(a.entries) >= a.opt.MaxEntries {
-					a.evictOne(now)
+					evictOne(a.entries, principalVerifiedAt, now, a.opt.StaleAuth)
 				}
 				a.entries[h] = p
 			}
@@ -188,11 +188,18 @@ func (a *Authenticator) load(ctx context.Context, h SecretHash, now time.Time) (
 	if subtle.ConstantTimeCompare(k.SecretHash[:], h[:]) != 1 {
 		return Principal{}, ErrNotFound
 	}
+	return a.principalOf(ctx, k, now)
+}
+
+// principalOf completes a key read from the store with its organization (a
+// plan change scheduled for this period applied) and plan, as verified now.
+// The sealed secret stays out of the principal.
+func (a *Authenticator) principalOf(ctx context.Context, k Key, now time.Time) (Principal, error) {
 	o, err := a.store.Org(ctx, k.OrgID)
 	if err != nil {
 		return Principal{}, fmt.Errorf("reading org of key: %w", err)
 	}
-	o, _ = o.ApplyScheduledPlan(now) // a plan change scheduled for this period
+	o, _ = o.ApplyScheduledPlan(now)
 	pl, err := a.store.Plan(ctx, o.PlanID)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Principal{}, fmt.Errorf("reading plan of org: %w", err)
@@ -280,20 +287,23 @@ func (a *Authenticator) forget(h SecretHash) {
 	a.mu.Unlock()
 }
 
-// evictOne drops an expired entry if it finds one among the first few it
-// visits, else an arbitrary one. Called with mu held.
-func (a *Authenticator) evictOne(now time.Time) {
+// evictOne drops an entry of a full cache: an expired one (verified more
+// than stale ago) if it finds one among the first few it visits, else an
+// arbitrary one. Called with mu held.
+func evictOne[K comparable, V any](m map[K]V, verifiedAt func(V) time.Time, now time.Time, stale time.Duration) {
 	n := 0
-	var victim SecretHash
-	for h, p := range a.entries {
-		victim = h
-		if now.Sub(p.VerifiedAt) >= a.opt.StaleAuth || n >= 16 {
+	var victim K
+	for k, v := range m {
+		victim = k
+		if now.Sub(verifiedAt(v)) >= stale || n >= 16 {
 			break
 		}
 		n++
 	}
-	delete(a.entries, victim)
+	delete(m, victim)
 }
+
+func principalVerifiedAt(p Principal) time.Time { return p.VerifiedAt }
 
 func (a *Authenticator) observe(result string) {
 	if a.opt.OnLookup != nil {

@@ -71,7 +71,7 @@ func (a *Authenticator) AuthenticateSigned(ctx context.Context, accessKey string
 			a.signed = make(map[string]signedEntry)
 		}
 		if len(a.signed) >= a.opt.MaxEntries {
-			evictOneSigned(a.signed, now, a.opt.StaleAuth)
+			evictOne(a.signed, func(e signedEntry) time.Time { return e.p.VerifiedAt }, now, a.opt.StaleAuth)
 		}
 		a.signed[accessKey] = e
 	}
@@ -96,17 +96,11 @@ func (a *Authenticator) loadSigned(ctx context.Context, accessKey string, now ti
 	if err != nil {
 		return signedEntry{}, err
 	}
-	o, err := a.store.Org(ctx, k.OrgID)
+	p, err := a.principalOf(ctx, k, now)
 	if err != nil {
-		return signedEntry{}, fmt.Errorf("reading org of key: %w", err)
+		return signedEntry{}, err
 	}
-	o, _ = o.ApplyScheduledPlan(now) // as load does
-	pl, err := a.store.Plan(ctx, o.PlanID)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return signedEntry{}, fmt.Errorf("reading plan of org: %w", err)
-	}
-	k.SealedSecret = nil
-	return signedEntry{p: Principal{Key: k, Org: o, Plan: pl, VerifiedAt: now}, secret: secret}, nil
+	return signedEntry{p: p, secret: secret}, nil
 }
 
 func checkSignature(e signedEntry, verify func([]byte) bool) (Principal, error) {
@@ -159,19 +153,4 @@ func (a *Authenticator) forgetSigned(accessKey string) {
 	a.mu.Lock()
 	delete(a.signed, accessKey)
 	a.mu.Unlock()
-}
-
-// evictOneSigned drops an expired entry if it finds one among the first few
-// it visits, else an arbitrary one.
-func evictOneSigned(m map[string]signedEntry, now time.Time, staleAuth time.Duration) {
-	n := 0
-	var victim string
-	for ak, e := range m {
-		victim = ak
-		if now.Sub(e.p.VerifiedAt) >= staleAuth || n >= 16 {
-			break
-		}
-		n++
-	}
-	delete(m, victim)
 }

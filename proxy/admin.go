@@ -110,6 +110,10 @@ func newOrgView(o keys.Org) orgView {
 		Unlimited: o.Unlimited, Username: o.Username, CreatedAt: o.CreatedAt.UTC().Format(isoMillis)}
 }
 
+// errOrgExists is newOrg's answer to a taken id or username; callers with
+// their own wording (the partner routes) recognise it with errors.Is.
+var errOrgExists = &badRequestError{status: http.StatusConflict, msg: "an organization with this id or username already exists"}
+
 // orgIDPattern admits UUIDs and the short ids of seed 001 ("jack_001").
 var orgIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
@@ -291,7 +295,7 @@ func (h *Handler) newOrg(ctx context.Context, b orgBody, partnerID string) (keys
 	}
 	if err := h.opt.Store.CreateOrg(ctx, o); err != nil {
 		if errors.Is(err, keys.ErrConflict) {
-			return keys.Org{}, &badRequestError{status: http.StatusConflict, msg: "an organization with this id or username already exists"}
+			return keys.Org{}, errOrgExists
 		}
 		return keys.Org{}, fmt.Errorf("creating org: %w", err)
 	}

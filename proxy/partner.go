@@ -187,8 +187,7 @@ func (h *Handler) partnerCreate(ctx context.Context, w http.ResponseWriter, r *h
 	}
 	_, err := h.newOrg(ctx, orgBody{ID: b.UUID, Name: b.Name, Email: b.Email, PlanID: &planID}, p.Key.OrgID)
 	if err != nil {
-		var bad *badRequestError
-		if errors.As(err, &bad) && bad.status == http.StatusConflict {
+		if errors.Is(err, errOrgExists) {
 			return nil, &badRequestError{status: http.StatusConflict, msg: "an account with this uuid already exists"}
 		}
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -65,6 +66,16 @@ var (
 	// ErrReplay means the charge's Nonce was used before.
 	ErrReplay = errors.New("nonce already used")
 )
+
+// CheckOrgID refuses organization ids a counter cannot key: empty, or with
+// braces, which would break the Redis Cluster hash tag ({org}). Both
+// counters apply it, so they answer alike.
+func CheckOrgID(org string) error {
+	if org == "" || strings.ContainsAny(org, "{}") {
+		return fmt.Errorf("org id %q: must be non-empty and contain no brace", org)
+	}
+	return nil
+}
 
 // Usage is what an organization and one of its keys used in a window.
 type Usage struct {

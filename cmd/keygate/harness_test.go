@@ -100,7 +100,14 @@ func call(t *testing.T, method, url string, headers map[string]string, body stri
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, url, rd)
+	return callReader(t, method, url, headers, rd)
+}
+
+// callReader is call with any body: a reader of unknown length (not a
+// *strings.Reader) is sent chunked, without Content-Length.
+func callReader(t *testing.T, method, url string, headers map[string]string, body io.Reader) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatalf("request: %v", err)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,28 +17,12 @@ import (
 // finds out its size only by reading it.
 func callChunked(t *testing.T, method, url string, hdr map[string]string, body string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, io.MultiReader(strings.NewReader(body)))
-	if err != nil {
-		t.Fatal(err)
+	chunked := io.MultiReader(strings.NewReader(body)) // a reader net/http cannot size
+	if req, err := http.NewRequest(method, url, chunked); err != nil || req.ContentLength != 0 {
+		t.Fatalf("the request announced its length (%v)", err)
 	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if req.ContentLength != 0 {
-		t.Fatalf("the request announced its length")
-	}
-	return resp.StatusCode, strings.TrimSpace(string(b))
+	status, _, b := callReader(t, method, url, hdr, chunked)
+	return status, strings.TrimSpace(string(b))
 }
 
 // TestOversizedChunkedBodies: a body over 1 MiB whose size is not announced

@@ -12,7 +12,6 @@ package memcounter
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -88,8 +87,8 @@ func New() *Counter {
 // result, a used nonce is a replay, then both limits are checked (the key's
 // first) before both counters grow.
 func (c *Counter) Charge(_ context.Context, ch quota.Charge) (quota.Result, error) {
-	if !validOrg(ch.OrgID) {
-		return quota.Result{}, invalidOrg(ch.OrgID)
+	if err := quota.CheckOrgID(ch.OrgID); err != nil {
+		return quota.Result{}, err
 	}
 	if ch.Cost < 0 {
 		return quota.Result{}, fmt.Errorf("charging org %s: negative cost %d", ch.OrgID, ch.Cost)
@@ -161,8 +160,8 @@ func result(ch quota.Charge, w quota.Window, r tokenReply) (quota.Result, error)
 
 // Usage reads the org's and, when keyID is set, the key's counter.
 func (c *Counter) Usage(_ context.Context, orgID, keyID string, period quota.Period, at time.Time) (quota.Usage, error) {
-	if !validOrg(orgID) {
-		return quota.Usage{}, invalidOrg(orgID)
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return quota.Usage{}, err
 	}
 	w := period.Window(at)
 	c.mu.Lock()
@@ -178,8 +177,8 @@ func (c *Counter) Usage(_ context.Context, orgID, keyID string, period quota.Per
 // Add books the deltas, each in the window of its meter's period at at, and
 // returns the totals after each.
 func (c *Counter) Add(_ context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) ([]int64, error) {
-	if !validOrg(orgID) {
-		return nil, invalidOrg(orgID)
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return nil, err
 	}
 	out := make([]int64, len(deltas))
 	c.mu.Lock()
@@ -196,8 +195,8 @@ func (c *Counter) Add(_ context.Context, orgID string, at time.Time, deltas []qu
 
 // Meters reads the meters in the order asked.
 func (c *Counter) Meters(_ context.Context, orgID string, at time.Time, meters []quota.Meter) ([]int64, error) {
-	if !validOrg(orgID) {
-		return nil, invalidOrg(orgID)
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return nil, err
 	}
 	out := make([]int64, len(meters))
 	c.mu.Lock()
@@ -244,12 +243,4 @@ func (c *Counter) sweep(at time.Time) {
 			delete(c.nonces, k)
 		}
 	}
-}
-
-// validOrg matches rediscounter, which refuses org ids that cannot be a
-// Redis Cluster hash tag, so both counters answer alike.
-func validOrg(org string) bool { return org != "" && !strings.ContainsAny(org, "{}") }
-
-func invalidOrg(org string) error {
-	return fmt.Errorf("org id %q: must be non-empty and contain no brace", org)
 }

@@ -137,8 +137,8 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 
 // Usage reads the org's and the key's counters with one MGET (one slot).
 func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.Period, at time.Time) (quota.Usage, error) {
-	if !validOrg(orgID) {
-		return quota.Usage{}, invalidOrg(orgID)
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return quota.Usage{}, err
 	}
 	w := period.Window(at)
 	keys := []string{orgCounterKey(orgID, w.ID)}
@@ -164,8 +164,8 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 // Add books the deltas in one MULTI/EXEC: INCRBY and, for periods that end,
 // EXPIREAT at the window's expiry. The INCRBY replies are the totals.
 func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) ([]int64, error) {
-	if !validOrg(orgID) {
-		return nil, invalidOrg(orgID)
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return nil, err
 	}
 	if len(deltas) == 0 {
 		return []int64{}, nil
@@ -196,8 +196,8 @@ func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []
 
 // Meters reads the meters with one MGET (one slot).
 func (c *Counter) Meters(ctx context.Context, orgID string, at time.Time, meters []quota.Meter) ([]int64, error) {
-	if !validOrg(orgID) {
-		return nil, invalidOrg(orgID)
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return nil, err
 	}
 	if len(meters) == 0 {
 		return []int64{}, nil
@@ -233,17 +233,13 @@ func (c *Counter) mget(ctx context.Context, keys []string) ([]any, error) {
 
 // checkCharge refuses what the script cannot count correctly.
 func checkCharge(ch quota.Charge) error {
-	if !validOrg(ch.OrgID) {
-		return invalidOrg(ch.OrgID)
+	if err := quota.CheckOrgID(ch.OrgID); err != nil {
+		return err
 	}
 	if ch.Cost < 0 {
 		return fmt.Errorf("charging org %s: negative cost %d", ch.OrgID, ch.Cost)
 	}
 	return nil
-}
-
-func invalidOrg(org string) error {
-	return fmt.Errorf("org id %q: must be non-empty and contain no brace", org)
 }
 
 // limit maps every negative max to the script's -1.

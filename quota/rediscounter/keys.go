@@ -1,11 +1,9 @@
 package rediscounter
 
-import "strings"
-
 // Every key the Counter touches is built here, and every one starts with
 // "kg:{<org>}:". Redis Cluster hashes only the text between the first "{" and
 // the first "}" after it, so all keys of one organization share a slot and
-// the charge script can never fail with CROSSSLOT. validOrg refuses the org
+// the charge script can never fail with CROSSSLOT. quota.CheckOrgID refuses the org
 // ids that would break this (see there).
 
 // prefix is "kg:{<org>}:".
@@ -27,8 +25,3 @@ func nonceKey(org, nonce string) string { return prefix(org) + "nonce:" + nonce 
 
 // meterKey is the value of one meter of an organization in one window.
 func meterKey(org, meter, window string) string { return prefix(org) + "m:" + meter + ":" + window }
-
-// validOrg reports whether org can be a hash tag: not empty and without a
-// brace. An empty tag ("{}") or one cut short by a "}" at the start would
-// make Redis hash the whole key name, scattering an org's keys over slots.
-func validOrg(org string) bool { return org != "" && !strings.ContainsAny(org, "{}") }
