@@ -47,8 +47,8 @@ bench:
 	$(GO) run ./cmd/loadtest
 
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzCredentialFrom -fuzztime=30s ./proxy
-	$(GO) test -run='^$$' -fuzz=FuzzSignedRequest -fuzztime=30s ./proxy
+	$(GO) test -run='^$$' -fuzz=FuzzCredentialFrom -fuzztime=30s ./gate
+	$(GO) test -run='^$$' -fuzz=FuzzSignedRequest -fuzztime=30s ./gate
 
 dashboard:
 	cd deploy && $(GO) run ./grafana > grafana/keygate-quota.json

@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"bufio"
@@ -16,9 +16,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/keygate/keygate/keys"
-	"github.com/keygate/keygate/keys/memstore"
-	"github.com/keygate/keygate/quota/memcounter"
+	"github.com/keygate/keygate/internal/sidecartest"
+	"github.com/keygate/keygate/metrics"
+	"github.com/keygate/keygate/sidecar"
 )
 
 // Per-write deadlines on the data listener: a client that stops reading
@@ -27,25 +27,21 @@ import (
 
 const testWriteTimeout = 200 * time.Millisecond
 
-// deadlineGate serves a Handler with a short write timeout in front of
+// deadlineGate serves a sidecar with a short write timeout in front of
 // upstream, on real loopback connections, and returns its URL and a key.
 func deadlineGate(t *testing.T, upstream http.Handler) (string, string) {
 	t.Helper()
 	up := httptest.NewServer(upstream)
 	t.Cleanup(up.Close)
 	u, _ := url.Parse(up.URL)
-	st := memstore.New()
-	h := New(Options{
+	e := sidecartest.New(t, sidecar.Options{
 		Upstream:        u,
-		Store:           st,
-		Auth:            keys.NewAuthenticator(st, keys.AuthOptions{}),
-		Counter:         memcounter.New(),
-		Metrics:         NewMetrics(prometheus.NewRegistry(), 10),
+		Metrics:         metrics.NewMetrics(prometheus.NewRegistry(), 10),
 		UpstreamTimeout: 5 * testWriteTimeout,
 		WriteTimeout:    testWriteTimeout,
 	})
-	secret := metricsSetupOrg(t, h, 1, 1000, nil, metricsOrgA)
-	front := httptest.NewServer(h)
+	secret := e.SetupOrg(t, 1, 1000, nil, "0f3b8f0e-1111-4c6e-9a53-000000000001")
+	front := httptest.NewServer(e.Data)
 	t.Cleanup(front.Close)
 	return front.URL, secret
 }

@@ -1,13 +1,12 @@
-// Package proxy is keygate's data path and its self-served HTTP APIs.
+// Package proxy is keygate's data path: the front that forwards.
 //
-// Handler parses the credential, authenticates it (keys), checks the route's
-// permission, charges the request's cost (quota) in one store round trip, and
-// forwards it with httputil.ReverseProxy (Rewrite); or it answers the request
-// itself: the account endpoint (seed 002, account.go), key management (seed
-// 000, v0.go; seed 003, user.go), partner routes (seed 001, partner.go). The
-// operator API (admin.go) runs on its own listener. Every route is listed in
-// routes.go and every error is rendered from one classification in errors.go.
+// Handler asks the gate whether a request may pass and, when it may,
+// forwards it with httputil.ReverseProxy (Rewrite): credentials stripped,
+// client-sent identity headers dropped and keygate's own added, streamed
+// responses flushed as they come, the client's stalls bounded by
+// per-read and per-write deadlines, ingress and egress bytes and the
+// upstream's X-Keygate-Usage report booked for the organization.
 //
-// proxy imports the domain packages keys and quota, never their adapters:
-// cmd/keygate picks and wires those.
+// proxy imports the decision (gate), the listener base, meter, metrics and
+// the domain, never another front nor an adapter: sidecar wires them.
 package proxy

@@ -13,7 +13,11 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/listener"
+	"github.com/keygate/keygate/meter"
+	"github.com/keygate/keygate/metrics"
 	"github.com/keygate/keygate/quota"
 )
 
@@ -54,7 +58,7 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 			pr.SetURL(up)
 			pr.Out.Host = pr.In.Host // the backend sees the host the client asked for
 			info, _ := pr.In.Context().Value(forwardKey{}).(*forwardInfo)
-			stripInbound(pr.Out.Header, info != nil && info.bearer)
+			stripInbound(pr.Out.Header, info != nil && info.v.Bearer)
 			// Keep the chain of proxies in front of keygate, then add the
 			// client's address.
 			if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
@@ -62,7 +66,7 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 			}
 			pr.SetXForwarded()
 			if info != nil {
-				setIdentity(pr.Out.Header, &info.p)
+				setIdentity(pr.Out.Header, &info.v.Principal)
 			}
 		},
 		Transport: &timedTransport{next: transport, m: h.opt.Metrics},
@@ -74,25 +78,25 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 		ModifyResponse: h.bookReportedUsage,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
-				if sw, ok := w.(*statusWriter); ok {
-					sw.outcome = outcomeClientClosed
+				if sw, ok := w.(*listener.Writer); ok {
+					sw.Outcome = metrics.OutcomeClientClosed
 				}
-				w.WriteHeader(statusClientClosed)
+				w.WriteHeader(gate.StatusClientClosed)
 				return
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
-				err = errors.Join(errUpstreamTimeout, err)
+				err = errors.Join(gate.ErrUpstreamTimeout, err)
 			} else {
-				err = errors.Join(errUpstream, err)
+				err = errors.Join(gate.ErrUpstream, err)
 			}
-			p := classify(err, h.opt.Now())
-			if sw, ok := w.(*statusWriter); ok {
-				sw.countEgress = false // an error body is not the upstream's egress
-				sw.outcome = p.outcome
+			p := gate.Classify(err, h.opt.Now())
+			if sw, ok := w.(*listener.Writer); ok {
+				sw.CountEgress = false // an error body is not the upstream's egress
+				sw.Outcome = p.Outcome
 			}
 			h.log.Warn("upstream failed", zap.String("path", r.URL.Path), zap.Error(err))
-			writeDataProblem(w, p)
+			gate.WriteDataProblem(w, p)
 		},
 	}
 }
@@ -102,12 +106,12 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 // sets. Authorization goes only when keygate consumed its bearer token: next
 // to another credential form it is the backend's own.
 func stripInbound(h http.Header, bearerConsumed bool) {
-	delete(h, headerAPIKey)
-	delete(h, headerAccessKey)
-	delete(h, headerAccessSecret)
-	delete(h, headerAccessSignature)
+	delete(h, gate.HeaderAPIKey)
+	delete(h, gate.HeaderAccessKey)
+	delete(h, gate.HeaderAccessSecret)
+	delete(h, gate.HeaderAccessSignature)
 	if bearerConsumed {
-		delete(h, headerAuthorization)
+		delete(h, gate.HeaderAuthorization)
 	}
 	for name := range h {
 		// Names are canonical ("X-Keygate-…") except in headers a caller
@@ -139,87 +143,15 @@ func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
 // timedTransport measures the upstream's time to response headers.
 type timedTransport struct {
 	next http.RoundTripper
-	m    *Metrics
+	m    *metrics.Metrics
 }
 
 func (t *timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := t.next.RoundTrip(r)
-	t.m.upstream(time.Since(start))
+	t.m.Upstream(time.Since(start))
 	return resp, err
 }
-
-// statusWriter records the status and counts the body bytes of a response.
-// It unwraps for http.ResponseController, so flushing reaches the client.
-// It also keeps a write deadline on the connection (the data listener has no
-// server-wide WriteTimeout, which would cut streams short): set once when the
-// request starts, far enough for the upstream's answer and writeTimeout more,
-// and moved on by writes only when a response outlasts that (streams).
-type statusWriter struct {
-	http.ResponseWriter
-	status  int
-	outcome string // set by the reverse proxy's error handler
-	// countEgress makes Write add to egress, the bytes of the upstream's
-	// response body; the data path books them once, when it is done.
-	countEgress bool
-	egress      int64
-
-	writeTimeout time.Duration
-	// renewAt is when the write deadline is next moved: half-way to it, so
-	// a stream of small writes does not reset the deadline on each one.
-	renewAt time.Time
-}
-
-// extendDeadline moves the write deadline writeTimeout past now, unless it
-// was moved recently.
-func (w *statusWriter) extendDeadline(now time.Time) {
-	if w.writeTimeout <= 0 || now.Before(w.renewAt) {
-		return
-	}
-	w.deadlineFor(now, w.writeTimeout)
-}
-
-// deadlineFor sets the write deadline d past now. Writers without
-// deadlines (tests' recorders) are left alone.
-func (w *statusWriter) deadlineFor(now time.Time, d time.Duration) {
-	if w.writeTimeout <= 0 {
-		return
-	}
-	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(now.Add(d))
-	w.renewAt = now.Add(d - w.writeTimeout/2)
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if code == http.StatusSwitchingProtocols && w.writeTimeout > 0 {
-		// The connection is about to be hijacked for another protocol
-		// (WebSocket) that runs as long as it likes: no deadline.
-		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
-		w.writeTimeout = 0
-	}
-	if w.status == 0 && code >= 200 {
-		w.status = code
-	}
-	w.extendDeadline(time.Now())
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	w.extendDeadline(time.Now())
-	n, err := w.ResponseWriter.Write(b)
-	if w.countEgress {
-		w.egress += int64(n)
-	}
-	return n, err
-}
-
-// Unwrap exposes the underlying writer to http.ResponseController.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// Flush lets pre-ResponseController code flush through the wrapper.
-func (w *statusWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
 
 // forwardKey carries a forwarded request's forwardInfo through its context.
 type forwardKey struct{}
@@ -227,11 +159,8 @@ type forwardKey struct{}
 // forwardInfo is what Rewrite and ModifyResponse need to know of a request
 // the data path admitted.
 type forwardInfo struct {
-	p      keys.Principal
-	period quota.Period
-	at     time.Time
-	// bearer is set when the credential was an Authorization bearer token.
-	bearer bool
+	v  *gate.Verdict
+	at time.Time
 }
 
 // requestBody wraps the body of a forwarded request. It keeps the
@@ -244,7 +173,7 @@ type requestBody struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	timeout time.Duration
-	book    *usageBook
+	book    *meter.Book
 	info    *forwardInfo
 }
 
@@ -256,7 +185,8 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 && b.book != nil {
-		b.book.add(b.info.p.Key.OrgID, quota.Meter{Name: meterIngress, Period: b.info.period}, int64(n), b.info.at, b.info.p.Plan.Limits)
+		p := &b.info.v.Principal
+		b.book.Add(p.Key.OrgID, quota.Meter{Name: meter.Ingress, Period: b.info.v.Period}, int64(n), b.info.at, p.Plan.Limits)
 	}
 	// At the end of the body the deadline goes, so it cannot fire while the
 	// response streams; after a failed read it stays, so net/http's
@@ -266,4 +196,29 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		b.timeout = 0
 	}
 	return n, err
+}
+
+// bookReportedUsage books the meters the upstream reports in X-Keygate-Usage
+// and removes the header before the response reaches the client.
+func (h *Handler) bookReportedUsage(resp *http.Response) error {
+	values := resp.Header.Values(headerUsage)
+	if len(values) == 0 {
+		return nil
+	}
+	resp.Header.Del(headerUsage)
+	info, ok := resp.Request.Context().Value(forwardKey{}).(*forwardInfo)
+	if !ok {
+		return nil
+	}
+	for _, v := range values {
+		for _, item := range strings.Split(v, ",") {
+			name, delta, ok := meter.ParseItem(item)
+			if !ok {
+				h.log.Debug("ignoring malformed X-Keygate-Usage item", zap.String("item", item))
+				continue
+			}
+			h.opt.Book.Add(info.v.Principal.Key.OrgID, meter.ForName(name, info.v.Period), delta, info.at, info.v.Principal.Plan.Limits)
+		}
+	}
+	return nil
 }

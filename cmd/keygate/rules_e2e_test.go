@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/proxy"
+	kgate "github.com/keygate/keygate/gate"
 )
 
 // Route rules (KEYGATE_ROUTES_FILE): the shipped example parses and does
@@ -77,7 +77,7 @@ func runServeBriefly(t *testing.T, routesFile string) error {
 }
 
 func TestRoutesExampleOnARunningSidecar(t *testing.T) {
-	if _, err := proxy.LoadRules(routesExample); err != nil {
+	if _, err := kgate.LoadRules(routesExample); err != nil {
 		t.Fatalf("%s does not parse: %v", routesExample, err)
 	}
 	rec := &recorder{}

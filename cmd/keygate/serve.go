@@ -19,13 +19,15 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	kgate "github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/keys/memstore"
 	"github.com/keygate/keygate/keys/redisstore"
-	"github.com/keygate/keygate/proxy"
+	"github.com/keygate/keygate/metrics"
 	"github.com/keygate/keygate/quota"
 	"github.com/keygate/keygate/quota/memcounter"
 	"github.com/keygate/keygate/quota/rediscounter"
+	"github.com/keygate/keygate/sidecar"
 )
 
 // listeners are the bound addresses of a running sidecar.
@@ -42,9 +44,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := proxy.NewMetrics(reg, cfg.MetricsMaxOrgs)
+	mtr := metrics.NewMetrics(reg, cfg.MetricsMaxOrgs)
 
-	rules, err := proxy.LoadRules(cfg.RoutesFile)
+	rules, err := kgate.LoadRules(cfg.RoutesFile)
 	if err != nil {
 		return fmt.Errorf("KEYGATE_ROUTES_FILE: %w", err)
 	}
@@ -63,12 +65,12 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	auth := keys.NewAuthenticator(st.keys, keys.AuthOptions{
 		TTL:          cfg.AuthCacheTTL,
 		StaleAuth:    cfg.StaleAuth,
-		OnLookup:     metrics.AuthLookup,
-		OnRevocation: metrics.Revocation,
+		OnLookup:     mtr.AuthLookup,
+		OnRevocation: mtr.Revocation,
 		Sealer:       sealer,
 	})
 	upstream := cfg.UpstreamURL
-	h := proxy.New(proxy.Options{
+	sc := sidecar.New(sidecar.Options{
 		Upstream:        &upstream,
 		Store:           st.keys,
 		Auth:            auth,
@@ -81,20 +83,21 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		TSSkew:          cfg.PartnerTSSkew,
 		Sealer:          sealer,
 		Provider:        cfg.Provider,
+		AdminToken:      cfg.AdminToken,
 		Log:             log,
-		Metrics:         metrics,
+		Metrics:         mtr,
 	})
 
 	var draining atomic.Bool
 	servers := []*namedServer{
 		{name: "data", env: "KEYGATE_LISTEN_ADDR", addr: cfg.ListenAddr, srv: &http.Server{
-			Handler:           h,
+			Handler:           sc.Data,
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    64 << 10,
 			// No WriteTimeout: streamed responses (SSE) may last; the
 			// upstream timeout bounds the wait for headers, and each write
-			// gets its own deadline in the proxy (proxy.Options.WriteTimeout).
+			// gets its own deadline (listener.Writer, proxy.Options.WriteTimeout).
 			ErrorLog: zap.NewStdLog(log.Named("http")),
 		}},
 		{name: "metrics", env: "KEYGATE_METRICS_ADDR", addr: cfg.MetricsAddr, srv: &http.Server{
@@ -106,7 +109,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	}
 	if cfg.AdminToken != "" {
 		servers = append(servers, &namedServer{name: "admin", env: "KEYGATE_ADMIN_ADDR", addr: cfg.AdminAddr, srv: &http.Server{
-			Handler:           h.AdminHandler(cfg.AdminToken),
+			Handler:           sc.Admin,
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       30 * time.Second,
 			WriteTimeout:      30 * time.Second,
@@ -130,7 +133,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	watchDone := make(chan struct{})
 	go func() { defer close(watchDone); _ = auth.Run(bg) }()
 	usageDone := make(chan struct{})
-	go func() { defer close(usageDone); h.RunUsage(bg) }()
+	go func() { defer close(usageDone); sc.Book.Run(bg) }()
 
 	errc := make(chan error, len(servers))
 	for _, s := range servers {

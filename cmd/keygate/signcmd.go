@@ -13,9 +13,9 @@ import (
 	"strings"
 	"time"
 
+	kgate "github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/keys/redisstore"
-	"github.com/keygate/keygate/proxy"
 )
 
 // Environment variables of `keygate sign`. The secret is read from the
@@ -106,10 +106,10 @@ func runSign(args []string, env map[string]string, stdout, stderr io.Writer) err
 	}
 	m := strings.ToUpper(*method)
 	if *verbose {
-		fmt.Fprintf(stderr, "string_to_sign: %q\n", proxy.StringToSign(m, path, q))
+		fmt.Fprintf(stderr, "string_to_sign: %q\n", kgate.StringToSign(m, path, q))
 	}
 	fmt.Fprintf(stdout, "X-Access-Key: %s\n", *accessKey)
-	fmt.Fprintf(stdout, "X-Access-Signature: %s\n", proxy.SignRequest(m, path, q, secret))
+	fmt.Fprintf(stdout, "X-Access-Signature: %s\n", kgate.SignRequest(m, path, q, secret))
 	fmt.Fprintf(stdout, "URL: %s\n", u.String())
 	return nil
 }

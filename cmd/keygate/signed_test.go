@@ -16,9 +16,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	kgate "github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keys"
-	"github.com/keygate/keygate/proxy"
 )
 
 // Operator keys of the tests (base64 of 32 bytes).
@@ -45,7 +45,7 @@ func signed(t *testing.T, method, rawURL string, k newKey) (string, map[string]s
 	}
 	return u.String(), map[string]string{
 		"X-Access-Key":       k.AccessKey,
-		"X-Access-Signature": proxy.SignRequest(method, u.EscapedPath(), q, k.AccessSecret),
+		"X-Access-Signature": kgate.SignRequest(method, u.EscapedPath(), q, k.AccessSecret),
 	}
 }
 

@@ -1,4 +1,4 @@
-package proxy
+package gw3
 
 import (
 	"context"
@@ -8,13 +8,16 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/listener"
+	"github.com/keygate/keygate/manage"
 )
 
 // Seed 001: the partner API under /api/v0/partner/user/, in seed 000's
 // {"code","msg","data"} envelope. The caller's organization must be a
 // partner and its key must hold admin; every route requires the ts query
-// parameter (checkTS). A partner sees only the sub-accounts it created: any
+// parameter (gate.CheckTS). A partner sees only the sub-accounts it created: any
 // other uuid answers 404 exactly like one that does not exist.
 //
 // update-plan changes the plan at once, unless the body says
@@ -23,13 +26,11 @@ import (
 // whoever reads the organization after that instant (the Authenticator on
 // the data path, and these routes, which also write it back).
 
-const partnerPrefix = "/api/v0/partner/user/"
-
 // errNoSubAccount is the one answer for a uuid the partner may not see.
-var errNoSubAccount = &badRequestError{status: http.StatusNotFound, msg: "no sub-account with this uuid"}
+var errNoSubAccount = &gate.ClientError{Status: http.StatusNotFound, Msg: "no sub-account with this uuid"}
 
 // errNotPartner refuses a caller whose organization is not a partner.
-var errNotPartner = &badRequestError{status: http.StatusForbidden, msg: "the organization of this API key is not a partner"}
+var errNotPartner = &gate.ClientError{Status: http.StatusForbidden, Msg: "the organization of this API key is not a partner"}
 
 type partnerCreateBody struct {
 	UUID  string `json:"uuid"`
@@ -57,6 +58,10 @@ type partnerDeleteBody struct {
 	Name string `json:"name"`
 }
 
+// PartnerFunc is the step of one partner route, run after the shared ones;
+// its result is the envelope's data.
+type PartnerFunc func(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, q url.Values) (any, error)
+
 // partnerQuery returns the request's query. The seed's keys example sends
 // "…?uuid=jack_001&?ts=1688644825", whose second parameter is named "?ts";
 // it is read as ts when ts itself is absent, so that client works unchanged.
@@ -71,15 +76,15 @@ func partnerQuery(r *http.Request) url.Values {
 }
 
 // partnerAuth checks ts, then authenticates a partner's admin key.
-func (h *Handler) partnerAuth(r *http.Request, rec *accessRecord) (keys.Principal, url.Values, error) {
+func (a *API) partnerAuth(w *listener.Writer, r *http.Request) (keys.Principal, url.Values, error) {
 	q := partnerQuery(r)
-	if _, err := credentialFrom(r.Header); err != nil {
+	if _, err := gate.ParseCredential(r.Header); err != nil {
 		return keys.Principal{}, nil, err // no credential: 401 before anything else
 	}
-	if _, err := checkTS(q, h.opt.Now(), h.opt.TSSkew); err != nil {
+	if _, err := gate.CheckTS(q, a.opt.Manage.Now(), a.opt.Gate.TSSkew()); err != nil {
 		return keys.Principal{}, nil, err
 	}
-	p, err := h.selfAuth(r, rec)
+	p, err := listener.Authenticate(a.opt.Gate, w, r)
 	if err != nil {
 		return keys.Principal{}, nil, err
 	}
@@ -95,30 +100,30 @@ func (h *Handler) partnerAuth(r *http.Request, rec *accessRecord) (keys.Principa
 // subAccount reads a sub-account of partner, applying (and writing back) a
 // scheduled plan change that is due. Anything the partner may not see is
 // errNoSubAccount.
-func (h *Handler) subAccount(ctx context.Context, partner keys.Principal, uuid string) (keys.Org, error) {
+func (a *API) subAccount(ctx context.Context, partner keys.Principal, uuid string) (keys.Org, error) {
 	if uuid == "" {
 		return keys.Org{}, &keys.InvalidError{Field: "uuid", Reason: "is required"}
 	}
-	if !orgIDPattern.MatchString(uuid) {
+	if !manage.ValidOrgID(uuid) {
 		return keys.Org{}, errNoSubAccount
 	}
-	o, err := h.opt.Store.Org(ctx, uuid)
+	o, err := a.opt.Manage.Store().Org(ctx, uuid)
 	if errors.Is(err, keys.ErrNotFound) || err == nil && o.PartnerID != partner.Key.OrgID {
 		return keys.Org{}, errNoSubAccount
 	}
 	if err != nil {
 		return keys.Org{}, fmt.Errorf("reading sub-account: %w", err)
 	}
-	if due, ok := o.ApplyScheduledPlan(h.opt.Now()); ok {
-		err := h.updateOrg(ctx, &due)
+	if due, ok := o.ApplyScheduledPlan(a.opt.Manage.Now()); ok {
+		err := a.opt.Manage.UpdateOrg(ctx, &due)
 		if errors.Is(err, keys.ErrConflict) {
 			// Changed meanwhile (perhaps the same switch by another
 			// sidecar): take the current record, the switch applied in
 			// memory; the writer that won persisted its own state.
-			if o, err = h.opt.Store.Org(ctx, uuid); err != nil {
+			if o, err = a.opt.Manage.Store().Org(ctx, uuid); err != nil {
 				return keys.Org{}, fmt.Errorf("reading sub-account: %w", err)
 			}
-			due, _ = o.ApplyScheduledPlan(h.opt.Now())
+			due, _ = o.ApplyScheduledPlan(a.opt.Manage.Now())
 		} else if err != nil {
 			return keys.Org{}, err
 		}
@@ -127,102 +132,85 @@ func (h *Handler) subAccount(ctx context.Context, partner keys.Principal, uuid s
 	return o, nil
 }
 
-// updateOrg writes an organization and forgets its cached principals here
-// at once; the store tells the other sidecars.
-func (h *Handler) updateOrg(ctx context.Context, o *keys.Org) error {
-	if err := h.madeAnyway(h.opt.Store.UpdateOrg(ctx, o)); err != nil {
-		return fmt.Errorf("updating org: %w", err)
-	}
-	h.opt.Auth.Revoke(keys.Revocation{OrgID: o.ID})
-	return nil
-}
-
-// existingPlan reads a plan a request names; an unknown one is a 404 that
-// says so.
-func (h *Handler) existingPlan(ctx context.Context, id int64) (keys.Plan, error) {
-	pl, err := h.opt.Store.Plan(ctx, id)
-	if errors.Is(err, keys.ErrNotFound) {
-		return keys.Plan{}, &badRequestError{status: http.StatusNotFound, msg: fmt.Sprintf("plan %d does not exist", id)}
-	}
-	if err != nil {
-		return keys.Plan{}, fmt.Errorf("reading plan: %w", err)
-	}
-	return pl, nil
-}
-
 // partnerRoute wraps the steps every partner route shares: ts, partner
 // authentication, the store deadline and the envelope.
-func (h *Handler) partnerRoute(fn func(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, q url.Values) (any, error)) selfHandler {
-	return func(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
-		p, q, err := h.partnerAuth(r, rec)
+// Partner wraps a partner route's own step fn in the steps every partner
+// route shares: ts, partner authentication, the store deadline and the
+// envelope.
+func (a *API) Partner(fn PartnerFunc) listener.HandlerFunc {
+	return func(w *listener.Writer, r *http.Request) {
+		p, q, err := a.partnerAuth(w, r)
 		if err != nil {
-			h.v0Fail(w, r, rec, err)
+			a.fail(w, r, err)
 			return
 		}
-		ctx, cancel := h.storeCtx(r.Context())
+		ctx, cancel := a.opt.Manage.Context(r.Context())
 		defer cancel()
 		data, err := fn(ctx, w, r, p, q)
 		if err != nil {
-			h.v0Fail(w, r, rec, err)
+			a.fail(w, r, err)
 			return
 		}
-		v0OK(w, rec, "ok", data)
+		ok(w, "ok", data)
 	}
 }
 
-func (h *Handler) partnerCreate(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {
+// PartnerCreate is the partner route of that name; wrap it in Partner.
+func (a *API) PartnerCreate(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {
 	var b partnerCreateBody
-	if err := decodeJSON(w, r, &b); err != nil {
+	if err := gate.DecodeJSON(w, r, &b); err != nil {
 		return nil, err
 	}
 	if b.UUID == "" {
 		return nil, &keys.InvalidError{Field: "uuid", Reason: "is required"}
 	}
-	if !orgIDPattern.MatchString(b.UUID) {
+	if !manage.ValidOrgID(b.UUID) {
 		return nil, &keys.InvalidError{Field: "uuid", Reason: "want 1 to 64 letters, digits, '.', '_' or '-' (a UUID fits)"}
 	}
 	planID := p.Org.PlanID
 	if b.PlanID != nil {
 		planID = *b.PlanID
 	}
-	_, err := h.newOrg(ctx, orgBody{ID: b.UUID, Name: b.Name, Email: b.Email, PlanID: &planID}, p.Key.OrgID)
+	_, err := a.opt.Manage.CreateOrg(ctx, manage.NewOrg{ID: b.UUID, Name: b.Name, Email: b.Email, PlanID: &planID}, p.Key.OrgID)
 	if err != nil {
-		if errors.Is(err, errOrgExists) {
-			return nil, &badRequestError{status: http.StatusConflict, msg: "an account with this uuid already exists"}
+		if errors.Is(err, manage.ErrOrgExists) {
+			return nil, &gate.ClientError{Status: http.StatusConflict, Msg: "an account with this uuid already exists"}
 		}
 		return nil, err
 	}
 	return nil, nil
 }
 
-func (h *Handler) partnerStats(ctx context.Context, _ http.ResponseWriter, _ *http.Request, p keys.Principal, q url.Values) (any, error) {
-	o, err := h.subAccount(ctx, p, q.Get("uuid"))
+// PartnerStats is the partner route of that name; wrap it in Partner.
+func (a *API) PartnerStats(ctx context.Context, _ http.ResponseWriter, _ *http.Request, p keys.Principal, q url.Values) (any, error) {
+	o, err := a.subAccount(ctx, p, q.Get("uuid"))
 	if err != nil {
 		return nil, err
 	}
-	pl, err := h.opt.Store.Plan(ctx, o.PlanID)
+	pl, err := a.opt.Manage.Store().Plan(ctx, o.PlanID)
 	if err != nil && !errors.Is(err, keys.ErrNotFound) {
 		return nil, fmt.Errorf("reading plan: %w", err)
 	}
 	next := pl
 	if o.NextPlanID != nil {
-		if next, err = h.opt.Store.Plan(ctx, *o.NextPlanID); err != nil && !errors.Is(err, keys.ErrNotFound) {
+		if next, err = a.opt.Manage.Store().Plan(ctx, *o.NextPlanID); err != nil && !errors.Is(err, keys.ErrNotFound) {
 			return nil, fmt.Errorf("reading next plan: %w", err)
 		}
 	}
 	// next_bill_at: when the current period window ends (null for a plan
 	// that never resets).
 	var billAt *int64
-	if end := planPeriod(pl).Window(h.opt.Now()).End; !end.IsZero() {
+	if end := gate.PlanPeriod(pl).Window(a.opt.Manage.Now()).End; !end.IsZero() {
 		s := end.Unix()
 		billAt = &s
 	}
-	return h.orgStats(ctx, o, pl, field{"next_plan", next.Name}, field{"next_bill_at", billAt})
+	return a.orgStats(ctx, o, pl, field{"next_plan", next.Name}, field{"next_bill_at", billAt})
 }
 
-func (h *Handler) partnerUpdatePlan(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {
+// PartnerUpdatePlan is the partner route of that name; wrap it in Partner.
+func (a *API) PartnerUpdatePlan(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {
 	var b partnerPlanBody
-	if err := decodeJSON(w, r, &b); err != nil {
+	if err := gate.DecodeJSON(w, r, &b); err != nil {
 		return nil, err
 	}
 	if b.PlanID == nil {
@@ -231,19 +219,19 @@ func (h *Handler) partnerUpdatePlan(ctx context.Context, w http.ResponseWriter, 
 	if b.When != "" && b.When != "now" && b.When != "next_period" {
 		return nil, &keys.InvalidError{Field: "when", Reason: `want "now" or "next_period"`}
 	}
-	o, err := h.subAccount(ctx, p, b.UUID)
+	o, err := a.subAccount(ctx, p, b.UUID)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := h.existingPlan(ctx, *b.PlanID); err != nil {
+	if _, err := a.opt.Manage.ExistingPlan(ctx, *b.PlanID); err != nil {
 		return nil, err
 	}
 	if b.When == "next_period" {
-		cur, err := h.opt.Store.Plan(ctx, o.PlanID)
+		cur, err := a.opt.Manage.Store().Plan(ctx, o.PlanID)
 		if err != nil && !errors.Is(err, keys.ErrNotFound) {
 			return nil, fmt.Errorf("reading plan: %w", err)
 		}
-		end := planPeriod(cur).Window(h.opt.Now()).End
+		end := gate.PlanPeriod(cur).Window(a.opt.Manage.Now()).End
 		if end.IsZero() {
 			return nil, &keys.InvalidError{Field: "when", Reason: "the current plan never resets (period none): there is no next period; change it now"}
 		}
@@ -251,41 +239,44 @@ func (h *Handler) partnerUpdatePlan(ctx context.Context, w http.ResponseWriter, 
 	} else {
 		o.PlanID, o.NextPlanID, o.NextPlanAt = *b.PlanID, nil, time.Time{}
 	}
-	return nil, orgConflict(h.updateOrg(ctx, &o))
+	return nil, manage.OrgConflict(a.opt.Manage.UpdateOrg(ctx, &o))
 }
 
-func (h *Handler) partnerCreateKey(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {
+// PartnerCreateKey is the partner route of that name; wrap it in Partner.
+func (a *API) PartnerCreateKey(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {
 	var b partnerKeyBody
-	if err := decodeJSON(w, r, &b); err != nil {
+	if err := gate.DecodeJSON(w, r, &b); err != nil {
 		return nil, err
 	}
-	o, err := h.subAccount(ctx, p, b.UUID)
+	o, err := a.subAccount(ctx, p, b.UUID)
 	if err != nil {
 		return nil, err
 	}
-	return h.createNamedKey(ctx, o.ID, v0KeyBody{Name: b.Name, Permissions: b.Permissions})
+	return a.createNamedKey(ctx, o.ID, v0KeyBody{Name: b.Name, Permissions: b.Permissions})
 }
 
-func (h *Handler) partnerKeys(ctx context.Context, _ http.ResponseWriter, _ *http.Request, p keys.Principal, q url.Values) (any, error) {
-	o, err := h.subAccount(ctx, p, q.Get("uuid"))
+// PartnerKeys is the partner route of that name; wrap it in Partner.
+func (a *API) PartnerKeys(ctx context.Context, _ http.ResponseWriter, _ *http.Request, p keys.Principal, q url.Values) (any, error) {
+	o, err := a.subAccount(ctx, p, q.Get("uuid"))
 	if err != nil {
 		return nil, err
 	}
-	ks, err := h.opt.Store.Keys(ctx, o.ID)
+	ks, err := a.opt.Manage.Store().Keys(ctx, o.ID)
 	if err != nil {
 		return nil, fmt.Errorf("listing keys: %w", err)
 	}
 	return v0Keys(ks), nil
 }
 
-func (h *Handler) partnerDeleteKey(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {
+// PartnerDeleteKey is the partner route of that name; wrap it in Partner.
+func (a *API) PartnerDeleteKey(ctx context.Context, w http.ResponseWriter, r *http.Request, p keys.Principal, _ url.Values) (any, error) {
 	var b partnerDeleteBody
-	if err := decodeJSON(w, r, &b); err != nil {
+	if err := gate.DecodeJSON(w, r, &b); err != nil {
 		return nil, err
 	}
-	o, err := h.subAccount(ctx, p, b.UUID)
+	o, err := a.subAccount(ctx, p, b.UUID)
 	if err != nil {
 		return nil, err
 	}
-	return nil, h.deleteNamedKey(ctx, o.ID, b.Name)
+	return nil, a.deleteNamedKey(ctx, o.ID, b.Name)
 }

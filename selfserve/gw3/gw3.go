@@ -1,4 +1,8 @@
-package proxy
+// Package gw3 is the account API of seeds 000 and 001 on the data
+// listener, in their shared {"code","msg","data"} envelope: the account
+// routes of seed 000 (gw3.go) and the partner routes of seed 001
+// (partner.go).
+package gw3
 
 import (
 	"bytes"
@@ -12,7 +16,12 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/listener"
+	"github.com/keygate/keygate/manage"
+	"github.com/keygate/keygate/meter"
+	"github.com/keygate/keygate/metrics"
 	"github.com/keygate/keygate/quota"
 )
 
@@ -35,26 +44,51 @@ type v0Response struct {
 	Data any    `json:"data,omitempty"`
 }
 
-// v0OK writes a successful answer.
-func v0OK(w http.ResponseWriter, rec *accessRecord, msg string, data any) {
-	rec.outcome = outcomeAdmitted
-	writeJSON(w, http.StatusOK, v0Response{Code: http.StatusOK, Msg: msg, Data: data})
+// Options configure an API. Gate and Manage are required.
+type Options struct {
+	Gate   *gate.Decider
+	Manage *manage.Service
+	// Provider is the provider field of the stats routes (default keygate).
+	Provider string
+	Log      *zap.Logger
 }
 
-// v0Fail renders err's problem in the envelope.
-func (h *Handler) v0Fail(w http.ResponseWriter, r *http.Request, rec *accessRecord, err error) {
-	p := classify(err, h.opt.Now())
-	rec.outcome = p.outcome
-	if p.internal {
-		h.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
+// API serves the routes of seeds 000 and 001.
+type API struct {
+	opt Options
+	log *zap.Logger
+}
+
+// New returns the API for o.
+func New(o Options) *API {
+	if o.Gate == nil || o.Manage == nil {
+		panic("gw3.New: Options.Gate and Manage are required")
 	}
-	setRetryAfter(w.Header(), p.retryAfter)
-	writeJSON(w, p.status, v0Response{Code: p.status, Msg: p.message})
+	if o.Provider == "" {
+		o.Provider = "keygate"
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	return &API{opt: o, log: o.Log.Named("gw3")}
+}
+
+// ok writes a successful answer.
+func ok(w *listener.Writer, msg string, data any) {
+	w.Outcome = metrics.OutcomeAdmitted
+	gate.WriteJSON(w, http.StatusOK, v0Response{Code: http.StatusOK, Msg: msg, Data: data})
+}
+
+// fail renders err's problem in the envelope.
+func (a *API) fail(w *listener.Writer, r *http.Request, err error) {
+	p := w.Classify(r, err, a.opt.Manage.Now(), a.log)
+	gate.SetRetryAfter(w.Header(), p.RetryAfter)
+	gate.WriteJSON(w, p.Status, v0Response{Code: p.Status, Msg: p.Message})
 }
 
 // seedMeters are the meters of the seed 000/001 examples, in their order;
 // stats and plans always show them.
-var seedMeters = []string{"pinned_count", "pinned_bytes", meterIngress, meterEgress, "ipns"}
+var seedMeters = []string{"pinned_count", "pinned_bytes", meter.Ingress, meter.Egress, "ipns"}
 
 // planMeters returns the meters shown for a plan: the seed's, then any other
 // the plan limits, by name.
@@ -121,28 +155,28 @@ func (o object) MarshalJSON() ([]byte, error) {
 // orgStats returns the stats of an organization under plan: identity, plan
 // name and every meter's usage and limit. extra fields (seed 001's next_plan
 // and next_bill_at) follow the plan name.
-func (h *Handler) orgStats(ctx context.Context, o keys.Org, pl keys.Plan, extra ...field) (object, error) {
-	now := h.opt.Now()
-	period := planPeriod(pl)
+func (a *API) orgStats(ctx context.Context, o keys.Org, pl keys.Plan, extra ...field) (object, error) {
+	now := a.opt.Manage.Now()
+	period := gate.PlanPeriod(pl)
 	names := planMeters(pl)
 	meters := make([]quota.Meter, len(names))
 	for i, n := range names {
-		meters[i] = reportedMeter(n, period)
+		meters[i] = meter.ForName(n, period)
 	}
-	used, err := h.opt.Counter.Meters(ctx, o.ID, now, meters)
+	used, err := a.opt.Manage.Counter().Meters(ctx, o.ID, now, meters)
 	if err != nil {
 		return nil, fmt.Errorf("reading meters: %w", err)
 	}
 	if len(used) != len(meters) {
 		return nil, fmt.Errorf("reading meters: got %d values for %d meters", len(used), len(meters))
 	}
-	req, err := h.opt.Counter.Usage(ctx, o.ID, "", period, now)
+	req, err := a.opt.Manage.Counter().Usage(ctx, o.ID, "", period, now)
 	if err != nil {
 		return nil, fmt.Errorf("reading request usage: %w", err)
 	}
 	out := object{
 		{"name", o.Name},
-		{"provider", h.opt.Provider},
+		{"provider", a.opt.Provider},
 		{"email", o.Email},
 		{"email_verified", o.EmailVerified},
 		{"plan", pl.Name},
@@ -151,7 +185,7 @@ func (h *Handler) orgStats(ctx context.Context, o keys.Org, pl keys.Plan, extra 
 	for i, n := range names {
 		out = append(out, field{n, used[i]}, field{n + "_limit", limitOf(pl, n)})
 	}
-	out = append(out, field{meterRequests, req.Org}, field{meterRequests + "_limit", requestLimit(o, pl)})
+	out = append(out, field{meter.Requests, req.Org}, field{meter.Requests + "_limit", requestLimit(o, pl)})
 	return out, nil
 }
 
@@ -161,7 +195,7 @@ func planObject(pl keys.Plan) object {
 	for _, n := range planMeters(pl) {
 		out = append(out, field{n + "_limit", limitOf(pl, n)})
 	}
-	return append(out, field{meterRequests + "_limit", pl.MaxAPIRequests})
+	return append(out, field{meter.Requests + "_limit", pl.MaxAPIRequests})
 }
 
 // v0Key is a key as the seed lists it: never its secret.
@@ -199,8 +233,8 @@ type v0DeleteBody struct {
 }
 
 // v0Admin authenticates a key-management request: the key needs admin.
-func (h *Handler) v0Admin(r *http.Request, rec *accessRecord) (keys.Principal, error) {
-	p, err := h.selfAuth(r, rec)
+func (a *API) v0Admin(w *listener.Writer, r *http.Request) (keys.Principal, error) {
+	p, err := listener.Authenticate(a.opt.Gate, w, r)
 	if err != nil {
 		return keys.Principal{}, err
 	}
@@ -210,64 +244,67 @@ func (h *Handler) v0Admin(r *http.Request, rec *accessRecord) (keys.Principal, e
 	return p, nil
 }
 
-func (h *Handler) handleV0Stats(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
-	p, err := h.selfAuth(r, rec)
+// Stats answers the seed 000 route of that name.
+func (a *API) Stats(w *listener.Writer, r *http.Request) {
+	p, err := listener.Authenticate(a.opt.Gate, w, r)
 	if err != nil {
-		h.v0Fail(w, r, rec, err)
+		a.fail(w, r, err)
 		return
 	}
-	ctx, cancel := h.storeCtx(r.Context())
+	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	stats, err := h.orgStats(ctx, p.Org, p.Plan)
+	stats, err := a.orgStats(ctx, p.Org, p.Plan)
 	if err != nil {
-		h.v0Fail(w, r, rec, err)
+		a.fail(w, r, err)
 		return
 	}
-	v0OK(w, rec, "ok", stats)
+	ok(w, "ok", stats)
 }
 
-func (h *Handler) handleV0Plans(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
-	if _, err := h.selfAuth(r, rec); err != nil {
-		h.v0Fail(w, r, rec, err)
+// Plans answers the seed 000 route of that name.
+func (a *API) Plans(w *listener.Writer, r *http.Request) {
+	if _, err := listener.Authenticate(a.opt.Gate, w, r); err != nil {
+		a.fail(w, r, err)
 		return
 	}
-	ctx, cancel := h.storeCtx(r.Context())
+	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	pls, err := h.opt.Store.Plans(ctx)
+	pls, err := a.opt.Manage.Store().Plans(ctx)
 	if err != nil {
-		h.v0Fail(w, r, rec, fmt.Errorf("listing plans: %w", err))
+		a.fail(w, r, fmt.Errorf("listing plans: %w", err))
 		return
 	}
 	out := make([]object, len(pls))
 	for i, pl := range pls {
 		out[i] = planObject(pl)
 	}
-	v0OK(w, rec, "", out) // the seed's plans answer has an empty msg
+	ok(w, "", out) // the seed's plans answer has an empty msg
 }
 
-func (h *Handler) handleV0CreateKey(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
-	p, err := h.v0Admin(r, rec)
+// CreateKey answers the seed 000 route of that name.
+func (a *API) CreateKey(w *listener.Writer, r *http.Request) {
+	p, err := a.v0Admin(w, r)
 	if err != nil {
-		h.v0Fail(w, r, rec, err)
+		a.fail(w, r, err)
 		return
 	}
 	var b v0KeyBody
-	if err := decodeJSON(w, r, &b); err != nil {
-		h.v0Fail(w, r, rec, err)
+	if err := gate.DecodeJSON(w, r, &b); err != nil {
+		a.fail(w, r, err)
 		return
 	}
-	ctx, cancel := h.storeCtx(r.Context())
+	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	nk, err := h.createNamedKey(ctx, p.Key.OrgID, b)
+	nk, err := a.createNamedKey(ctx, p.Key.OrgID, b)
 	if err != nil {
-		h.v0Fail(w, r, rec, err)
+		a.fail(w, r, err)
 		return
 	}
-	v0OK(w, rec, "ok", nk)
+	ok(w, "ok", nk)
 }
 
 // createNamedKey creates a key from a seed 000/001 body in org.
-func (h *Handler) createNamedKey(ctx context.Context, orgID string, b v0KeyBody) (v0NewKey, error) {
+func (a *API) createNamedKey(ctx context.Context, orgID string, b v0KeyBody) (v0NewKey, error) {
 	if err := keys.ValidateName("name", b.Name); err != nil {
 		return v0NewKey{}, err
 	}
@@ -275,57 +312,59 @@ func (h *Handler) createNamedKey(ctx context.Context, orgID string, b v0KeyBody)
 	if err != nil {
 		return v0NewKey{}, err
 	}
-	k, secret, err := h.createKey(ctx, newKeyRequest{orgID: orgID, name: b.Name, permissions: perms})
+	k, secret, err := a.opt.Manage.CreateKey(ctx, manage.NewKey{OrgID: orgID, Name: b.Name, Permissions: perms})
 	if err != nil {
-		return v0NewKey{}, keyConflict(err, b.Name)
+		return v0NewKey{}, manage.KeyConflict(err, b.Name)
 	}
 	return v0NewKey{AccessKey: k.UID, AccessSecret: secret}, nil
 }
 
-func (h *Handler) handleV0Keys(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
-	p, err := h.v0Admin(r, rec)
+// Keys answers the seed 000 route of that name.
+func (a *API) Keys(w *listener.Writer, r *http.Request) {
+	p, err := a.v0Admin(w, r)
 	if err != nil {
-		h.v0Fail(w, r, rec, err)
+		a.fail(w, r, err)
 		return
 	}
-	ctx, cancel := h.storeCtx(r.Context())
+	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	ks, err := h.opt.Store.Keys(ctx, p.Key.OrgID)
+	ks, err := a.opt.Manage.Store().Keys(ctx, p.Key.OrgID)
 	if err != nil {
-		h.v0Fail(w, r, rec, fmt.Errorf("listing keys: %w", err))
+		a.fail(w, r, fmt.Errorf("listing keys: %w", err))
 		return
 	}
-	v0OK(w, rec, "ok", v0Keys(ks))
+	ok(w, "ok", v0Keys(ks))
 }
 
-func (h *Handler) handleV0DeleteKey(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
-	p, err := h.v0Admin(r, rec)
+// DeleteKey answers the seed 000 route of that name.
+func (a *API) DeleteKey(w *listener.Writer, r *http.Request) {
+	p, err := a.v0Admin(w, r)
 	if err != nil {
-		h.v0Fail(w, r, rec, err)
+		a.fail(w, r, err)
 		return
 	}
 	var b v0DeleteBody
-	if err := decodeJSON(w, r, &b); err != nil {
-		h.v0Fail(w, r, rec, err)
+	if err := gate.DecodeJSON(w, r, &b); err != nil {
+		a.fail(w, r, err)
 		return
 	}
-	ctx, cancel := h.storeCtx(r.Context())
+	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	if err := h.deleteNamedKey(ctx, p.Key.OrgID, b.Name); err != nil {
-		h.v0Fail(w, r, rec, err)
+	if err := a.deleteNamedKey(ctx, p.Key.OrgID, b.Name); err != nil {
+		a.fail(w, r, err)
 		return
 	}
-	v0OK(w, rec, "ok", nil)
+	ok(w, "ok", nil)
 }
 
 // deleteNamedKey deletes the key called name in org and revokes it.
-func (h *Handler) deleteNamedKey(ctx context.Context, orgID, name string) error {
+func (a *API) deleteNamedKey(ctx context.Context, orgID, name string) error {
 	if err := keys.ValidateName("name", name); err != nil {
 		return err
 	}
-	if _, err := h.deleteKey(ctx, orgID, name); err != nil {
+	if _, err := a.opt.Manage.DeleteKey(ctx, orgID, name); err != nil {
 		if errors.Is(err, keys.ErrNotFound) {
-			return &badRequestError{status: http.StatusNotFound, msg: fmt.Sprintf("no key named %q", name)}
+			return &gate.ClientError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no key named %q", name)}
 		}
 		return err
 	}

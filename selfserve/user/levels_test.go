@@ -1,4 +1,4 @@
-package proxy
+package user
 
 import (
 	"testing"
@@ -31,13 +31,5 @@ func TestAccessLevels(t *testing.T) {
 	}
 	if _, ok := accessLevelPerms("root"); ok {
 		t.Errorf("unknown level accepted")
-	}
-}
-
-func TestObjectKeepsOrder(t *testing.T) {
-	n := int64(3)
-	b, err := object{{"z", 1}, {"a", "x"}, {"m", (*int64)(nil)}, {"n", &n}}.MarshalJSON()
-	if err != nil || string(b) != `{"z":1,"a":"x","m":null,"n":3}` {
-		t.Errorf("got %s, %v", b, err)
 	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package gate
 
 import (
 	"cmp"
@@ -95,8 +95,8 @@ func Sign(r *http.Request, accessKey, secret string, now time.Time) error {
 	if path == "" {
 		path = "/"
 	}
-	r.Header.Set(headerAccessKey, accessKey)
-	r.Header.Set(headerAccessSignature, SignRequest(r.Method, path, q, secret))
+	r.Header.Set(HeaderAccessKey, accessKey)
+	r.Header.Set(HeaderAccessSignature, SignRequest(r.Method, path, q, secret))
 	return nil
 }
 
@@ -118,14 +118,14 @@ type signedRequest struct {
 
 // parseSigned checks ts and builds the string to sign of a signed request
 // from its method, its path as sent, its raw query and its signature
-// header. It is pure and fuzzed. Errors: *tsError (401) for a missing or bad
+// header. It is pure and fuzzed. Errors: *TSError (401) for a missing or bad
 // ts, a bad request for an unparseable query.
 func parseSigned(method, path, rawQuery, signature string, now time.Time, skew time.Duration) (signedRequest, error) {
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return signedRequest{}, badRequest("malformed query string: signed requests need a well-formed query")
+		return signedRequest{}, BadRequest("malformed query string: signed requests need a well-formed query")
 	}
-	ts, err := checkTS(q, now, skew)
+	ts, err := CheckTS(q, now, skew)
 	if err != nil {
 		return signedRequest{}, err
 	}
@@ -162,9 +162,9 @@ type signedNonce struct {
 	until time.Time
 }
 
-// requestPath is the path of r as the client sent it, percent-encoding
+// RequestPath is the path of r as the client sent it, percent-encoding
 // kept: the request target up to the query.
-func requestPath(r *http.Request) string {
+func RequestPath(r *http.Request) string {
 	if u := r.RequestURI; strings.HasPrefix(u, "/") {
 		if i := strings.IndexByte(u, '?'); i >= 0 {
 			u = u[:i]
@@ -180,14 +180,14 @@ func requestPath(r *http.Request) string {
 // verifySigned authenticates a signed request: ts, then the key and its
 // secret (cached), then the signature. It returns the nonce the caller must
 // spend before acting on the request.
-func (h *Handler) verifySigned(ctx context.Context, r *http.Request, c credential) (keys.Principal, signedNonce, error) {
-	sr, err := parseSigned(r.Method, requestPath(r), r.URL.RawQuery, c.signature, h.opt.Now(), h.opt.TSSkew)
+func (d *Decider) verifySigned(ctx context.Context, req *Request, c Credential) (keys.Principal, signedNonce, error) {
+	sr, err := parseSigned(req.Method, req.RawPath, req.RawQuery, c.Signature, d.opt.Now(), d.opt.TSSkew)
 	if err != nil {
 		return keys.Principal{}, signedNonce{}, err
 	}
-	p, err := h.opt.Auth.AuthenticateSigned(ctx, c.AccessKey, sr.verify)
+	p, err := d.opt.Auth.AuthenticateSigned(ctx, c.AccessKey, sr.verify)
 	if err != nil {
 		return keys.Principal{}, signedNonce{}, err
 	}
-	return p, sr.nonce(h.opt.TSSkew), nil
+	return p, sr.nonce(d.opt.TSSkew), nil
 }

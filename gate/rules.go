@@ -1,4 +1,4 @@
-package proxy
+package gate
 
 import (
 	"errors"
@@ -37,35 +37,36 @@ type Rules struct {
 	rules []Rule
 }
 
-// decision is the outcome of matching a request against the rules.
-type decision struct {
-	permission keys.Permission
-	cost       int64
+// Route is what the rules say of a request: the permission it needs and
+// its cost.
+type Route struct {
+	Permission keys.Permission
+	Cost       int64
 }
 
-// match returns the permission and cost of a request.
-func (rs Rules) match(method, p string) decision {
+// Match returns the permission and cost of a request.
+func (rs Rules) Match(method, p string) Route {
 	for _, r := range rs.rules {
 		if (r.Method == "" || r.Method == "*" || r.Method == method) && matchPath(r.Path, p) {
-			d := defaultDecision(method)
+			d := defaultRoute(method)
 			if r.Permission != "" {
-				d.permission = r.Permission
+				d.Permission = r.Permission
 			}
 			if r.Cost != nil {
-				d.cost = *r.Cost
+				d.Cost = *r.Cost
 			}
 			return d
 		}
 	}
-	return defaultDecision(method)
+	return defaultRoute(method)
 }
 
-func defaultDecision(method string) decision {
+func defaultRoute(method string) Route {
 	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return decision{permission: keys.PermRead, cost: 1}
+		return Route{Permission: keys.PermRead, Cost: 1}
 	default:
-		return decision{permission: keys.PermWrite, cost: 1}
+		return Route{Permission: keys.PermWrite, Cost: 1}
 	}
 }
 

@@ -1,26 +1,10 @@
-package proxy
-
-import (
-	"context"
-	"errors"
-	"fmt"
-	"mime"
-	"net/http"
-	"net/url"
-	"slices"
-
-	"go.uber.org/zap"
-
-	"github.com/keygate/keygate/keys"
-)
-
-// Seed 003: /user/apikeys, /user/create_apikey and /user/delete_apikey on the
-// data listener. Fields come as application/x-www-form-urlencoded or
+// Package user is seed 003 on the data listener: /user/apikeys,
+// /user/create_apikey and /user/delete_apikey. Fields come as application/x-www-form-urlencoded or
 // multipart/form-data POST bodies (the seed uses curl -F), never from the
 // query string; GET /user/apikeys takes its credential from the headers.
 // Answers are {"status":"success","data":…} or
 // {"status":"error","error_id":…,"message":…} with the status of the one
-// error mapping (classify).
+// error mapping (gate.Classify).
 //
 // The apikey field is a credential on these routes, as is any header form.
 // Every route needs access level full (the admin permission);
@@ -37,6 +21,55 @@ import (
 // (basic when it holds none in full, e.g. read only), and its exact
 // permissions beside it. Listed keys are identified by their public
 // access_key, never by their secret.
+package user
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"net/url"
+	"slices"
+
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/listener"
+	"github.com/keygate/keygate/manage"
+	"github.com/keygate/keygate/metrics"
+)
+
+// maxConcurrentLogins bounds the password checks running at once (argon2id
+// holds 32 MiB each).
+const maxConcurrentLogins = 2
+
+// Options configure an API. Gate and Manage are required.
+type Options struct {
+	Gate   *gate.Decider
+	Manage *manage.Service
+	Log    *zap.Logger
+}
+
+// API serves the seed 003 routes.
+type API struct {
+	opt Options
+	log *zap.Logger
+	// logins bounds the password checks running at once.
+	logins chan struct{}
+}
+
+// New returns the API for o.
+func New(o Options) *API {
+	if o.Gate == nil || o.Manage == nil {
+		panic("user.New: Options.Gate and Manage are required")
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	return &API{opt: o, log: o.Log.Named("user"), logins: make(chan struct{}, maxConcurrentLogins)}
+}
 
 // Error ids of the seed 003 routes (the error_id field).
 const (
@@ -112,46 +145,42 @@ type userErrorBody struct {
 	Message string `json:"message"`
 }
 
-// userFail renders err's problem in the seed 003 error envelope.
-func (h *Handler) userFail(w http.ResponseWriter, r *http.Request, rec *accessRecord, err error) {
-	p := classify(err, h.opt.Now())
-	rec.outcome = p.outcome
-	if p.internal {
-		h.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
-	}
-	setRetryAfter(w.Header(), p.retryAfter)
-	writeJSON(w, p.status, userErrorBody{Status: "error", ErrorID: userErrorID(err, p), Message: p.message})
+// fail renders err's problem in the seed 003 error envelope.
+func (a *API) fail(w *listener.Writer, r *http.Request, err error) {
+	p := w.Classify(r, err, a.opt.Manage.Now(), a.log)
+	gate.SetRetryAfter(w.Header(), p.RetryAfter)
+	gate.WriteJSON(w, p.Status, userErrorBody{Status: "error", ErrorID: userErrorID(err, p), Message: p.Message})
 }
 
 // userErrorID is the error_id of err: the one it was given, else one
 // derived from its problem.
-func userErrorID(err error, p problem) string {
+func userErrorID(err error, p gate.Problem) string {
 	var ue *userError
 	switch {
 	case errors.As(err, &ue):
 		return ue.id
 	// 401s include a signed request's bad ts or spent signature: the
 	// credential is refused, whatever the problem's outcome label.
-	case p.outcome == outcomeNoCredential || p.outcome == outcomeInvalidCredential || p.status == http.StatusUnauthorized:
+	case p.Outcome == metrics.OutcomeNoCredential || p.Outcome == metrics.OutcomeInvalidCredential || p.Status == http.StatusUnauthorized:
 		return userErrUnauthorized
-	case p.outcome == outcomeForbidden:
+	case p.Outcome == metrics.OutcomeForbidden:
 		return userErrForbidden
-	case p.status == http.StatusRequestEntityTooLarge:
+	case p.Status == http.StatusRequestEntityTooLarge:
 		return userErrTooLarge
-	case p.status == http.StatusUnsupportedMediaType:
+	case p.Status == http.StatusUnsupportedMediaType:
 		return userErrMediaType
-	case p.status == http.StatusServiceUnavailable:
+	case p.Status == http.StatusServiceUnavailable:
 		return userErrUnavailable
-	case p.status >= 500:
+	case p.Status >= 500:
 		return userErrInternal
 	default:
 		return userErrBadRequest
 	}
 }
 
-func userOK(w http.ResponseWriter, rec *accessRecord, data any) {
-	rec.outcome = outcomeAdmitted
-	writeJSON(w, http.StatusOK, userSuccess{Status: "success", Data: data})
+func userOK(w *listener.Writer, data any) {
+	w.Outcome = metrics.OutcomeAdmitted
+	gate.WriteJSON(w, http.StatusOK, userSuccess{Status: "success", Data: data})
 }
 
 // userForm reads the POST fields of a seed 003 request: bounded, either
@@ -160,10 +189,10 @@ func userForm(w http.ResponseWriter, r *http.Request, allowed ...string) (url.Va
 	if r.Method == http.MethodGet {
 		return url.Values{}, nil
 	}
-	if r.ContentLength > maxBodyBytes {
-		return nil, &http.MaxBytesError{Limit: maxBodyBytes}
+	if r.ContentLength > gate.MaxBodyBytes {
+		return nil, &http.MaxBytesError{Limit: gate.MaxBodyBytes}
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	r.Body = http.MaxBytesReader(w, r.Body, gate.MaxBodyBytes)
 	ct := r.Header.Get("Content-Type")
 	if ct == "" && r.ContentLength == 0 {
 		return url.Values{}, nil // no fields: a header credential, e.g. for apikeys
@@ -176,30 +205,30 @@ func userForm(w http.ResponseWriter, r *http.Request, allowed ...string) (url.Va
 	case "application/x-www-form-urlencoded":
 		err = r.ParseForm()
 	case "multipart/form-data":
-		err = r.ParseMultipartForm(maxBodyBytes)
+		err = r.ParseMultipartForm(gate.MaxBodyBytes)
 		if r.MultipartForm != nil {
 			defer func() { _ = r.MultipartForm.RemoveAll() }()
 			if err == nil && len(r.MultipartForm.File) > 0 {
-				return nil, badRequest("file parts are not accepted; send fields only")
+				return nil, gate.BadRequest("file parts are not accepted; send fields only")
 			}
 		}
 	default:
-		return nil, &badRequestError{status: http.StatusUnsupportedMediaType,
-			msg: "send fields as application/x-www-form-urlencoded or multipart/form-data"}
+		return nil, &gate.ClientError{Status: http.StatusUnsupportedMediaType,
+			Msg: "send fields as application/x-www-form-urlencoded or multipart/form-data"}
 	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return nil, tooBig
 		}
-		return nil, badRequest("malformed form body")
+		return nil, gate.BadRequest("malformed form body")
 	}
 	for name, vs := range r.PostForm {
 		if !slices.Contains(allowed, name) {
-			return nil, badRequest("unknown field %q", name)
+			return nil, gate.BadRequest("unknown field %q", name)
 		}
 		if len(vs) > 1 {
-			return nil, badRequest("field %q given more than once", name)
+			return nil, gate.BadRequest("field %q given more than once", name)
 		}
 	}
 	return r.PostForm, nil
@@ -207,20 +236,20 @@ func userForm(w http.ResponseWriter, r *http.Request, allowed ...string) (url.Va
 
 // userAuth authenticates from the apikey field, else from the headers, and
 // requires access level full.
-func (h *Handler) userAuth(r *http.Request, rec *accessRecord, form url.Values) (keys.Principal, error) {
+func (a *API) userAuth(w *listener.Writer, r *http.Request, form url.Values) (keys.Principal, error) {
 	var p keys.Principal
 	var err error
 	if v := form.Get("apikey"); v != "" {
-		p, err = h.authenticateRecorded(r, credential{Credential: keys.Credential{Secret: v}}, rec)
+		p, err = listener.AuthenticateCredential(a.opt.Gate, w, r, gate.Credential{Credential: keys.Credential{Secret: v}})
 	} else {
-		p, err = h.selfAuth(r, rec)
+		p, err = listener.Authenticate(a.opt.Gate, w, r)
 	}
 	if err != nil {
 		return keys.Principal{}, err
 	}
 	if !p.Can(keys.PermAdmin) {
-		return keys.Principal{}, withUserID(userErrForbidden, &badRequestError{status: http.StatusForbidden,
-			msg: `API key lacks access level full (the "admin" permission)`})
+		return keys.Principal{}, withUserID(userErrForbidden, &gate.ClientError{Status: http.StatusForbidden,
+			Msg: `API key lacks access level full (the "admin" permission)`})
 	}
 	return p, nil
 }
@@ -228,23 +257,23 @@ func (h *Handler) userAuth(r *http.Request, rec *accessRecord, form url.Values) 
 // userLogin verifies the organization's username and password. An unknown
 // user and a wrong password give the same answer after the same work: the
 // password is always verified, against a dummy hash when there is no user.
-func (h *Handler) userLogin(ctx context.Context, rec *accessRecord, username, password string) (keys.Org, error) {
-	o, err := h.opt.Store.OrgByUsername(ctx, username)
+func (a *API) userLogin(ctx context.Context, w *listener.Writer, username, password string) (keys.Org, error) {
+	o, err := a.opt.Manage.Store().OrgByUsername(ctx, username)
 	if err != nil && !errors.Is(err, keys.ErrNotFound) {
 		return keys.Org{}, fmt.Errorf("reading login: %w", err)
 	}
 	// Each password check holds argon2id's memory (32 MiB): a bounded
 	// number run at once, so a flood of logins cannot exhaust the sidecar.
 	select {
-	case h.logins <- struct{}{}:
-		defer func() { <-h.logins }()
+	case a.logins <- struct{}{}:
+		defer func() { <-a.logins }()
 	case <-ctx.Done():
-		return keys.Org{}, errBusy
+		return keys.Org{}, gate.ErrBusy
 	}
 	if ok := keys.VerifyPassword(o.PasswordHash, password); !ok || o.Username == "" {
-		return keys.Org{}, withUserID(userErrUnauthorized, &badRequestError{status: http.StatusForbidden, msg: "Invalid username or password"})
+		return keys.Org{}, withUserID(userErrUnauthorized, &gate.ClientError{Status: http.StatusForbidden, Msg: "Invalid username or password"})
 	}
-	rec.org = o.ID
+	w.Org = o.ID
 	return o, nil
 }
 
@@ -257,22 +286,23 @@ type userKey struct {
 	Permissions []string `json:"permissions"`
 }
 
-func (h *Handler) handleUserAPIKeys(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
+// APIKeys answers the seed 003 route of that name.
+func (a *API) APIKeys(w *listener.Writer, r *http.Request) {
 	form, err := userForm(w, r, "apikey")
 	if err != nil {
-		h.userFail(w, r, rec, err)
+		a.fail(w, r, err)
 		return
 	}
-	p, err := h.userAuth(r, rec, form)
+	p, err := a.userAuth(w, r, form)
 	if err != nil {
-		h.userFail(w, r, rec, err)
+		a.fail(w, r, err)
 		return
 	}
-	ctx, cancel := h.storeCtx(r.Context())
+	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	ks, err := h.opt.Store.Keys(ctx, p.Key.OrgID)
+	ks, err := a.opt.Manage.Store().Keys(ctx, p.Key.OrgID)
 	if err != nil {
-		h.userFail(w, r, rec, fmt.Errorf("listing keys: %w", err))
+		a.fail(w, r, fmt.Errorf("listing keys: %w", err))
 		return
 	}
 	out := make(map[string]userKey, len(ks))
@@ -284,11 +314,12 @@ func (h *Handler) handleUserAPIKeys(w http.ResponseWriter, r *http.Request, rec 
 		out[k.UID] = userKey{Key: k.UID, Created: k.CreatedAt.Unix(), Comment: k.Comment,
 			AccessLevel: accessLevelOf(k.Permissions), Permissions: perms}
 	}
-	userOK(w, rec, map[string]any{"apikeys": out})
+	userOK(w, map[string]any{"apikeys": out})
 }
 
-func (h *Handler) handleUserCreateAPIKey(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
-	fail := func(err error) { h.userFail(w, r, rec, err) }
+// CreateAPIKey answers the seed 003 route of that name.
+func (a *API) CreateAPIKey(w *listener.Writer, r *http.Request) {
+	fail := func(err error) { a.fail(w, r, err) }
 	form, err := userForm(w, r, "apikey", "username", "password", "access_level", "comment")
 	if err != nil {
 		fail(err)
@@ -302,57 +333,57 @@ func (h *Handler) handleUserCreateAPIKey(w http.ResponseWriter, r *http.Request,
 		return
 	}
 	comment := form.Get("comment")
-	if len([]rune(comment)) > maxCommentLen {
+	if len([]rune(comment)) > manage.MaxCommentLen {
 		fail(withUserID(userErrInvalidComment, &keys.InvalidError{Field: "comment",
-			Reason: fmt.Sprintf("must be at most %d characters", maxCommentLen)}))
+			Reason: fmt.Sprintf("must be at most %d characters", manage.MaxCommentLen)}))
 		return
 	}
 	_, hasUser := form["username"]
 	_, hasPassword := form["password"]
 	login := hasUser || hasPassword
 	if login && form.Get("apikey") != "" {
-		fail(withUserID(userErrAmbiguous, badRequest("send either apikey or username and password, not both")))
+		fail(withUserID(userErrAmbiguous, gate.BadRequest("send either apikey or username and password, not both")))
 		return
 	}
-	ctx, cancel := h.storeCtx(r.Context())
+	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
 	var orgID string
 	if login {
-		o, err := h.userLogin(ctx, rec, form.Get("username"), form.Get("password"))
+		o, err := a.userLogin(ctx, w, form.Get("username"), form.Get("password"))
 		if err != nil {
 			fail(err)
 			return
 		}
 		orgID = o.ID
 	} else {
-		p, err := h.userAuth(r, rec, form)
+		p, err := a.userAuth(w, r, form)
 		if err != nil {
 			if errors.Is(err, keys.ErrNoCredential) {
-				err = withUserID(userErrUnauthorized, &badRequestError{status: http.StatusUnauthorized,
-					msg: "Valid API key, or username and password, required"})
+				err = withUserID(userErrUnauthorized, &gate.ClientError{Status: http.StatusUnauthorized,
+					Msg: "Valid API key, or username and password, required"})
 			}
 			fail(err)
 			return
 		}
 		orgID = p.Key.OrgID
 	}
-	secret, err := h.createUnnamedKey(ctx, orgID, perms, comment)
+	secret, err := a.createUnnamedKey(ctx, orgID, perms, comment)
 	if err != nil {
 		fail(err)
 		return
 	}
-	userOK(w, rec, map[string]string{"new_key": secret})
+	userOK(w, map[string]string{"new_key": secret})
 }
 
 // createUnnamedKey creates a key for seed 003, which has no key names: the
 // key is named "apikey-" + a random UUID, retried on the (unlikely) clash.
-func (h *Handler) createUnnamedKey(ctx context.Context, orgID string, perms []keys.Permission, comment string) (string, error) {
+func (a *API) createUnnamedKey(ctx context.Context, orgID string, perms []keys.Permission, comment string) (string, error) {
 	for attempt := 0; ; attempt++ {
 		id, err := keys.NewUUID()
 		if err != nil {
 			return "", err
 		}
-		_, secret, err := h.createKey(ctx, newKeyRequest{orgID: orgID, name: "apikey-" + id, permissions: perms, comment: comment})
+		_, secret, err := a.opt.Manage.CreateKey(ctx, manage.NewKey{OrgID: orgID, Name: "apikey-" + id, Permissions: perms, Comment: comment})
 		if errors.Is(err, keys.ErrConflict) && attempt < 2 {
 			continue
 		}
@@ -360,8 +391,9 @@ func (h *Handler) createUnnamedKey(ctx context.Context, orgID string, perms []ke
 	}
 }
 
-func (h *Handler) handleUserDeleteAPIKey(w http.ResponseWriter, r *http.Request, rec *accessRecord) {
-	fail := func(err error) { h.userFail(w, r, rec, err) }
+// DeleteAPIKey answers the seed 003 route of that name.
+func (a *API) DeleteAPIKey(w *listener.Writer, r *http.Request) {
+	fail := func(err error) { a.fail(w, r, err) }
 	form, err := userForm(w, r, "apikey", "delete_key")
 	if err != nil {
 		fail(err)
@@ -372,36 +404,36 @@ func (h *Handler) handleUserDeleteAPIKey(w http.ResponseWriter, r *http.Request,
 		fail(withUserID(userErrMissingDeleteKey, &keys.InvalidError{Field: "delete_key", Reason: "is required"}))
 		return
 	}
-	p, err := h.userAuth(r, rec, form)
+	p, err := a.userAuth(w, r, form)
 	if err != nil {
 		fail(err)
 		return
 	}
-	ctx, cancel := h.storeCtx(r.Context())
+	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	k, err := h.deleteOwnKey(ctx, p.Key.OrgID, target)
+	k, err := a.deleteOwnKey(ctx, p.Key.OrgID, target)
 	if err != nil {
 		fail(err)
 		return
 	}
-	userOK(w, rec, map[string]any{"deleted_keys": map[string]any{k.UID: map[string]string{"key": k.UID}}})
+	userOK(w, map[string]any{"deleted_keys": map[string]any{k.UID: map[string]string{"key": k.UID}}})
 }
 
 // errDeleteFailed is the seed's answer for a key that is not the caller's
 // (or does not exist).
-var errDeleteFailed = withUserID(userErrDeleteFailed, &badRequestError{status: http.StatusNotFound,
-	msg: "Apikey deletion failed. Possibly wrong owner."})
+var errDeleteFailed = withUserID(userErrDeleteFailed, &gate.ClientError{Status: http.StatusNotFound,
+	Msg: "Apikey deletion failed. Possibly wrong owner."})
 
 // deleteOwnKey deletes the key of org identified by its access_key or its
 // secret. Another organization's key is left alone.
-func (h *Handler) deleteOwnKey(ctx context.Context, orgID, target string) (keys.Key, error) {
+func (a *API) deleteOwnKey(ctx context.Context, orgID, target string) (keys.Key, error) {
 	var k keys.Key
 	var err error
 	switch {
 	case keys.CheckSecret(target):
-		k, err = h.opt.Store.KeyByHash(ctx, keys.HashSecret(target))
+		k, err = a.opt.Manage.Store().KeyByHash(ctx, keys.HashSecret(target))
 	case len(target) <= 64:
-		k, err = h.opt.Store.KeyByUID(ctx, target)
+		k, err = a.opt.Manage.Store().KeyByUID(ctx, target)
 	default:
 		return keys.Key{}, errDeleteFailed
 	}
@@ -411,7 +443,7 @@ func (h *Handler) deleteOwnKey(ctx context.Context, orgID, target string) (keys.
 	if err != nil {
 		return keys.Key{}, fmt.Errorf("reading key: %w", err)
 	}
-	if _, err := h.deleteKey(ctx, orgID, k.Name); err != nil {
+	if _, err := a.opt.Manage.DeleteKey(ctx, orgID, k.Name); err != nil {
 		if errors.Is(err, keys.ErrNotFound) {
 			return keys.Key{}, errDeleteFailed
 		}

@@ -1,4 +1,4 @@
-package proxy
+package user
 
 import (
 	"context"
@@ -7,14 +7,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/keys/memstore"
+	"github.com/keygate/keygate/listener"
+	"github.com/keygate/keygate/manage"
+	"github.com/keygate/keygate/quota/memcounter"
 )
 
 // TestLoginFailuresCostTheSame checks the seed 003 login: a wrong password
 // and an unknown user give the same error and both pay for a password hash,
 // so neither the answer nor its time tells whether the user exists.
 func TestLoginFailuresCostTheSame(t *testing.T) {
-	e := newSignedEnv(t, nil)
+	e := newLoginEnv(t)
 	hash, err := keys.HashPassword("right")
 	if err != nil {
 		t.Fatal(err)
@@ -25,30 +30,30 @@ func TestLoginFailuresCostTheSame(t *testing.T) {
 	}
 	login := func(user, pw string) (time.Duration, error) {
 		start := time.Now()
-		_, err := e.h.userLogin(ctx, &accessRecord{}, user, pw)
+		_, err := e.api.userLogin(ctx, &listener.Writer{}, user, pw)
 		return time.Since(start), err
 	}
 	if _, err := login("alice", "right"); err != nil {
 		t.Fatalf("right password refused: %v", err)
 	}
 	// The fastest of a few runs of each: scheduling noise only adds time.
-	fastest := func(user, pw string) (time.Duration, problem, string) {
+	fastest := func(user, pw string) (time.Duration, gate.Problem, string) {
 		best := time.Duration(1<<63 - 1)
-		var p problem
+		var p gate.Problem
 		var id string
 		for range 3 {
 			d, err := login(user, pw)
 			if err == nil {
 				t.Fatalf("%s/%s accepted", user, pw)
 			}
-			p, id = classify(err, e.now), userErrorID(err, classify(err, e.now))
+			p, id = gate.Classify(err, e.now), userErrorID(err, gate.Classify(err, e.now))
 			best = min(best, d)
 		}
 		return best, p, id
 	}
 	wrong, pWrong, idWrong := fastest("alice", "wrong")
 	unknown, pUnknown, idUnknown := fastest("nobody", "wrong")
-	if pWrong != pUnknown || idWrong != idUnknown || pWrong.status != http.StatusForbidden {
+	if pWrong != pUnknown || idWrong != idUnknown || pWrong.Status != http.StatusForbidden {
 		t.Errorf("wrong password → %+v %s; unknown user → %+v %s; want one 403 answer", pWrong, idWrong, pUnknown, idUnknown)
 	}
 	// One argon2id run is milliseconds; a lookup without it is microseconds.
@@ -74,20 +79,40 @@ func TestLoginFailuresCostTheSame(t *testing.T) {
 // and give up with 503 when their context ends instead of piling up
 // argon2id's memory.
 func TestLoginsAreBounded(t *testing.T) {
-	e := newSignedEnv(t, nil)
+	e := newLoginEnv(t)
 	for range maxConcurrentLogins {
-		e.h.logins <- struct{}{} // every slot taken
+		e.api.logins <- struct{}{} // every slot taken
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err := e.h.userLogin(ctx, &accessRecord{}, "alice", "pw")
-	if p := classify(err, e.now); !errors.Is(err, errBusy) || p.status != http.StatusServiceUnavailable || p.retryAfter == 0 {
+	_, err := e.api.userLogin(ctx, &listener.Writer{}, "alice", "pw")
+	if p := gate.Classify(err, e.now); !errors.Is(err, gate.ErrBusy) || p.Status != http.StatusServiceUnavailable || p.RetryAfter == 0 {
 		t.Fatalf("login with every slot taken: %v → %+v, want 503 with Retry-After", err, p)
 	}
 	for range maxConcurrentLogins {
-		<-e.h.logins
+		<-e.api.logins
 	}
-	if _, err := e.h.userLogin(context.Background(), &accessRecord{}, "alice", "pw"); errors.Is(err, errBusy) {
+	if _, err := e.api.userLogin(context.Background(), &listener.Writer{}, "alice", "pw"); errors.Is(err, gate.ErrBusy) {
 		t.Fatal("login still busy with free slots")
 	}
+}
+
+// loginEnv is the seed 003 API on the in-memory store with a fixed clock.
+type loginEnv struct {
+	api   *API
+	store *memstore.Store
+	now   time.Time
+}
+
+func newLoginEnv(t *testing.T) *loginEnv {
+	t.Helper()
+	e := &loginEnv{store: memstore.New(), now: time.Unix(1700000000, 0)}
+	clock := func() time.Time { return e.now }
+	auth := keys.NewAuthenticator(e.store, keys.AuthOptions{Now: clock})
+	counter := memcounter.New()
+	e.api = New(Options{
+		Gate:   gate.New(gate.Options{Auth: auth, Counter: counter, Now: clock}),
+		Manage: manage.New(manage.Options{Store: e.store, Auth: auth, Counter: counter, Now: clock}),
+	})
+	return e
 }

@@ -1,4 +1,4 @@
-package proxy
+package gate
 
 import (
 	"strings"
@@ -41,9 +41,9 @@ func TestRules(t *testing.T) {
 		{"PATCH", "/", keys.PermWrite, 1},
 	}
 	for _, tc := range cases {
-		d := rs.match(tc.method, tc.path)
-		if d.permission != tc.perm || d.cost != tc.cost {
-			t.Errorf("%s %s: %s/%d, want %s/%d", tc.method, tc.path, d.permission, d.cost, tc.perm, tc.cost)
+		d := rs.Match(tc.method, tc.path)
+		if d.Permission != tc.perm || d.Cost != tc.cost {
+			t.Errorf("%s %s: %s/%d, want %s/%d", tc.method, tc.path, d.Permission, d.Cost, tc.perm, tc.cost)
 		}
 	}
 }

@@ -1,4 +1,8 @@
-package proxy
+// Package metrics holds keygate's Prometheus metrics and the values of
+// their labels (the outcome of a request, the store operations), so that
+// every front and the decision record into one set of series. It imports no
+// other keygate package but quota (for periods), and nothing of HTTP.
+package metrics
 
 import (
 	"runtime/debug"
@@ -19,13 +23,34 @@ const (
 	orgNone  = "none"
 )
 
-// outcomes lists the values of the outcome label of keygate_requests_total:
-// the data path's (issue 7) and those of the self-served routes.
-var outcomes = []string{
-	outcomeAdmitted, outcomeNoCredential, outcomeInvalidCredential, outcomeForbidden,
-	outcomeQuotaExceeded, outcomeStoreUnavailable, outcomeUpstreamError, outcomeUpstreamTimeout,
-	outcomeBadRequest, outcomeInternal, outcomeClientClosed,
+// Outcomes of a request: the values of the outcome label of
+// keygate_requests_total and of the access log's outcome field.
+const (
+	OutcomeAdmitted          = "admitted"
+	OutcomeNoCredential      = "no_credential"
+	OutcomeInvalidCredential = "invalid_credential"
+	OutcomeForbidden         = "forbidden"
+	OutcomeQuotaExceeded     = "quota_exceeded"
+	OutcomeStoreUnavailable  = "store_unavailable"
+	OutcomeUpstreamError     = "upstream_error"
+	OutcomeUpstreamTimeout   = "upstream_timeout"
+	OutcomeBadRequest        = "bad_request"
+	OutcomeInternal          = "internal_error"
+	// OutcomeClientClosed: the client went away before keygate could
+	// answer (status 499, as nginx logs it); not a store or upstream fault.
+	OutcomeClientClosed = "client_closed"
+)
+
+// Outcomes lists every value of the outcome label: the data path's and
+// those of the self-served routes.
+var Outcomes = []string{
+	OutcomeAdmitted, OutcomeNoCredential, OutcomeInvalidCredential, OutcomeForbidden,
+	OutcomeQuotaExceeded, OutcomeStoreUnavailable, OutcomeUpstreamError, OutcomeUpstreamTimeout,
+	OutcomeBadRequest, OutcomeInternal, OutcomeClientClosed,
 }
+
+// meterRequests is the meter name of the request quota in the usage gauges.
+const meterRequests = "requests"
 
 // storeOps are the values of the op label of the store metrics.
 var storeOps = []string{"authenticate", "charge", "add_usage"}
@@ -233,7 +258,8 @@ func statusClass(status int) string {
 	}
 }
 
-func (m *Metrics) request(org, outcome string, status int, d time.Duration) {
+// Request counts a finished request and its duration.
+func (m *Metrics) Request(org, outcome string, status int, d time.Duration) {
 	if m == nil {
 		return
 	}
@@ -241,13 +267,16 @@ func (m *Metrics) request(org, outcome string, status int, d time.Duration) {
 	m.requestDuration.Observe(d.Seconds())
 }
 
-func (m *Metrics) upstream(d time.Duration) {
+// Upstream observes the upstream's time to response headers.
+func (m *Metrics) Upstream(d time.Duration) {
 	if m != nil {
 		m.upstreamDuration.Observe(d.Seconds())
 	}
 }
 
-func (m *Metrics) store(op string, d time.Duration, unavailable bool) {
+// Store observes a store call on the request path; unavailable counts it
+// as a store error.
+func (m *Metrics) Store(op string, d time.Duration, unavailable bool) {
 	if m == nil {
 		return
 	}
@@ -257,8 +286,8 @@ func (m *Metrics) store(op string, d time.Duration, unavailable bool) {
 	}
 }
 
-// quota records an organization's request usage and limit after a charge.
-func (m *Metrics) quota(org, period string, used, limit int64) {
+// Quota records an organization's request usage and limit after a charge.
+func (m *Metrics) Quota(org, period string, used, limit int64) {
 	if m == nil {
 		return
 	}
@@ -282,9 +311,9 @@ func (m *Metrics) quota(org, period string, used, limit int64) {
 	seen.requestsAt.Store(m.now().UnixNano())
 }
 
-// meter records a meter's usage as of at (the time of the requests it was
+// Meter records a meter's usage as of at (the time of the requests it was
 // booked for) and its limit (limit < 0: none).
-func (m *Metrics) meter(org, meter, period string, used, limit int64, at time.Time) {
+func (m *Metrics) Meter(org, meter, period string, used, limit int64, at time.Time) {
 	if m == nil {
 		return
 	}
@@ -393,7 +422,8 @@ func collectLabelled(v *prometheus.GaugeVec, f func(prometheus.Metric, map[strin
 	}
 }
 
-func (m *Metrics) failOpen() {
+// FailOpen counts a request admitted uncounted during a store outage.
+func (m *Metrics) FailOpen() {
 	if m != nil {
 		m.failOpenAdmits.Inc()
 	}

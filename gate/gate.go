@@ -1,0 +1,303 @@
+package gate
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/metrics"
+	"github.com/keygate/keygate/quota"
+)
+
+// Options configure a Decider. Auth and Counter are required.
+type Options struct {
+	Auth    *keys.Authenticator
+	Counter quota.Counter
+	// RemoteCounter says the Counter talks to a server over the network and
+	// may retry a charge after a lost reply: every charge then carries an
+	// idempotency token so a retry counts once. An in-process counter needs
+	// none, and keeping tokens would only cost it memory.
+	RemoteCounter bool
+	// Rules set permissions and costs per route.
+	Rules Rules
+	// FailOpen admits verified keys uncounted while the store is
+	// unreachable; otherwise such requests get 503.
+	FailOpen bool
+	// StoreTimeout bounds the store calls of one decision (default 250ms).
+	StoreTimeout time.Duration
+	// TSSkew is how far the ts parameter of partner and signed requests may
+	// be from now (default 5m).
+	TSSkew  time.Duration
+	Log     *zap.Logger
+	Metrics *metrics.Metrics
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Decider decides whether a request may pass. It is safe for concurrent
+// use; create it with New.
+type Decider struct {
+	opt Options
+	log *zap.Logger
+
+	// tokenPrefix and tokenSeq make each charge's idempotency token unique
+	// across sidecars and requests.
+	tokenPrefix string
+	tokenSeq    atomic.Uint64
+	// lastFailOpenLog rate-limits the fail-open warning (unix nanos).
+	lastFailOpenLog atomic.Int64
+}
+
+// New returns a Decider for o. A missing required option is a programming
+// error in the caller and panics here, at construction, rather than on the
+// first request.
+func New(o Options) *Decider {
+	if o.Auth == nil || o.Counter == nil {
+		panic("gate.New: Options.Auth and Counter are required")
+	}
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 250 * time.Millisecond
+	}
+	if o.TSSkew <= 0 {
+		o.TSSkew = 5 * time.Minute
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	var p [6]byte
+	_, _ = rand.Read(p[:])
+	return &Decider{
+		opt:         o,
+		log:         o.Log.Named("gate"),
+		tokenPrefix: hex.EncodeToString(p[:]) + "-",
+	}
+}
+
+// Now is the Decider's clock: fronts use it so that every part of a
+// request sees the same time source.
+func (d *Decider) Now() time.Time { return d.opt.Now() }
+
+// TSSkew is how far a ts parameter may be from now.
+func (d *Decider) TSSkew() time.Duration { return d.opt.TSSkew }
+
+// Request is the facts of a request a decision needs, whichever front
+// received it.
+type Request struct {
+	Method string
+	// Path is the decoded path route rules are matched against.
+	Path string
+	// RawPath is the path as sent, percent-encoding kept: signatures cover it.
+	RawPath  string
+	RawQuery string
+	Header   http.Header
+	// RemoteAddr is the peer's address (host:port).
+	RemoteAddr string
+	// Time is the instant of the request; it picks the quota window.
+	Time time.Time
+}
+
+// RequestOf returns the facts of an HTTP request received at now.
+func RequestOf(r *http.Request, now time.Time) Request {
+	return Request{
+		Method:     r.Method,
+		Path:       r.URL.Path,
+		RawPath:    RequestPath(r),
+		RawQuery:   r.URL.RawQuery,
+		Header:     r.Header,
+		RemoteAddr: r.RemoteAddr,
+		Time:       now,
+	}
+}
+
+// Verdict is an admitted request: who it is, what it needed, what it was
+// charged and what the caller should be told.
+type Verdict struct {
+	Principal keys.Principal
+	Route     Route
+	Period    quota.Period
+	Result    quota.Result
+	// Counted is false when the request was admitted uncounted because the
+	// store was unreachable (FailOpen).
+	Counted bool
+	// Bearer is set when the credential was an Authorization bearer token,
+	// which then must not reach the upstream.
+	Bearer bool
+}
+
+// Decide authenticates a request, checks the permission its route needs and
+// charges its cost in one store round trip. A refusal is an error that
+// Classify turns into the answer every front gives; it changes nothing.
+func (d *Decider) Decide(ctx context.Context, req *Request) (Verdict, error) {
+	cred, err := ParseCredential(req.Header)
+	if err != nil {
+		return Verdict{}, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, d.opt.StoreTimeout)
+	defer cancel()
+	p, nonce, err := d.verify(sctx, req, cred)
+	if err != nil {
+		return Verdict{}, err
+	}
+	v := Verdict{Principal: p, Route: d.opt.Rules.Match(req.Method, req.Path), Period: PlanPeriod(p.Plan), Bearer: cred.Bearer}
+	if !p.Can(v.Route.Permission) {
+		return v, &keys.PermissionError{Need: v.Route.Permission}
+	}
+	res, err := d.charge(sctx, p, v.Period, v.Route.Cost, req.Time, nonce)
+	switch {
+	case err == nil:
+		v.Result, v.Counted = res, true
+	// A signed request whose one-time use could not be recorded is refused
+	// even in open mode: its signature could be replayed.
+	case d.opt.FailOpen && errors.Is(err, quota.ErrUnavailable) && nonce.value == "" && ctx.Err() == nil:
+		d.failOpen(p, err)
+	default:
+		return v, err
+	}
+	return v, nil
+}
+
+// Authenticate turns a self-served request's credential into a principal
+// the store has confirmed. A signed request's signature is spent here (a
+// cost-0 charge carrying the nonce): self-served routes charge nothing.
+func (d *Decider) Authenticate(ctx context.Context, req *Request) (keys.Principal, error) {
+	cred, err := ParseCredential(req.Header)
+	if err != nil {
+		return keys.Principal{}, err
+	}
+	return d.AuthenticateCredential(ctx, req, cred)
+}
+
+// AuthenticateCredential is Authenticate for a credential found elsewhere
+// than in the headers (seed 003's apikey form field).
+func (d *Decider) AuthenticateCredential(ctx context.Context, req *Request, cred Credential) (keys.Principal, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.opt.StoreTimeout)
+	defer cancel()
+	p, nonce, err := d.verify(ctx, req, cred)
+	if err != nil {
+		return keys.Principal{}, err
+	}
+	if nonce.value != "" {
+		if _, err := d.charge(ctx, p, PlanPeriod(p.Plan), 0, d.opt.Now(), nonce); err != nil {
+			return keys.Principal{}, err
+		}
+	}
+	if p.Stale {
+		// Self-served answers need the store anyway; do not act on a
+		// principal the store could not confirm.
+		return keys.Principal{}, errors.Join(keys.ErrUnavailable, errors.New("principal not confirmed"))
+	}
+	return p, nil
+}
+
+// verify authenticates a credential; for a signed request it also returns
+// the nonce the caller must spend with its charge (see signing.go).
+func (d *Decider) verify(ctx context.Context, req *Request, c Credential) (p keys.Principal, nonce signedNonce, err error) {
+	start := time.Now()
+	if c.Signature != "" {
+		p, nonce, err = d.verifySigned(ctx, req, c)
+	} else {
+		p, err = d.opt.Auth.Authenticate(ctx, c.Credential)
+	}
+	d.opt.Metrics.Store("authenticate", time.Since(start), StoreFault(ctx, err, keys.ErrUnavailable))
+	return p, nonce, err
+}
+
+// charge counts cost against the principal's key and organization, spending
+// a signed request's nonce (if any) in the same round trip; a used nonce
+// fails with quota.ErrReplay and counts nothing.
+func (d *Decider) charge(ctx context.Context, p keys.Principal, period quota.Period, cost int64, now time.Time, nonce signedNonce) (quota.Result, error) {
+	orgMax, _ := p.Org.RequestQuota(p.Plan)
+	c := quota.Charge{
+		OrgID:      p.Key.OrgID,
+		KeyID:      p.Key.UID,
+		Cost:       cost,
+		OrgMax:     orgMax,
+		KeyMax:     p.Key.KeyMax(),
+		Period:     period,
+		At:         now,
+		Nonce:      nonce.value,
+		NonceUntil: nonce.until,
+	}
+	if d.opt.RemoteCounter {
+		c.Token = d.tokenPrefix + strconv.FormatUint(d.tokenSeq.Add(1), 36)
+	}
+	start := time.Now()
+	res, err := d.opt.Counter.Charge(ctx, c)
+	d.opt.Metrics.Store("charge", time.Since(start), StoreFault(ctx, err, quota.ErrUnavailable))
+	if err == nil {
+		d.opt.Metrics.Quota(p.Key.OrgID, period.String(), res.OrgUsed, orgMax)
+	}
+	return res, err
+}
+
+// failOpen records an uncounted admission during a store outage.
+func (d *Decider) failOpen(p keys.Principal, err error) {
+	d.opt.Metrics.FailOpen()
+	now := time.Now().UnixNano()
+	last := d.lastFailOpenLog.Load()
+	if now-last >= int64(10*time.Second) && d.lastFailOpenLog.CompareAndSwap(last, now) {
+		d.log.Warn("store unreachable: admitting verified keys uncounted (KEYGATE_FAILURE_MODE=open)",
+			zap.String("org_id", p.Key.OrgID), zap.Error(err))
+	}
+}
+
+// StoreFault reports whether err is the store's fault: unavailable, and not
+// because the caller's context was cancelled (the client went away).
+func StoreFault(ctx context.Context, err, unavailable error) bool {
+	return errors.Is(err, unavailable) && !errors.Is(ctx.Err(), context.Canceled)
+}
+
+// PlanPeriod returns the plan's period. Plans are validated when created, so
+// a bad one cannot occur; month is the safe reading if it does.
+func PlanPeriod(pl keys.Plan) quota.Period {
+	period, err := quota.ParsePeriod(pl.Period)
+	if err != nil {
+		return quota.PeriodMonth
+	}
+	return period
+}
+
+// SetHeaders writes what an admitted request's caller should see: the IETF
+// RateLimit-Policy and RateLimit headers
+// (draft-ietf-httpapi-ratelimit-headers) for the tighter of the key's and
+// the organization's quotas. Unlimited principals, and requests admitted
+// uncounted, get none.
+func (v *Verdict) SetHeaders(h http.Header, now time.Time) {
+	if !v.Counted {
+		return
+	}
+	p, res := &v.Principal, v.Result
+	orgMax, _ := p.Org.RequestQuota(p.Plan)
+	keyMax := p.Key.KeyMax()
+	name, limit, used := "", int64(-1), int64(0)
+	if orgMax >= 0 {
+		name, limit, used = "org", orgMax, res.OrgUsed
+	}
+	if keyMax >= 0 && (limit < 0 || keyMax-res.KeyUsed < limit-used) {
+		name, limit, used = "key", keyMax, res.KeyUsed
+	}
+	if limit < 0 {
+		return
+	}
+	policy := `"` + name + `";q=` + strconv.FormatInt(limit, 10)
+	state := `"` + name + `";r=` + strconv.FormatInt(max(limit-used, 0), 10)
+	if w := res.Window; !w.End.IsZero() {
+		policy += ";w=" + strconv.FormatInt(int64(w.End.Sub(w.Start)/time.Second), 10)
+		state += ";t=" + strconv.FormatInt(int64((w.Remaining(now)+time.Second-1)/time.Second), 10)
+	}
+	// Canonical names, set directly: Header.Set would canonicalise them on
+	// every request.
+	h["Ratelimit-Policy"] = []string{policy}
+	h["Ratelimit"] = []string{state}
+}

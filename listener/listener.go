@@ -1,0 +1,282 @@
+// Package listener is the base of the data listener: the response Writer
+// every front writes through (status, egress count, per-write deadlines),
+// the record the access log line and request metrics are made of, and the
+// table of self-served routes, tried before the data path. The table's
+// contents are wired in one place (sidecar/routes.go); listener knows no
+// front.
+package listener
+
+import (
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/metrics"
+)
+
+// Handler serves a request through a Writer, filling its record.
+type Handler interface {
+	Serve(w *Writer, r *http.Request)
+}
+
+// HandlerFunc is a function serving as a Handler.
+type HandlerFunc func(w *Writer, r *http.Request)
+
+// Serve calls f.
+func (f HandlerFunc) Serve(w *Writer, r *http.Request) { f(w, r) }
+
+// Routes maps path → method → handler. Paths match exactly: keygate's own
+// routes never shadow an upstream path below them.
+type Routes struct {
+	m map[string]map[string]Handler
+}
+
+// NewRoutes returns an empty table.
+func NewRoutes() *Routes { return &Routes{m: make(map[string]map[string]Handler)} }
+
+// Add registers h for method and path.
+func (t *Routes) Add(method, path string, h HandlerFunc) {
+	if t.m[path] == nil {
+		t.m[path] = make(map[string]Handler)
+	}
+	t.m[path][method] = h
+}
+
+// Lookup returns the handler of a self-served route. A self-served path
+// asked with another method goes to the data path like any other request.
+func (t *Routes) Lookup(method, path string) (Handler, bool) {
+	m, ok := t.m[path]
+	if !ok {
+		return nil, false
+	}
+	h, ok := m[method]
+	return h, ok
+}
+
+// Options configure a Listener. Data is required.
+type Options struct {
+	// Routes are the self-served routes; nil = none.
+	Routes *Routes
+	// Data serves every request no route matches.
+	Data Handler
+	// UpstreamTimeout (default 60s) and WriteTimeout (default 30s) set the
+	// deadlines: a response must be written within their sum of the
+	// request's start, after which every write renews the deadline by
+	// WriteTimeout; a self-served request body must arrive within
+	// WriteTimeout.
+	UpstreamTimeout time.Duration
+	WriteTimeout    time.Duration
+	Log             *zap.Logger
+	Metrics         *metrics.Metrics
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Listener is the http.Handler of the data listener.
+type Listener struct {
+	opt    Options
+	access *zap.Logger
+}
+
+// New returns a Listener for o.
+func New(o Options) *Listener {
+	if o.Data == nil {
+		panic("listener.New: Options.Data is required")
+	}
+	if o.Routes == nil {
+		o.Routes = NewRoutes()
+	}
+	if o.UpstreamTimeout <= 0 {
+		o.UpstreamTimeout = 60 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 30 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Listener{opt: o, access: o.Log.Named("access")}
+}
+
+// ServeHTTP routes self-served paths to their handlers and the rest to the
+// data path, then writes the access log line and the request metrics.
+func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := l.opt.Now()
+	sw := &Writer{ResponseWriter: w, writeTimeout: l.opt.WriteTimeout}
+	// One write deadline for the whole request in the common case: the
+	// upstream may take UpstreamTimeout to answer, then the response gets
+	// WriteTimeout; writes renew it only once a response outlasts that
+	// (streams). It also replaces a stale deadline left on the connection
+	// by an earlier request, and covers net/http's own writes (100
+	// Continue, the final flush). Deadlines use the real clock, not opt.Now.
+	sw.DeadlineFor(time.Now(), l.opt.UpstreamTimeout+l.opt.WriteTimeout)
+	if route, ok := l.opt.Routes.Lookup(r.Method, r.URL.Path); ok {
+		l.serveSelf(route, sw, r)
+	} else {
+		l.opt.Data.Serve(sw, r)
+	}
+	Finish(l.access, l.opt.Metrics, r, sw, l.opt.Now().Sub(start))
+}
+
+// serveSelf runs a self-served route. Its body (1 MiB at most) must arrive
+// within WriteTimeout: a client that trickles bytes cannot hold a handler,
+// nor the connection afterwards (net/http reads an unread body's rest before
+// reusing a connection). net/http replaces the deadline when it reads the
+// connection's next request.
+func (l *Listener) serveSelf(route Handler, w *Writer, r *http.Request) {
+	if r.Body != nil && r.Body != http.NoBody {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(l.opt.WriteTimeout)) // unsupported by test recorders: fine
+	}
+	route.Serve(w, r)
+}
+
+// Finish writes the access log line and the request metrics of a request
+// that took d.
+func Finish(access *zap.Logger, m *metrics.Metrics, r *http.Request, w *Writer, d time.Duration) {
+	status := w.Status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	m.Request(w.Org, w.Outcome, status, d)
+	if ce := access.Check(zap.InfoLevel, "request"); ce != nil {
+		ce.Write(
+			zap.String("method", r.Method),
+			zap.String("path", r.URL.Path), // never the query: it may carry credentials
+			zap.Int("status", status),
+			zap.Duration("duration", d),
+			zap.String("org_id", w.Org),
+			zap.String("key_uid", w.Key),
+			zap.String("outcome", w.Outcome),
+		)
+	}
+}
+
+// NewWriter wraps w with no deadlines of its own (the operator listener has
+// server-wide timeouts).
+func NewWriter(w http.ResponseWriter) *Writer { return &Writer{ResponseWriter: w} }
+
+// Classify classifies err for the answer, records its outcome and logs an
+// internal error's details (never shown to the client).
+func (w *Writer) Classify(r *http.Request, err error, now time.Time, log *zap.Logger) gate.Problem {
+	p := gate.Classify(err, now)
+	w.Outcome = p.Outcome
+	if p.Internal {
+		log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
+	}
+	return p
+}
+
+// Fail answers with err's problem in the data path's shape. When the client
+// has gone, whatever failed failed because of that: it is recorded as
+// client_closed, not as a store or upstream fault.
+func (w *Writer) Fail(r *http.Request, err error, now time.Time, log *zap.Logger) {
+	if r.Context().Err() != nil {
+		w.Outcome = metrics.OutcomeClientClosed
+		w.WriteHeader(gate.StatusClientClosed)
+		return
+	}
+	gate.WriteDataProblem(w, w.Classify(r, err, now, log))
+}
+
+// Writer records the status and counts the body bytes of a response.
+// It unwraps for http.ResponseController, so flushing reaches the client.
+// It also keeps a write deadline on the connection (the data listener has no
+// server-wide WriteTimeout, which would cut streams short): set once when the
+// request starts, far enough for the upstream's answer and writeTimeout more,
+// and moved on by writes only when a response outlasts that (streams).
+type Writer struct {
+	http.ResponseWriter
+	// Status is the status written (0 until one is).
+	Status int
+	// Org, Key and Outcome are what the access log line and the request
+	// metrics say of the request; fronts fill them.
+	Org, Key, Outcome string
+	// CountEgress makes Write add to Egress, the bytes of the upstream's
+	// response body; the data path books them once, when it is done.
+	CountEgress bool
+	Egress      int64
+
+	writeTimeout time.Duration
+	// renewAt is when the write deadline is next moved: half-way to it, so
+	// a stream of small writes does not reset the deadline on each one.
+	renewAt time.Time
+}
+
+// extendDeadline moves the write deadline writeTimeout past now, unless it
+// was moved recently.
+func (w *Writer) extendDeadline(now time.Time) {
+	if w.writeTimeout <= 0 || now.Before(w.renewAt) {
+		return
+	}
+	w.DeadlineFor(now, w.writeTimeout)
+}
+
+// DeadlineFor sets the write deadline d past now. Writers without
+// deadlines (tests' recorders) are left alone.
+func (w *Writer) DeadlineFor(now time.Time, d time.Duration) {
+	if w.writeTimeout <= 0 {
+		return
+	}
+	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(now.Add(d))
+	w.renewAt = now.Add(d - w.writeTimeout/2)
+}
+
+func (w *Writer) WriteHeader(code int) {
+	if code == http.StatusSwitchingProtocols && w.writeTimeout > 0 {
+		// The connection is about to be hijacked for another protocol
+		// (WebSocket) that runs as long as it likes: no deadline.
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
+		w.writeTimeout = 0
+	}
+	if w.Status == 0 && code >= 200 {
+		w.Status = code
+	}
+	w.extendDeadline(time.Now())
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *Writer) Write(b []byte) (int, error) {
+	if w.Status == 0 {
+		w.Status = http.StatusOK
+	}
+	w.extendDeadline(time.Now())
+	n, err := w.ResponseWriter.Write(b)
+	if w.CountEgress {
+		w.Egress += int64(n)
+	}
+	return n, err
+}
+
+// Unwrap exposes the underlying writer to http.ResponseController.
+func (w *Writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush lets pre-ResponseController code flush through the wrapper.
+func (w *Writer) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
+
+// Authenticate authenticates a self-served request from its headers and
+// records who it is.
+func Authenticate(g *gate.Decider, w *Writer, r *http.Request) (keys.Principal, error) {
+	cred, err := gate.ParseCredential(r.Header)
+	if err != nil {
+		return keys.Principal{}, err
+	}
+	return AuthenticateCredential(g, w, r, cred)
+}
+
+// AuthenticateCredential is Authenticate for a credential found elsewhere
+// than in the headers.
+func AuthenticateCredential(g *gate.Decider, w *Writer, r *http.Request, cred gate.Credential) (keys.Principal, error) {
+	req := gate.RequestOf(r, g.Now())
+	p, err := g.AuthenticateCredential(r.Context(), &req, cred)
+	if err != nil {
+		return keys.Principal{}, err
+	}
+	w.Org, w.Key = p.Key.OrgID, p.Key.UID
+	return p, nil
+}

@@ -1,0 +1,216 @@
+// Package meter books metered usage — the request body bytes (ingress), the
+// response body bytes (egress) and what the upstream reports in
+// X-Keygate-Usage — into the quota Counter off the request path, in
+// batches. It holds the meter names every front shows.
+package meter
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/metrics"
+	"github.com/keygate/keygate/quota"
+)
+
+// Meters keygate counts itself. Upstream-reported meters may use any other
+// name of lower-case letters, digits and underscores.
+const (
+	Requests = "requests"
+	Ingress  = "ingress"
+	Egress   = "egress"
+)
+
+// flushInterval is how often booked meter deltas are written to the
+// store. Meters are bytes and upstream-reported amounts, not the request
+// quota, so they are batched: one store round trip per organization per
+// interval instead of one per request.
+const flushInterval = time.Second
+
+type usageKey struct {
+	org   string
+	meter quota.Meter
+	// sec is the second of the requests, so each flush books into the
+	// windows the requests belonged to.
+	sec int64
+}
+
+// usageVal is a pending delta and the limits of the plan it was booked
+// under (the principal's plan.Limits, kept by reference: no copy, no store
+// read), from which the flush sets the keygate_quota_limit gauges.
+type usageVal struct {
+	delta  int64
+	limits map[string]int64
+}
+
+// Options configure a Book. Counter is required.
+type Options struct {
+	Counter quota.Counter
+	// StoreTimeout bounds each flush's store call (default 250ms).
+	StoreTimeout time.Duration
+	Log          *zap.Logger
+	Metrics      *metrics.Metrics
+}
+
+// Book accumulates meter deltas between flushes. Safe for concurrent use;
+// create it with NewBook.
+type Book struct {
+	opt     Options
+	log     *zap.Logger
+	mu      sync.Mutex
+	pending map[usageKey]usageVal
+}
+
+// NewBook returns an empty Book writing to o.Counter.
+func NewBook(o Options) *Book {
+	if o.Counter == nil {
+		panic("meter.NewBook: Options.Counter is required")
+	}
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 250 * time.Millisecond
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	return &Book{opt: o, log: o.Log.Named("meter"), pending: make(map[usageKey]usageVal)}
+}
+
+// Add books delta for org's meter m at at; limits are the org's plan limits
+// by meter name (may be nil).
+func (b *Book) Add(org string, m quota.Meter, delta int64, at time.Time, limits map[string]int64) {
+	if delta == 0 {
+		return
+	}
+	k := usageKey{org: org, meter: m, sec: at.Unix()}
+	b.mu.Lock()
+	v := b.pending[k]
+	b.pending[k] = usageVal{delta: v.delta + delta, limits: limits}
+	b.mu.Unlock()
+}
+
+// take returns and clears the pending deltas.
+func (b *Book) take() map[usageKey]usageVal {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.pending) == 0 {
+		return nil
+	}
+	out := b.pending
+	b.pending = make(map[usageKey]usageVal, len(out))
+	return out
+}
+
+// Run writes booked meter usage to the store every second until ctx is
+// done, then once more. A failed write is dropped and logged rather than
+// retried: a retry after a lost reply would book twice.
+func (b *Book) Run(ctx context.Context) {
+	t := time.NewTicker(flushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			b.Flush(context.WithoutCancel(ctx))
+			return
+		case <-t.C:
+			b.Flush(ctx)
+		}
+	}
+}
+
+// Flush writes booked meter usage to the store now: one Add per
+// organization and second, whose returned totals set the usage gauges (and
+// the plan's limits the limit gauges) of the meters booked.
+func (b *Book) Flush(ctx context.Context) {
+	type group struct {
+		org string
+		sec int64
+	}
+	type batch struct {
+		deltas []quota.MeterDelta
+		limits map[string]int64
+	}
+	batches := make(map[group]*batch)
+	for k, v := range b.take() {
+		g := group{k.org, k.sec}
+		bt := batches[g]
+		if bt == nil {
+			bt = &batch{}
+			batches[g] = bt
+		}
+		bt.deltas = append(bt.deltas, quota.MeterDelta{Meter: k.meter, Delta: v.delta})
+		if v.limits != nil {
+			bt.limits = v.limits
+		}
+	}
+	// Oldest second first, so a gauge ends with the latest total.
+	order := make([]group, 0, len(batches))
+	for g := range batches {
+		order = append(order, g)
+	}
+	slices.SortFunc(order, func(a, b group) int { return cmp.Compare(a.sec, b.sec) })
+	for _, g := range order {
+		bt := batches[g]
+		cctx, cancel := context.WithTimeout(ctx, b.opt.StoreTimeout)
+		start := time.Now()
+		totals, err := b.opt.Counter.Add(cctx, g.org, time.Unix(g.sec, 0), bt.deltas)
+		cancel()
+		b.opt.Metrics.Store("add_usage", time.Since(start), errors.Is(err, quota.ErrUnavailable))
+		if err != nil {
+			b.log.Warn("booking metered usage failed; dropped", zap.String("org_id", g.org), zap.Int("meters", len(bt.deltas)), zap.Error(err))
+			continue
+		}
+		if len(totals) != len(bt.deltas) {
+			continue // a broken Counter; the store has the truth
+		}
+		for i, d := range bt.deltas {
+			limit, ok := bt.limits[d.Meter.Name]
+			if !ok {
+				limit = -1
+			}
+			b.opt.Metrics.Meter(g.org, d.Meter.Name, d.Meter.Period.String(), totals[i], limit, time.Unix(g.sec, 0))
+		}
+	}
+}
+
+// ForName returns the meter an upstream-reported name books into:
+// ingress and egress per plan period, anything else a running total.
+func ForName(name string, period quota.Period) quota.Meter {
+	if name == Ingress || name == Egress {
+		return quota.Meter{Name: name, Period: period}
+	}
+	return quota.Meter{Name: name, Period: quota.PeriodNone}
+}
+
+// ParseItem parses one item of X-Keygate-Usage, "meter=+123" or "meter=-5".
+func ParseItem(item string) (string, int64, bool) {
+	name, num, ok := strings.Cut(strings.TrimSpace(item), "=")
+	if !ok || !ValidName(name) || name == Requests {
+		return "", 0, false
+	}
+	d, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil {
+		return "", 0, false
+	}
+	return name, d, true
+}
+
+// ValidName reports whether s may name a meter: 1 to 64 lower-case
+// letters, digits and underscores.
+func ValidName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
