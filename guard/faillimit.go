@@ -86,7 +86,8 @@ const (
 // (or hashed, K = [32]byte); credentials are only fingerprinted.
 //
 // Use: before a store lookup, refuse with 429 when Allow says no and
-// Proven does not vouch for the credential; after the lookup, Fail on a
+// Proven does not vouch for the credential (Admit does both); after the
+// lookup, Fail on a
 // failure (only for attempts Allow let through), Prove on a success. A
 // success does not clear failures: an attacker holding one valid key could
 // otherwise interleave it to reset the count.
@@ -182,6 +183,17 @@ func (l *FailLimiter[K, C]) Allow(key K, now time.Time) (ok bool, retryAfter tim
 		return true, 0
 	}
 	return false, time.Duration(wait)
+}
+
+// Admit combines Allow and Proven: whether an attempt by key with cred may
+// go on to the store, either because key is not blocked or because it
+// proved cred before. retryAfter is as for Allow.
+func (l *FailLimiter[K, C]) Admit(key K, cred C, now time.Time) (ok bool, retryAfter time.Duration) {
+	ok, retryAfter = l.Allow(key, now)
+	if ok || l.Proven(key, cred) {
+		return true, 0
+	}
+	return false, retryAfter
 }
 
 // maxExpirePerFail bounds the drained entries one Fail call removes, so no

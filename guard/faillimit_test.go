@@ -173,6 +173,15 @@ func TestFailLimiterProven(t *testing.T) {
 	if l.Proven(a, minted) || l.Proven(b, key) {
 		t.Fatal("proven for a pair never proved")
 	}
+	if ok, _ := l.Admit(a, key, t0); !ok {
+		t.Fatal("Admit refuses a proven key of a blocked address")
+	}
+	if ok, retry := l.Admit(a, minted, t0); ok || retry <= 0 {
+		t.Fatalf("Admit(minted) = %v, %v; want a refusal with a retry time", ok, retry)
+	}
+	if ok, _ := l.Admit(b, minted, t0); !ok {
+		t.Fatal("Admit refuses an address that never failed")
+	}
 }
 
 // Usable per seed 003 username, remembering the addresses that logged in.

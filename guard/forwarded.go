@@ -169,7 +169,7 @@ func walkForwarded(peer netip.Addr, xff []string, trusted TrustedProxies, hops *
 				return client // this entry runs past the budget
 			}
 			size += end - start + 1
-			item := strings.Trim(s[start:end], " \t")
+			item := trimOWS(s[start:end])
 			if item != "" { // empty list elements are ignored (RFC 9110 5.6.1)
 				entries++
 				if entries > MaxForwardedEntries {
@@ -194,6 +194,18 @@ func walkForwarded(peer netip.Addr, xff []string, trusted TrustedProxies, hops *
 		}
 	}
 	return client
+}
+
+// trimOWS drops the optional whitespace (spaces, tabs) around a list
+// element.
+func trimOWS(s string) string {
+	for s != "" && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for s != "" && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
 }
 
 // parsePeer reads r.RemoteAddr ("ip:port", or a bare address).
