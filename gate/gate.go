@@ -6,12 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/metrics"
 	"github.com/keygate/keygate/quota"
@@ -35,9 +37,16 @@ type Options struct {
 	StoreTimeout time.Duration
 	// TSSkew is how far the ts parameter of partner and signed requests may
 	// be from now (default 5m).
-	TSSkew  time.Duration
-	Log     *zap.Logger
-	Metrics *metrics.Metrics
+	TSSkew time.Duration
+	// FailLimit bounds the failed authentications of one client address
+	// (KEYGATE_AUTH_FAIL_LIMIT); past it, credentials the address has not
+	// proved and the cache cannot verify are refused without a store
+	// lookup. The zero value is off.
+	FailLimit guard.FailLimit
+	// TrustedProxies are the peers whose X-Forwarded-For names the client.
+	TrustedProxies guard.TrustedProxies
+	Log            *zap.Logger
+	Metrics        *metrics.Metrics
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -54,6 +63,8 @@ type Decider struct {
 	tokenSeq    atomic.Uint64
 	// lastFailOpenLog rate-limits the fail-open warning (unix nanos).
 	lastFailOpenLog atomic.Int64
+	// fails counts failed authentications by client address; nil when off.
+	fails *guard.FailLimiter[netip.Addr, string]
 }
 
 // New returns a Decider for o. A missing required option is a programming
@@ -77,11 +88,70 @@ func New(o Options) *Decider {
 	}
 	var p [6]byte
 	_, _ = rand.Read(p[:])
-	return &Decider{
+	d := &Decider{
 		opt:         o,
 		log:         o.Log.Named("gate"),
 		tokenPrefix: hex.EncodeToString(p[:]) + "-",
 	}
+	if !o.FailLimit.Off() {
+		d.fails = guard.NewFailLimiter[netip.Addr, string](o.FailLimit, 0, 0)
+	}
+	return d
+}
+
+// ClientAddr is the address of the client a request comes from: its peer,
+// or the last hop before the first trusted proxy.
+func (d *Decider) ClientAddr(req *Request) netip.Addr {
+	return guard.ClientAddr(req.RemoteAddr, req.Header["X-Forwarded-For"], d.opt.TrustedProxies)
+}
+
+// TooManyFailuresError refuses a credential from an address that failed to
+// authenticate too often; nothing was looked up.
+type TooManyFailuresError struct {
+	RetryAfter time.Duration
+}
+
+func (e *TooManyFailuresError) Error() string { return "too many failed authentications" }
+
+// admit applies the failed-authentication limit to a credential before any
+// store lookup, returning the address key to report the outcome under
+// (invalid when the limit is off or the peer has no IP address).
+func (d *Decider) admit(req *Request, c Credential) (netip.Addr, error) {
+	if d.fails == nil {
+		return netip.Addr{}, nil
+	}
+	addr := guard.AddrKey(d.ClientAddr(req))
+	if !addr.IsValid() {
+		return addr, nil
+	}
+	if ok, retry := d.fails.Admit(addr, credentialID(c), req.Time); !ok && (c.Signature != "" || !d.opt.Auth.Cached(c.Credential)) {
+		return addr, &TooManyFailuresError{RetryAfter: retry}
+	}
+	return addr, nil
+}
+
+// settle records an authentication's outcome for the failed-authentication
+// limit: a proved credential keeps working from addr, a refused one counts.
+func (d *Decider) settle(addr netip.Addr, c Credential, err error, now time.Time) {
+	if !addr.IsValid() {
+		return
+	}
+	switch {
+	case err == nil:
+		d.fails.Prove(addr, credentialID(c))
+	case errors.Is(err, keys.ErrInvalidCredential), errors.Is(err, keys.ErrBadSignature), errors.Is(err, keys.ErrNotSignable):
+		d.fails.Fail(addr, now)
+	}
+}
+
+// credentialID names a credential for the limiter's memory of proved ones:
+// the access key of a signed request, else the secret (stored only as a
+// keyed fingerprint).
+func credentialID(c Credential) string {
+	if c.Signature != "" {
+		return c.AccessKey
+	}
+	return c.Secret
 }
 
 // Now is the Decider's clock: fronts use it so that every part of a
@@ -203,6 +273,13 @@ func (d *Decider) AuthenticateCredential(ctx context.Context, req *Request, cred
 // verify authenticates a credential; for a signed request it also returns
 // the nonce the caller must spend with its charge (see signing.go).
 func (d *Decider) verify(ctx context.Context, req *Request, c Credential) (p keys.Principal, nonce signedNonce, err error) {
+	addr, err := d.admit(req, c)
+	if err != nil {
+		return p, nonce, err
+	}
+	if d.fails != nil {
+		defer func() { d.settle(addr, c, err, req.Time) }()
+	}
 	start := time.Now()
 	if c.Signature != "" {
 		p, nonce, err = d.verifySigned(ctx, req, c)

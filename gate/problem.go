@@ -24,6 +24,9 @@ var (
 	ErrBusy            = errors.New("too many logins at once")
 	ErrUpstream        = errors.New("upstream unreachable")
 	ErrUpstreamTimeout = errors.New("upstream did not answer in time")
+	// ErrNonCanonicalPath refuses a path that is not canonical in reject
+	// mode, or cannot be made canonical (guard.CanonicalPath).
+	ErrNonCanonicalPath = errors.New("non-canonical request path")
 )
 
 // ClientError is a client mistake with the status and message the client
@@ -60,6 +63,7 @@ func Classify(err error, now time.Time) Problem {
 		bad      *ClientError
 		tooBig   *http.MaxBytesError
 		ts       *TSError
+		fails    *TooManyFailuresError
 	)
 	switch {
 	case errors.Is(err, keys.ErrNoCredential):
@@ -83,6 +87,11 @@ func Classify(err error, now time.Time) Problem {
 		return p
 	case errors.Is(err, quota.ErrReplay):
 		return Problem{Status: http.StatusUnauthorized, Message: "Request signature already used", Outcome: metrics.OutcomeInvalidCredential}
+	case errors.Is(err, keys.ErrUnsealable):
+		// A key sealed under an operator key this sidecar lacks (an older
+		// KEYGATE_SECRET_KEY): the gateway's problem, not the client's.
+		return Problem{Status: http.StatusServiceUnavailable, Message: "Signed request cannot be verified on this gateway right now, retry shortly",
+			Outcome: metrics.OutcomeInternal, RetryAfter: time.Second, Internal: true}
 	case errors.Is(err, keys.ErrUnavailable), errors.Is(err, quota.ErrUnavailable):
 		return Problem{Status: http.StatusServiceUnavailable, Message: "Key store unavailable, retry shortly", Outcome: metrics.OutcomeStoreUnavailable, RetryAfter: time.Second}
 	case errors.Is(err, ErrBusy):
@@ -91,6 +100,11 @@ func Classify(err error, now time.Time) Problem {
 		return Problem{Status: http.StatusGatewayTimeout, Message: "Upstream did not answer in time", Outcome: metrics.OutcomeUpstreamTimeout}
 	case errors.Is(err, ErrUpstream):
 		return Problem{Status: http.StatusBadGateway, Message: "Upstream unreachable", Outcome: metrics.OutcomeUpstreamError}
+	case errors.As(err, &fails):
+		return Problem{Status: http.StatusTooManyRequests, Message: "Too many failed authentications", Outcome: metrics.OutcomeInvalidCredential,
+			RetryAfter: max(fails.RetryAfter, time.Second)}
+	case errors.Is(err, ErrNonCanonicalPath):
+		return Problem{Status: http.StatusBadRequest, Message: "Non-canonical request path", Outcome: metrics.OutcomeBadRequest}
 	case errors.As(err, &tooBig):
 		return Problem{Status: http.StatusRequestEntityTooLarge, Message: fmt.Sprintf("Request body larger than %d bytes", tooBig.Limit), Outcome: metrics.OutcomeBadRequest}
 	case errors.As(err, &ts):

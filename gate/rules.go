@@ -33,8 +33,18 @@ const maxCost = 1_000_000
 
 // Rules are route rules in order: the first that matches wins. The zero
 // value matches nothing, so every request gets the default rule.
+//
+// Paths match without regard to case and with or without one trailing
+// slash, and a rule for GET also covers HEAD, because upstreams normalise
+// paths that way and answer HEAD from GET: a rule must not be skipped by a
+// spelling the upstream treats as the same route. The path matched is the
+// canonical one (guard.CanonicalPath), which is also what the upstream
+// receives.
 type Rules struct {
 	rules []Rule
+	// patterns are the rules' paths lower-cased, without a trailing slash
+	// (but "/"), so matching allocates nothing.
+	patterns []string
 }
 
 // Route is what the rules say of a request: the permission it needs and
@@ -46,8 +56,8 @@ type Route struct {
 
 // Match returns the permission and cost of a request.
 func (rs Rules) Match(method, p string) Route {
-	for _, r := range rs.rules {
-		if (r.Method == "" || r.Method == "*" || r.Method == method) && matchPath(r.Path, p) {
+	for i, r := range rs.rules {
+		if methodMatches(r.Method, method) && matchLowered(rs.patterns[i], p) {
 			d := defaultRoute(method)
 			if r.Permission != "" {
 				d.Permission = r.Permission
@@ -70,15 +80,53 @@ func defaultRoute(method string) Route {
 	}
 }
 
+// methodMatches reports whether a rule's method covers a request's: any
+// method for "*" or empty, and HEAD for GET.
+func methodMatches(rule, method string) bool {
+	return rule == "" || rule == "*" || rule == method || rule == http.MethodGet && method == http.MethodHead
+}
+
+// matchPath reports whether p matches a rule's path pattern; see Rules.
 func matchPath(pattern, p string) bool {
+	return matchLowered(lowerPattern(pattern), p)
+}
+
+// lowerPattern is a pattern as matchLowered wants it.
+func lowerPattern(pattern string) string {
+	return trimSlash(strings.ToLower(pattern))
+}
+
+// trimSlash drops one trailing slash, except from "/" and a prefix
+// pattern's "/*".
+func trimSlash(p string) string {
+	if len(p) > 1 && p[len(p)-1] == '/' {
+		return p[:len(p)-1]
+	}
+	return p
+}
+
+// matchLowered matches p against a lower-cased, trimmed pattern.
+func matchLowered(pattern, p string) bool {
+	p = trimSlash(p)
 	if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
-		return p == prefix || strings.HasPrefix(p, prefix+"/")
+		return strings.EqualFold(p, prefix) ||
+			len(p) > len(prefix) && p[len(prefix)] == '/' && strings.EqualFold(p[:len(prefix)], prefix)
 	}
 	if !strings.ContainsAny(pattern, "*?[\\") {
-		return pattern == p
+		return strings.EqualFold(pattern, p)
 	}
-	ok, _ := path.Match(pattern, p) // patterns are validated at load time
+	ok, _ := path.Match(pattern, lowerASCII(p)) // patterns are validated at load time
 	return ok
+}
+
+// lowerASCII lower-cases p, allocating only when p has an upper-case letter.
+func lowerASCII(p string) string {
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; 'A' <= c && c <= 'Z' {
+			return strings.ToLower(p)
+		}
+	}
+	return p
 }
 
 // LoadRules reads route rules from a YAML (or JSON, a subset of YAML) file:
@@ -120,7 +168,11 @@ func ParseRules(b []byte) (Rules, error) {
 		}
 		rules = append(rules, r)
 	}
-	return Rules{rules: rules}, nil
+	patterns := make([]string, len(rules))
+	for i, r := range rules {
+		patterns[i] = lowerPattern(r.Path)
+	}
+	return Rules{rules: rules, patterns: patterns}, nil
 }
 
 // decodeRule decodes one rule strictly: a mapping of known fields only.

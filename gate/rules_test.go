@@ -35,7 +35,16 @@ func TestRules(t *testing.T) {
 		{"DELETE", "/free/a/x", keys.PermWrite, 0},
 		{"GET", "/free/a/b/x", keys.PermRead, 1},
 		{"GET", "/exact", keys.PermAdmin, 1},
-		{"GET", "/exact/", keys.PermRead, 1},
+		// One trailing slash, any case, and HEAD for GET (issue 12):
+		// spellings an upstream treats as the same route.
+		{"GET", "/exact/", keys.PermAdmin, 1},
+		{"HEAD", "/exact", keys.PermAdmin, 1},
+		{"GET", "/EXACT", keys.PermAdmin, 1},
+		{"POST", "/API/v0/PIN/add", keys.PermPin, 5},
+		{"POST", "/api/v0/pin/", keys.PermPin, 5},
+		{"GET", "/exact/x", keys.PermRead, 1},
+		{"GET", "/exactly", keys.PermRead, 1},
+		{"DELETE", "/FREE/a/X/", keys.PermWrite, 0},
 		{"HEAD", "/", keys.PermRead, 1},
 		{"OPTIONS", "/", keys.PermRead, 1},
 		{"PATCH", "/", keys.PermWrite, 1},

@@ -171,9 +171,15 @@ func TestSignedRequestsDataPath(t *testing.T) {
 		}
 	})
 	t.Run("percent-encoded path signed as sent", func(t *testing.T) {
-		target := "/files/a%2Fb%41?ts=" + ts(2)
+		target := "/files/a%20b%41?ts=" + ts(2)
 		if code, body := e.do(t, "GET", target, "", e.secret); code != 200 {
 			t.Errorf("got %d %s", code, body)
+		}
+		// An encoded slash is refused before any signature check: servers
+		// disagree on whether it separates segments (issue 12).
+		target = "/files/a%2Fb?ts=" + ts(2)
+		if code, body := e.do(t, "GET", target, "", e.secret); code != 400 || body != dataBody(400, "Non-canonical request path") {
+			t.Errorf("encoded slash: got %d %s", code, body)
 		}
 	})
 	t.Run("Sign helper", func(t *testing.T) {

@@ -36,9 +36,24 @@ type AuthOptions struct {
 	// OnRevocation, when set, is told of each revocation received through
 	// Watch and how long after publication it was applied.
 	OnRevocation func(lag time.Duration)
+	// Unknown, when set, remembers secrets the store said do not exist, so
+	// that a flood of well-formed unknown secrets costs no store reads. It
+	// is forgotten whenever a revocation arrives or is made here (any key
+	// created or changed).
+	Unknown UnknownSecrets
 	// Sealer opens the sealed secrets signed requests are verified with;
 	// nil turns signed requests off (ErrSigningOff). See AuthenticateSigned.
 	Sealer *Sealer
+}
+
+// UnknownSecrets is a bounded memory of secret hashes the store does not
+// know (guard.UnknownSecrets). An Add carries the Generation read before the
+// store lookup, so one that raced with a Reset is void.
+type UnknownSecrets interface {
+	Has(hash [32]byte) bool
+	Add(gen uint64, hash [32]byte)
+	Generation() uint64
+	Reset()
 }
 
 // Authenticator turns credentials into principals. A verified key is cached
@@ -102,6 +117,14 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 		return matchAccessKey(cached, c)
 	}
 
+	var unknownGen uint64
+	if u := a.opt.Unknown; u != nil {
+		if u.Has(h) {
+			a.observe("unknown")
+			return Principal{}, ErrInvalidCredential
+		}
+		unknownGen = u.Generation()
+	}
 	p, err := a.loadShared(ctx, h, now)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) && ok && a.opt.StaleAuth > 0 && now.Sub(cached.VerifiedAt) < a.opt.StaleAuth {
@@ -111,6 +134,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 		}
 		if errors.Is(err, ErrNotFound) {
 			a.forget(h)
+			if a.opt.Unknown != nil {
+				a.opt.Unknown.Add(unknownGen, h)
+			}
 			return Principal{}, ErrInvalidCredential
 		}
 		return Principal{}, err
@@ -219,6 +245,9 @@ func matchAccessKey(p Principal, c Credential) (Principal, error) {
 // changes a key calls it so its own next request is refused without waiting
 // for the store's broadcast.
 func (a *Authenticator) Revoke(r Revocation) {
+	if a.opt.Unknown != nil {
+		a.opt.Unknown.Reset()
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.gen++
@@ -232,6 +261,9 @@ func (a *Authenticator) Revoke(r Revocation) {
 
 // Flush forgets every cached principal.
 func (a *Authenticator) Flush() {
+	if a.opt.Unknown != nil {
+		a.opt.Unknown.Reset()
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.gen++
@@ -308,5 +340,31 @@ func principalVerifiedAt(p Principal) time.Time { return p.VerifiedAt }
 func (a *Authenticator) observe(result string) {
 	if a.opt.OnLookup != nil {
 		a.opt.OnLookup(result)
+	}
+}
+
+// Cached reports whether c is a credential the cache verified within its
+// TTL: the answer needs no store read. The failed-authentication limit lets
+// such credentials through.
+func (a *Authenticator) Cached(c Credential) bool {
+	if !CheckSecret(c.Secret) {
+		return false
+	}
+	h := HashSecret(c.Secret)
+	a.mu.RLock()
+	p, ok := a.entries[h]
+	a.mu.RUnlock()
+	if !ok || a.opt.Now().Sub(p.VerifiedAt) >= a.opt.TTL {
+		return false
+	}
+	_, err := matchAccessKey(p, c)
+	return err == nil
+}
+
+// ForgetUnknown forgets the secrets remembered as unknown: a key was
+// created (or changed) here, and its secret must not be refused as one.
+func (a *Authenticator) ForgetUnknown() {
+	if a.opt.Unknown != nil {
+		a.opt.Unknown.Reset()
 	}
 }

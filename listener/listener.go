@@ -7,12 +7,14 @@
 package listener
 
 import (
+	"io"
 	"net/http"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/metrics"
 )
@@ -69,8 +71,13 @@ type Options struct {
 	// WriteTimeout.
 	UpstreamTimeout time.Duration
 	WriteTimeout    time.Duration
-	Log             *zap.Logger
-	Metrics         *metrics.Metrics
+	// RejectNonCanonical refuses a request whose path is not canonical
+	// (KEYGATE_PATH_NORMALIZE=reject) instead of rewriting it (the
+	// default). Paths that cannot be made canonical (a NUL, a backslash,
+	// an encoded slash) are refused either way.
+	RejectNonCanonical bool
+	Log                *zap.Logger
+	Metrics            *metrics.Metrics
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -116,12 +123,36 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// by an earlier request, and covers net/http's own writes (100
 	// Continue, the final flush). Deadlines use the real clock, not opt.Now.
 	sw.DeadlineFor(time.Now(), l.opt.UpstreamTimeout+l.opt.WriteTimeout)
-	if route, ok := l.opt.Routes.Lookup(r.Method, r.URL.Path); ok {
+	if r.Body != nil && r.Body != http.NoBody {
+		sw.body.ReadCloser = r.Body
+		r.Body = &sw.body
+	}
+	if !l.canonicalise(r) {
+		sw.Fail(r, gate.ErrNonCanonicalPath, start, l.opt.Log)
+	} else if route, ok := l.opt.Routes.Lookup(r.Method, r.URL.Path); ok {
 		l.serveSelf(route, sw, r)
 	} else {
 		l.opt.Data.Serve(sw, r)
 	}
 	Finish(l.access, l.opt.Metrics, r, sw, l.opt.Now().Sub(start))
+}
+
+// canonicalise rewrites r's path to its canonical form (guard.CanonicalPath),
+// which self-served routes, route rules and the upstream all see; it
+// reports false when the path must be refused instead. The path as sent
+// stays in r.RequestURI, which signatures cover.
+func (l *Listener) canonicalise(r *http.Request) bool {
+	d, e, changed, err := guard.CanonicalPath(r.URL.Path, r.URL.EscapedPath())
+	if err != nil || changed && l.opt.RejectNonCanonical {
+		return false
+	}
+	if changed {
+		r.URL.Path, r.URL.RawPath = d, e
+		if d == e {
+			r.URL.RawPath = ""
+		}
+	}
+	return true
 }
 
 // serveSelf runs a self-served route. Its body (1 MiB at most) must arrive
@@ -202,6 +233,10 @@ type Writer struct {
 	CountEgress bool
 	Egress      int64
 
+	// body wraps the request body (when there is one) to learn whether it
+	// was read to its end.
+	body trackedBody
+
 	writeTimeout time.Duration
 	// renewAt is when the write deadline is next moved: half-way to it, so
 	// a stream of small writes does not reset the deadline on each one.
@@ -236,6 +271,9 @@ func (w *Writer) WriteHeader(code int) {
 	}
 	if w.Status == 0 && code >= 200 {
 		w.Status = code
+	}
+	if code >= 400 {
+		w.refuseUnreadBody()
 	}
 	w.extendDeadline(time.Now())
 	w.ResponseWriter.WriteHeader(code)
@@ -279,4 +317,31 @@ func AuthenticateCredential(g *gate.Decider, w *Writer, r *http.Request, cred ga
 	}
 	w.Org, w.Key = p.Key.OrgID, p.Key.UID
 	return p, nil
+}
+
+// trackedBody is a request body that remembers whether it was read to its
+// end (or failed).
+type trackedBody struct {
+	io.ReadCloser
+	done bool
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.done = true
+	}
+	return n, err
+}
+
+// refuseUnreadBody makes a refusal not wait for a body nobody read: the
+// answer carries Connection: close and the connection's read deadline is
+// now, so net/http neither drains the body before answering nor holds the
+// goroutine draining it afterwards; the connection closes after the answer.
+func (w *Writer) refuseUnreadBody() {
+	if w.body.ReadCloser == nil || w.body.done {
+		return
+	}
+	w.Header()["Connection"] = []string{"close"}
+	_ = http.NewResponseController(w.ResponseWriter).SetReadDeadline(time.Now()) // unsupported by test recorders: fine
 }

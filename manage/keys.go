@@ -66,6 +66,7 @@ func (s *Service) CreateKey(ctx context.Context, req NewKey) (keys.Key, string, 
 	if err := s.opt.Store.CreateKey(ctx, k, allocLimit); err != nil {
 		return keys.Key{}, "", fmt.Errorf("creating key: %w", err)
 	}
+	s.opt.Auth.ForgetUnknown()
 	return k, secret, nil
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/metrics"
 	"github.com/keygate/keygate/quota"
 )
 
@@ -92,8 +93,9 @@ var ErrOrgExists = &gate.ClientError{Status: http.StatusConflict, Msg: "an organ
 // orgIDPattern admits UUIDs and the short ids of seed 001 ("jack_001").
 var orgIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
-// ValidOrgID reports whether id can name an organization.
-func ValidOrgID(id string) bool { return orgIDPattern.MatchString(id) }
+// ValidOrgID reports whether id can name an organization: the pattern, and
+// not a label value the metrics reserve.
+func ValidOrgID(id string) bool { return orgIDPattern.MatchString(id) && !metrics.ReservedOrg(id) }
 
 // NewOrg is what creating an organization asks for.
 type NewOrg struct {
@@ -134,7 +136,7 @@ func (s *Service) CreateOrg(ctx context.Context, b NewOrg, partnerID string) (ke
 			return keys.Org{}, err
 		}
 	} else if !ValidOrgID(id) {
-		return keys.Org{}, &keys.InvalidError{Field: "id", Reason: "want 1 to 64 letters, digits, '.', '_' or '-' (a UUID fits)"}
+		return keys.Org{}, &keys.InvalidError{Field: "id", Reason: "want 1 to 64 letters, digits, '.', '_' or '-' (a UUID fits), not none or other"}
 	}
 	o := keys.Org{ID: id, Name: b.Name, Email: b.Email, EmailVerified: b.EmailVerified, PlanID: *b.PlanID,
 		MaxAPIRequests: b.MaxAPIRequests, Unlimited: b.Unlimited, Partner: b.Partner, PartnerID: partnerID,

@@ -91,8 +91,14 @@ func (b *Book) Add(org string, m quota.Meter, delta int64, at time.Time, limits 
 	k := usageKey{org: org, meter: m, sec: at.Unix()}
 	b.mu.Lock()
 	v := b.pending[k]
-	b.pending[k] = usageVal{delta: v.delta + delta, limits: limits}
+	sum, overflow := addInt64(v.delta, delta)
+	if !overflow {
+		b.pending[k] = usageVal{delta: sum, limits: limits}
+	}
 	b.mu.Unlock()
+	if overflow {
+		b.log.Warn("metered usage would overflow; this delta is dropped", zap.String("org_id", org), zap.String("meter", m.Name), zap.Int64("delta", delta))
+	}
 }
 
 // take returns and clears the pending deltas.
@@ -188,6 +194,10 @@ func ForName(name string, period quota.Period) quota.Meter {
 	return quota.Meter{Name: name, Period: quota.PeriodNone}
 }
 
+// MaxDelta bounds one reported delta (2^53, 8 PiB of bytes): no sum of a
+// flush's deltas can then overflow a counter that is far from its end.
+const MaxDelta = 1 << 53
+
 // ParseItem parses one item of X-Keygate-Usage, "meter=+123" or "meter=-5".
 func ParseItem(item string) (string, int64, bool) {
 	name, num, ok := strings.Cut(strings.TrimSpace(item), "=")
@@ -195,7 +205,7 @@ func ParseItem(item string) (string, int64, bool) {
 		return "", 0, false
 	}
 	d, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
-	if err != nil {
+	if err != nil || d > MaxDelta || d < -MaxDelta {
 		return "", 0, false
 	}
 	return name, d, true
@@ -213,4 +223,10 @@ func ValidName(s string) bool {
 		}
 	}
 	return true
+}
+
+// addInt64 adds without wrapping: overflow reports a sum out of range.
+func addInt64(a, b int64) (sum int64, overflow bool) {
+	sum = a + b
+	return sum, (b > 0 && sum < a) || (b < 0 && sum > a)
 }

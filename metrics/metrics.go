@@ -16,6 +16,10 @@ import (
 	"github.com/keygate/keygate/quota"
 )
 
+// ReservedOrg reports whether id is one of the org label values the
+// metrics reserve ("none", "other"): no organization may be called so.
+func ReservedOrg(id string) bool { return id == orgNone || id == orgOther }
+
 // orgOther is the org label of organizations past the cardinality cap, and
 // orgNone that of requests without an authenticated organization.
 const (

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/listener"
 	"github.com/keygate/keygate/meter"
@@ -29,8 +30,7 @@ const (
 	headerPermissions = "X-Keygate-Permissions"
 	// headerUsage is how the upstream reports metered usage; it never
 	// reaches the client.
-	headerUsage   = "X-Keygate-Usage"
-	keygatePrefix = "X-Keygate-"
+	headerUsage = "X-Keygate-Usage"
 )
 
 // newTransport returns the upstream transport: a clone of the default with
@@ -59,12 +59,16 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 			pr.Out.Host = pr.In.Host // the backend sees the host the client asked for
 			info, _ := pr.In.Context().Value(forwardKey{}).(*forwardInfo)
 			stripInbound(pr.Out.Header, info != nil && info.v.Bearer)
-			// Keep the chain of proxies in front of keygate, then add the
-			// client's address.
-			if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
-				pr.Out.Header["X-Forwarded-For"] = xff
-			}
+			// X-Forwarded-Host and -Proto from the request itself; then
+			// X-Forwarded-For: the peer's address alone when it is not a
+			// trusted proxy (what it sent is its own invention), the chain
+			// behind it when it is.
 			pr.SetXForwarded()
+			if fwd := guard.ForwardedFor(pr.In.RemoteAddr, pr.In.Header["X-Forwarded-For"], h.opt.TrustedProxies); fwd != "" {
+				pr.Out.Header["X-Forwarded-For"] = []string{fwd}
+			} else {
+				delete(pr.Out.Header, "X-Forwarded-For")
+			}
 			if info != nil {
 				setIdentity(pr.Out.Header, &info.v.Principal)
 			}
@@ -102,7 +106,7 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 }
 
 // stripInbound removes the credential headers keygate reads and every
-// client-sent X-Keygate-* header, so the upstream can trust the ones keygate
+// client-sent X-Keygate-* header (guard.IsIdentityHeader), so the upstream can trust the ones keygate
 // sets. Authorization goes only when keygate consumed its bearer token: next
 // to another credential form it is the backend's own.
 func stripInbound(h http.Header, bearerConsumed bool) {
@@ -114,9 +118,9 @@ func stripInbound(h http.Header, bearerConsumed bool) {
 		delete(h, gate.HeaderAuthorization)
 	}
 	for name := range h {
-		// Names are canonical ("X-Keygate-…") except in headers a caller
-		// built by hand; compare without regard to case to be sure.
-		if len(name) >= len(keygatePrefix) && strings.EqualFold(name[:len(keygatePrefix)], keygatePrefix) {
+		// Every spelling a server may map onto ours: any case, and "_"
+		// for "-" (CGI, WSGI, nginx with underscores_in_headers).
+		if guard.IsIdentityHeader(name) {
 			delete(h, name)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/listener"
 	"github.com/keygate/keygate/meter"
 	"github.com/keygate/keygate/metrics"
@@ -33,6 +34,9 @@ type Options struct {
 	// long as the client keeps it moving; a client that stalls cannot hold a
 	// connection (and an upstream one) for ever.
 	WriteTimeout time.Duration
+	// TrustedProxies are the peers whose X-Forwarded-For is kept and
+	// appended to; from any other peer it is replaced by the peer's address.
+	TrustedProxies guard.TrustedProxies
 	// Transport replaces the upstream transport (tests).
 	Transport http.RoundTripper
 	Log       *zap.Logger

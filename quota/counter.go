@@ -65,6 +65,9 @@ var (
 	ErrUnavailable = errors.New("quota store unavailable")
 	// ErrReplay means the charge's Nonce was used before.
 	ErrReplay = errors.New("nonce already used")
+	// ErrOverflow means a meter booking would take a counter out of the
+	// int64 range; nothing of that booking was applied.
+	ErrOverflow = errors.New("meter counter would overflow")
 )
 
 // CheckOrgID refuses organization ids a counter cannot key: empty, or with
@@ -111,7 +114,9 @@ type Counter interface {
 	// Add books meter deltas for an organization in the windows at at and
 	// returns each meter's total right after its delta was applied, in the
 	// order given (a meter named twice gets its running total each time),
-	// so callers learn the new usage without another round trip.
+	// so callers learn the new usage without another round trip. It is
+	// all or nothing: a delta that would overflow a counter fails the call
+	// with ErrOverflow and books none of them.
 	Add(ctx context.Context, orgID string, at time.Time, deltas []MeterDelta) ([]int64, error)
 	// Meters reads meters of an organization in the windows at at, in the
 	// order asked.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keygate/keygate/admin"
 	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/listener"
 	"github.com/keygate/keygate/manage"
@@ -58,6 +59,14 @@ type Options struct {
 	Sealer *keys.Sealer
 	// Provider is the provider field of the stats routes (default keygate).
 	Provider string
+	// RejectNonCanonical refuses non-canonical paths instead of rewriting
+	// them (KEYGATE_PATH_NORMALIZE=reject).
+	RejectNonCanonical bool
+	// FailLimit bounds failed authentications per client address, and
+	// LoginFailLimit failed seed 003 logins per username; zero = off.
+	FailLimit, LoginFailLimit guard.FailLimit
+	// TrustedProxies are the peers whose X-Forwarded-For names the client.
+	TrustedProxies guard.TrustedProxies
 	// AdminToken guards the operator API; empty = no operator API.
 	AdminToken string
 	// AdminPublic are operator-listener routes served without the token.
@@ -94,16 +103,18 @@ func New(o Options) *Sidecar {
 		o.Log = zap.NewNop()
 	}
 	g := gate.New(gate.Options{
-		Auth:          o.Auth,
-		Counter:       o.Counter,
-		RemoteCounter: o.RemoteCounter,
-		Rules:         o.Rules,
-		FailOpen:      o.FailOpen,
-		StoreTimeout:  o.StoreTimeout,
-		TSSkew:        o.TSSkew,
-		Log:           o.Log,
-		Metrics:       o.Metrics,
-		Now:           o.Now,
+		Auth:           o.Auth,
+		Counter:        o.Counter,
+		RemoteCounter:  o.RemoteCounter,
+		Rules:          o.Rules,
+		FailOpen:       o.FailOpen,
+		StoreTimeout:   o.StoreTimeout,
+		TSSkew:         o.TSSkew,
+		FailLimit:      o.FailLimit,
+		TrustedProxies: o.TrustedProxies,
+		Log:            o.Log,
+		Metrics:        o.Metrics,
+		Now:            o.Now,
 	})
 	m := manage.New(manage.Options{
 		Store:        o.Store,
@@ -121,6 +132,7 @@ func New(o Options) *Sidecar {
 		Book:            book,
 		UpstreamTimeout: o.UpstreamTimeout,
 		WriteTimeout:    o.WriteTimeout,
+		TrustedProxies:  o.TrustedProxies,
 		Transport:       o.Transport,
 		Log:             o.Log,
 		Metrics:         o.Metrics,
@@ -129,17 +141,18 @@ func New(o Options) *Sidecar {
 	routes := dataRoutes(
 		account.New(account.Options{Gate: g, Manage: m, Log: o.Log}),
 		gw3.New(gw3.Options{Gate: g, Manage: m, Provider: o.Provider, Log: o.Log}),
-		user.New(user.Options{Gate: g, Manage: m, Log: o.Log}),
+		user.New(user.Options{Gate: g, Manage: m, LoginFailLimit: o.LoginFailLimit, Log: o.Log}),
 	)
 	s := &Sidecar{
 		Data: listener.New(listener.Options{
-			Routes:          routes,
-			Data:            data,
-			UpstreamTimeout: o.UpstreamTimeout,
-			WriteTimeout:    o.WriteTimeout,
-			Log:             o.Log,
-			Metrics:         o.Metrics,
-			Now:             o.Now,
+			Routes:             routes,
+			Data:               data,
+			UpstreamTimeout:    o.UpstreamTimeout,
+			WriteTimeout:       o.WriteTimeout,
+			RejectNonCanonical: o.RejectNonCanonical,
+			Log:                o.Log,
+			Metrics:            o.Metrics,
+			Now:                o.Now,
 		}),
 		Book:   book,
 		Gate:   g,

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/keygate/keygate/guard"
 )
 
 // envPrefix starts every configuration variable.
@@ -71,6 +73,35 @@ type config struct {
 	ShutdownDelay time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
+	// PathNormalize is what happens to a non-canonical request path:
+	// rewrite it (as nginx does) or reject it with 400.
+	PathNormalize string `env:"PATH_NORMALIZE" envDefault:"rewrite"`
+	// AuthFailLimit bounds failed authentications per client address
+	// ("20/10s"; off disables).
+	AuthFailLimit string `env:"AUTH_FAIL_LIMIT" envDefault:"20/10s"`
+	// LoginFailLimit bounds failed seed 003 password logins per username.
+	LoginFailLimit string `env:"LOGIN_FAIL_LIMIT" envDefault:"5/1m"`
+	// TrustedProxies are the peers (CIDRs or addresses) whose
+	// X-Forwarded-For names the client.
+	TrustedProxies string `env:"TRUSTED_PROXIES"`
+	// MaxConnections bounds the open connections of each listener.
+	MaxConnections int `env:"MAX_CONNECTIONS" envDefault:"10000"`
+}
+
+// The parsed forms of settings validate checked.
+func (c config) authFailLimit() guard.FailLimit {
+	l, _ := guard.ParseFailLimit(c.AuthFailLimit)
+	return l
+}
+
+func (c config) loginFailLimit() guard.FailLimit {
+	l, _ := guard.ParseFailLimit(c.LoginFailLimit)
+	return l
+}
+
+func (c config) trustedProxies() guard.TrustedProxies {
+	t, _ := guard.ParseTrustedProxies(c.TrustedProxies)
+	return t
 }
 
 // loadConfig parses and validates the configuration from environ. Every
@@ -133,6 +164,20 @@ func (c config) validate() error {
 	}
 	if c.SecretKeyPrevious != "" && c.SecretKey == "" {
 		bad("SECRET_KEY_PREVIOUS", "set without KEYGATE_SECRET_KEY")
+	}
+	if c.PathNormalize != "rewrite" && c.PathNormalize != "reject" {
+		bad("PATH_NORMALIZE", "want rewrite or reject, got %q", c.PathNormalize)
+	}
+	for name, v := range map[string]string{"AUTH_FAIL_LIMIT": c.AuthFailLimit, "LOGIN_FAIL_LIMIT": c.LoginFailLimit} {
+		if _, err := guard.ParseFailLimit(v); err != nil {
+			bad(name, "%v", err)
+		}
+	}
+	if _, err := guard.ParseTrustedProxies(c.TrustedProxies); err != nil {
+		bad("TRUSTED_PROXIES", "%v", err)
+	}
+	if c.MaxConnections < 1 {
+		bad("MAX_CONNECTIONS", "must be at least 1")
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

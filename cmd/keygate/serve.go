@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	kgate "github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/keys/memstore"
 	"github.com/keygate/keygate/keys/redisstore"
@@ -67,30 +68,35 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		StaleAuth:    cfg.StaleAuth,
 		OnLookup:     mtr.AuthLookup,
 		OnRevocation: mtr.Revocation,
+		Unknown:      guard.NewUnknownSecrets(0),
 		Sealer:       sealer,
 	})
 	upstream := cfg.UpstreamURL
 	sc := sidecar.New(sidecar.Options{
-		Upstream:        &upstream,
-		Store:           st.keys,
-		Auth:            auth,
-		Counter:         st.counter,
-		RemoteCounter:   st.kind == "redis",
-		Rules:           rules,
-		FailOpen:        cfg.FailureMode == "open",
-		StoreTimeout:    cfg.RedisTimeout,
-		UpstreamTimeout: cfg.UpstreamTimeout,
-		TSSkew:          cfg.PartnerTSSkew,
-		Sealer:          sealer,
-		Provider:        cfg.Provider,
-		AdminToken:      cfg.AdminToken,
-		Log:             log,
-		Metrics:         mtr,
+		Upstream:           &upstream,
+		Store:              st.keys,
+		Auth:               auth,
+		Counter:            st.counter,
+		RemoteCounter:      st.kind == "redis",
+		Rules:              rules,
+		FailOpen:           cfg.FailureMode == "open",
+		StoreTimeout:       cfg.RedisTimeout,
+		UpstreamTimeout:    cfg.UpstreamTimeout,
+		TSSkew:             cfg.PartnerTSSkew,
+		Sealer:             sealer,
+		Provider:           cfg.Provider,
+		AdminToken:         cfg.AdminToken,
+		RejectNonCanonical: cfg.PathNormalize == "reject",
+		FailLimit:          cfg.authFailLimit(),
+		LoginFailLimit:     cfg.loginFailLimit(),
+		TrustedProxies:     cfg.trustedProxies(),
+		Log:                log,
+		Metrics:            mtr,
 	})
 
 	var draining atomic.Bool
 	servers := []*namedServer{
-		{name: "data", env: "KEYGATE_LISTEN_ADDR", addr: cfg.ListenAddr, srv: &http.Server{
+		{name: "data", env: "KEYGATE_LISTEN_ADDR", addr: cfg.ListenAddr, maxConns: cfg.MaxConnections, srv: &http.Server{
 			Handler:           sc.Data,
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       120 * time.Second,
@@ -100,7 +106,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 			// gets its own deadline (listener.Writer, proxy.Options.WriteTimeout).
 			ErrorLog: zap.NewStdLog(log.Named("http")),
 		}},
-		{name: "metrics", env: "KEYGATE_METRICS_ADDR", addr: cfg.MetricsAddr, srv: &http.Server{
+		{name: "metrics", env: "KEYGATE_METRICS_ADDR", addr: cfg.MetricsAddr, maxConns: cfg.MaxConnections, srv: &http.Server{
 			Handler:           metricsMux(reg, st, &draining, cfg.RedisTimeout),
 			ReadHeaderTimeout: 5 * time.Second,
 			WriteTimeout:      30 * time.Second,
@@ -108,7 +114,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		}},
 	}
 	if cfg.AdminToken != "" {
-		servers = append(servers, &namedServer{name: "admin", env: "KEYGATE_ADMIN_ADDR", addr: cfg.AdminAddr, srv: &http.Server{
+		servers = append(servers, &namedServer{name: "admin", env: "KEYGATE_ADMIN_ADDR", addr: cfg.AdminAddr, maxConns: cfg.MaxConnections, srv: &http.Server{
 			Handler:           sc.Admin,
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       30 * time.Second,
@@ -203,6 +209,8 @@ type namedServer struct {
 	name, env, addr string
 	srv             *http.Server
 	ln              net.Listener
+	// maxConns bounds the open connections (0 = no bound).
+	maxConns int
 }
 
 func (s *namedServer) listen() error {
@@ -211,6 +219,9 @@ func (s *namedServer) listen() error {
 		return fmt.Errorf("%s: %s listener on %s: %w", s.env, s.name, s.addr, err)
 	}
 	s.ln = ln
+	if s.maxConns > 0 {
+		s.ln = newLimitListener(ln, s.maxConns)
+	}
 	return nil
 }
 

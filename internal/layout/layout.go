@@ -40,8 +40,8 @@ var Layers = []Layer{
 	{Name: "standalone", Packages: []string{"openapi", "guard", "inject", "cmd/demo-upstream", "cmd/loadtest"}},
 	{Name: "decision", Packages: []string{"gate"}, May: []string{"domain", "metrics", "standalone"},
 		NoStd: []string{"net/http/httputil"}},
-	{Name: "manage", Packages: []string{"manage"}, May: []string{"decision", "domain"}, NoStd: []string{"net/http/httputil"}},
-	{Name: "listener", Packages: []string{"listener"}, May: []string{"decision", "domain", "metrics"}},
+	{Name: "manage", Packages: []string{"manage"}, May: []string{"decision", "domain", "metrics"}, NoStd: []string{"net/http/httputil"}},
+	{Name: "listener", Packages: []string{"listener"}, May: []string{"decision", "domain", "metrics", "standalone"}},
 	// Each front is a layer of its own, so that fronts cannot import each
 	// other.
 	{Name: "front proxy", Packages: []string{"proxy"}, May: frontMay},

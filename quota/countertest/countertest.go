@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -623,4 +624,16 @@ func testMeters(t *testing.T, s *suite) {
 	want("org2", base, all, 0, 0, 0)
 	add("org1", base, []int64{})
 	s.wantUsage(t, "org1", "k1", quota.PeriodMonth, base, 0, 0)
+
+	// A booking that would overflow int64 books nothing, not even the
+	// deltas before the one that overflows.
+	add("org5", base, []int64{math.MaxInt64 - 10, 5}, quota.MeterDelta{Meter: pinned, Delta: math.MaxInt64 - 10}, quota.MeterDelta{Meter: egress, Delta: 5})
+	if got, err := s.c.Add(s.ctx, "org5", base, []quota.MeterDelta{{Meter: egress, Delta: 1}, {Meter: pinned, Delta: 11}}); !errors.Is(err, quota.ErrOverflow) {
+		t.Errorf("overflowing Add = %v, %v; want ErrOverflow", got, err)
+	}
+	if got, err := s.c.Add(s.ctx, "org5", base, []quota.MeterDelta{{Meter: pinned, Delta: 6}, {Meter: pinned, Delta: 5}}); !errors.Is(err, quota.ErrOverflow) {
+		t.Errorf("Add overflowing on a meter named twice = %v, %v; want ErrOverflow", got, err)
+	}
+	want("org5", base, []quota.Meter{pinned, egress}, math.MaxInt64-10, 5)
+	add("org5", base, []int64{math.MaxInt64}, quota.MeterDelta{Meter: pinned, Delta: 10})
 }

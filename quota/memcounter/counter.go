@@ -184,11 +184,24 @@ func (c *Counter) Add(_ context.Context, orgID string, at time.Time, deltas []qu
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sweep(at)
+	// Check every delta (a meter may be named twice) before applying any.
+	next := make(map[countKey]int64, len(deltas))
 	for i, d := range deltas {
+		k := countKey{orgID, kindMeter, d.Meter.Name, d.Meter.Period.Window(at).ID}
+		cur, ok := next[k]
+		if !ok {
+			cur = c.get(k, at)
+		}
+		sum := cur + d.Delta
+		if (d.Delta > 0 && sum < cur) || (d.Delta < 0 && sum > cur) {
+			return nil, fmt.Errorf("booking meter %s of org %s: %w", d.Meter.Name, orgID, quota.ErrOverflow)
+		}
+		next[k], out[i] = sum, sum
+	}
+	for _, d := range deltas {
 		w := d.Meter.Period.Window(at)
 		k := countKey{orgID, kindMeter, d.Meter.Name, w.ID}
-		out[i] = c.get(k, at) + d.Delta
-		c.counts[k] = count{n: out[i], expireAt: w.ExpireAt()}
+		c.counts[k] = count{n: next[k], expireAt: w.ExpireAt()}
 	}
 	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,6 +38,13 @@ import (
 var chargeSrc string
 
 var chargeScript = redis.NewScript(chargeSrc)
+
+// addScript books meter deltas all or nothing (add.lua).
+//
+//go:embed add.lua
+var addSrc string
+
+var addScript = redis.NewScript(addSrc)
 
 // Reply statuses of charge.lua.
 const (
@@ -170,26 +178,26 @@ func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []
 	if len(deltas) == 0 {
 		return []int64{}, nil
 	}
-	incrs := make([]*redis.IntCmd, len(deltas))
-	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		for i, d := range deltas {
-			w := d.Meter.Period.Window(at)
-			k := meterKey(orgID, d.Meter.Name, w.ID)
-			incrs[i] = p.IncrBy(ctx, k, d.Delta)
-			if exp := w.ExpireAt(); !exp.IsZero() {
-				p.ExpireAt(ctx, k, exp)
-			}
+	keys := make([]string, len(deltas))
+	args := make([]any, 0, 2*len(deltas))
+	for i, d := range deltas {
+		w := d.Meter.Period.Window(at)
+		keys[i] = meterKey(orgID, d.Meter.Name, w.ID)
+		var exp int64
+		if e := w.ExpireAt(); !e.IsZero() {
+			exp = e.Unix()
 		}
-		return nil
-	})
+		args = append(args, d.Delta, exp)
+	}
+	out, err := addScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
 	if err != nil {
+		if strings.Contains(err.Error(), "keygate add: overflow") {
+			return nil, fmt.Errorf("booking meters of org %s: %w", orgID, quota.ErrOverflow)
+		}
 		return nil, storeError("booking meters of org "+orgID, err)
 	}
-	out := make([]int64, len(deltas))
-	for i, cmd := range incrs {
-		if out[i], err = cmd.Result(); err != nil {
-			return nil, fmt.Errorf("booking meters of org %s: meter %s: %w", orgID, deltas[i].Meter.Name, err)
-		}
+	if len(out) != len(deltas) {
+		return nil, fmt.Errorf("booking meters of org %s: %d totals for %d deltas", orgID, len(out), len(deltas))
 	}
 	return out, nil
 }

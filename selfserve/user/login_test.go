@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ func TestLoginFailuresCostTheSame(t *testing.T) {
 	}
 	login := func(user, pw string) (time.Duration, error) {
 		start := time.Now()
-		_, err := e.api.userLogin(ctx, &listener.Writer{}, user, pw)
+		_, err := e.api.userLogin(ctx, &listener.Writer{}, netip.Addr{}, user, pw)
 		return time.Since(start), err
 	}
 	if _, err := login("alice", "right"); err != nil {
@@ -85,14 +86,14 @@ func TestLoginsAreBounded(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err := e.api.userLogin(ctx, &listener.Writer{}, "alice", "pw")
+	_, err := e.api.userLogin(ctx, &listener.Writer{}, netip.Addr{}, "alice", "pw")
 	if p := gate.Classify(err, e.now); !errors.Is(err, gate.ErrBusy) || p.Status != http.StatusServiceUnavailable || p.RetryAfter == 0 {
 		t.Fatalf("login with every slot taken: %v → %+v, want 503 with Retry-After", err, p)
 	}
 	for range maxConcurrentLogins {
 		<-e.api.logins
 	}
-	if _, err := e.api.userLogin(context.Background(), &listener.Writer{}, "alice", "pw"); errors.Is(err, gate.ErrBusy) {
+	if _, err := e.api.userLogin(context.Background(), &listener.Writer{}, netip.Addr{}, "alice", "pw"); errors.Is(err, gate.ErrBusy) {
 		t.Fatal("login still busy with free slots")
 	}
 }

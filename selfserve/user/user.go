@@ -25,16 +25,19 @@ package user
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"mime"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/listener"
 	"github.com/keygate/keygate/manage"
@@ -49,7 +52,11 @@ const maxConcurrentLogins = 2
 type Options struct {
 	Gate   *gate.Decider
 	Manage *manage.Service
-	Log    *zap.Logger
+	// LoginFailLimit bounds the password logins per username from
+	// addresses that have not logged in as that user before
+	// (KEYGATE_LOGIN_FAIL_LIMIT); the zero value is off.
+	LoginFailLimit guard.FailLimit
+	Log            *zap.Logger
 }
 
 // API serves the seed 003 routes.
@@ -58,6 +65,9 @@ type API struct {
 	log *zap.Logger
 	// logins bounds the password checks running at once.
 	logins chan struct{}
+	// loginFails counts failed logins by username hash, remembering the
+	// addresses that logged in; nil when off.
+	loginFails *guard.FailLimiter[[32]byte, netip.Addr]
 }
 
 // New returns the API for o.
@@ -68,7 +78,11 @@ func New(o Options) *API {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
-	return &API{opt: o, log: o.Log.Named("user"), logins: make(chan struct{}, maxConcurrentLogins)}
+	a := &API{opt: o, log: o.Log.Named("user"), logins: make(chan struct{}, maxConcurrentLogins)}
+	if !o.LoginFailLimit.Off() {
+		a.loginFails = guard.NewFailLimiter[[32]byte, netip.Addr](o.LoginFailLimit, 0, 0)
+	}
+	return a
 }
 
 // Error ids of the seed 003 routes (the error_id field).
@@ -257,7 +271,14 @@ func (a *API) userAuth(w *listener.Writer, r *http.Request, form url.Values) (ke
 // userLogin verifies the organization's username and password. An unknown
 // user and a wrong password give the same answer after the same work: the
 // password is always verified, against a dummy hash when there is no user.
-func (a *API) userLogin(ctx context.Context, w *listener.Writer, username, password string) (keys.Org, error) {
+func (a *API) userLogin(ctx context.Context, w *listener.Writer, from netip.Addr, username, password string) (keys.Org, error) {
+	// Logins are limited per username (hashed: the name is the client's,
+	// of any length); an address that logged in as that user before keeps
+	// its way in while someone else guesses.
+	user := sha256.Sum256([]byte(username))
+	if err := a.admitLogin(user, from); err != nil {
+		return keys.Org{}, err
+	}
 	o, err := a.opt.Manage.Store().OrgByUsername(ctx, username)
 	if err != nil && !errors.Is(err, keys.ErrNotFound) {
 		return keys.Org{}, fmt.Errorf("reading login: %w", err)
@@ -273,8 +294,27 @@ func (a *API) userLogin(ctx context.Context, w *listener.Writer, username, passw
 	if ok := keys.VerifyPassword(o.PasswordHash, password); !ok || o.Username == "" {
 		return keys.Org{}, withUserID(userErrUnauthorized, &gate.ClientError{Status: http.StatusForbidden, Msg: "Invalid username or password"})
 	}
+	if a.loginFails != nil && from.IsValid() {
+		a.loginFails.Prove(user, from)
+	}
 	w.Org = o.ID
 	return o, nil
+}
+
+// admitLogin refuses a login for a username past its limit, unless from
+// logged in as that user before. Every other attempt counts against the
+// limit before its password is checked, so a burst cannot pass all at once
+// while none has failed yet, nor hold the password-check slots.
+func (a *API) admitLogin(user [32]byte, from netip.Addr) error {
+	if a.loginFails == nil || from.IsValid() && a.loginFails.Proven(user, from) {
+		return nil
+	}
+	now := a.opt.Manage.Now()
+	if ok, retry := a.loginFails.Allow(user, now); !ok {
+		return &gate.TooManyFailuresError{RetryAfter: retry}
+	}
+	a.loginFails.Fail(user, now)
+	return nil
 }
 
 // userKey is a key as /user/apikeys lists it.
@@ -349,7 +389,9 @@ func (a *API) CreateAPIKey(w *listener.Writer, r *http.Request) {
 	defer cancel()
 	var orgID string
 	if login {
-		o, err := a.userLogin(ctx, w, form.Get("username"), form.Get("password"))
+		req := gate.RequestOf(r, a.opt.Manage.Now())
+		from := guard.AddrKey(a.opt.Gate.ClientAddr(&req))
+		o, err := a.userLogin(ctx, w, from, form.Get("username"), form.Get("password"))
 		if err != nil {
 			fail(err)
 			return
