@@ -506,7 +506,7 @@ func (h *Handler) adminPatchKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	k, err := h.opt.Store.SetKeyMax(ctx, o.ID, r.PathValue("name"), b.MaxAPIRequests, limit)
+	k, err := h.opt.Store.UpdateKey(ctx, o.ID, r.PathValue("name"), keys.KeyPatch{MaxAPIRequests: keys.ChangeTo(b.MaxAPIRequests)}, limit)
 	if err = h.madeAnyway(err); err != nil {
 		return fmt.Errorf("changing key: %w", err)
 	}
