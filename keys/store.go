@@ -12,7 +12,8 @@ import (
 // (wrapped) when the backing service cannot be reached. keys/storetest is the
 // conformance suite every implementation passes.
 type Store interface {
-	// CreatePlan adds a plan; ErrConflict when its id is taken.
+	// CreatePlan adds a plan (p.Validate first); ErrConflict when its id is
+	// taken.
 	CreatePlan(ctx context.Context, p Plan) error
 	// Plan returns the plan with the given id.
 	Plan(ctx context.Context, id int64) (Plan, error)
@@ -25,8 +26,8 @@ type Store interface {
 	// (Revocation{PlanID: id}). ErrNotFound when there is no such plan.
 	UpdatePlan(ctx context.Context, id int64, p PlanPatch) (Plan, error)
 
-	// CreateOrg adds an organization; ErrConflict when its id or its
-	// username is taken.
+	// CreateOrg adds an organization (o.Validate first); ErrConflict when its
+	// id or its username is taken.
 	CreateOrg(ctx context.Context, o Org) error
 	// Org returns the organization with the given id.
 	Org(ctx context.Context, id string) (Org, error)
@@ -68,7 +69,8 @@ type Store interface {
 	// during another's grace replaces that grace: only the secret it retires
 	// stays valid, the one retired before is refused at once. It tells every
 	// sidecar to forget the key. ErrNotFound when there is no such key (or
-	// r.UID is set and name no longer names that key).
+	// r.UID is set and name no longer names that key); a *InvalidError for
+	// a grace out of bounds or a hash that is already the key's.
 	RotateKey(ctx context.Context, orgID, name string, r Rotation) (k Key, previousExpiresAt time.Time, err error)
 	// TouchKeys records when keys last authenticated a request, many keys
 	// in one round trip: for each key, last_used_at becomes the given time
@@ -164,9 +166,14 @@ func (r Rotation) Validate() error {
 // Apply returns k with its secret rotated: the new hash and sealed secret
 // current, the old ones kept as Previous until r.Now+r.Grace (no Previous
 // when Grace is 0), and the end of the previous secret's validity. A
-// previous secret k already had is dropped. Stores call it so both rotate
+// previous secret k already had is dropped. A new hash equal to k's current
+// or previous one is refused (a *InvalidError): reusing a secret would let
+// the end of its own grace retire it. Stores call Apply so both rotate
 // alike; it shares no memory with r.
-func (r Rotation) Apply(k Key) (Key, time.Time) {
+func (r Rotation) Apply(k Key) (Key, time.Time, error) {
+	if r.Hash == k.SecretHash || (k.Previous != nil && r.Hash == k.Previous.Hash) {
+		return Key{}, time.Time{}, &InvalidError{Field: "secret", Reason: "must differ from the key's current and previous secrets"}
+	}
 	until := r.Now.Add(r.Grace).UTC()
 	k.Previous = nil
 	if r.Grace > 0 {
@@ -174,7 +181,7 @@ func (r Rotation) Apply(k Key) (Key, time.Time) {
 	}
 	k.SecretHash = r.Hash
 	k.SealedSecret = slices.Clone(r.Sealed)
-	return k, until
+	return k, until, nil
 }
 
 // Allocated returns the sum of the per-key maxima of ks.

@@ -315,7 +315,10 @@ func (s *Store) RotateKey(_ context.Context, orgID, name string, r keys.Rotation
 		return keys.Key{}, time.Time{}, fmt.Errorf("secret hash of key %q: %w", name, keys.ErrConflict)
 	}
 	old := s.keys[uid]
-	k, until := r.Apply(old)
+	k, until, err := r.Apply(old)
+	if err != nil {
+		return keys.Key{}, time.Time{}, err
+	}
 	if old.Previous != nil {
 		s.unindexHash(old.Previous.Hash, uid)
 	}

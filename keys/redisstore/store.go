@@ -2,10 +2,14 @@
 // Redis server or a Redis Cluster (any redis.UniversalClient).
 //
 // Records are the JSON of the domain types (their JSON tags are the storage
-// format). Everything about one organization carries the hash tag {<orgID>}
-// (see keys.go), so each multi-key atomic step — creating a key with its
-// allocation check and name uniqueness, deleting a key, changing a key's
-// maximum — is one Lua script on one Cluster slot.
+// format; fields added later are omitted when empty, so a record written by an
+// earlier version reads as a key that is enabled, never expires and has no
+// rate limit). Everything about one organization carries the hash tag
+// {<orgID>} (see keys.go), so each multi-key atomic step — creating a key with
+// its allocation check and name uniqueness, deleting a key, changing a key
+// with its maximum, recording last-used times — is one Lua script on one
+// Cluster slot. A key's last-used time is a key of its own beside the record,
+// so recording uses never conflicts with the record's compare-and-set.
 //
 // The global lookup indices (secret hash → key, uid → organization, username →
 // organization, the organization list) cannot share an organization's slot and
@@ -20,7 +24,10 @@
 //
 // A failure between the two steps leaves, at worst, a record without its index
 // (a key that cannot authenticate) or an index without its record (read as not
-// found), never a deleted key that still authenticates.
+// found), never a deleted key that still authenticates. A rotation indexes
+// the new secret before it writes the record and retires the old secret's
+// entry after; lookups by hash check the record (current secret, or previous
+// secret within its grace), so a stale entry never authenticates.
 //
 // Revocations are published as JSON keys.Revocation on the pub/sub channel
 // kg:revocations; Watch subscribes to it.
@@ -519,7 +526,10 @@ func (s *Store) RotateKey(ctx context.Context, orgID, name string, r keys.Rotati
 		if err != nil {
 			return keys.Key{}, time.Time{}, err
 		}
-		k, until := r.Apply(old)
+		k, until, err := r.Apply(old)
+		if err != nil {
+			return keys.Key{}, time.Time{}, err
+		}
 		ref := orgID + "/" + uid
 		ok, err := s.rdb.SetNX(ctx, hashIndexKey(k.SecretHash.String()), ref, 0).Result()
 		if err != nil {

@@ -515,6 +515,11 @@ func testRotateTwice(t *testing.T, s keys.Store) {
 	k, _ := NewKey(t, "org", "k", nil)
 	mustCreateKey(t, s, k, -1)
 	first, _, _ := rotate(t, s, "org", "k", nil, time.Hour)
+	for what, h := range map[string]keys.SecretHash{"current": first.SecretHash, "previous": k.SecretHash} {
+		_, _, err := s.RotateKey(ctxFor(t), "org", "k", keys.Rotation{Hash: h, Grace: time.Hour, Now: clockOf(s).Now()})
+		wantInvalid(t, "RotateKey(to the "+what+" secret)", err, "secret")
+	}
+	wantKey(t, "key after refused rotations", first, mustKeyByName(t, s, "org", "k"))
 	clockOf(s).Add(time.Minute)
 	second, until, _ := rotate(t, s, "org", "k", nil, 2*time.Hour)
 	wantGone(t, s, "original secret after the second rotation", k.SecretHash)

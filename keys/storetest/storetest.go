@@ -760,6 +760,31 @@ func testCopies(t *testing.T, s keys.Store) {
 	if gk, _ := s.KeyByUID(ctx, k.UID); string(gk.SealedSecret) != "def" {
 		t.Errorf("sealed secret changed through the caller's slice: %q", gk.SealedSecret)
 	}
+
+	// Rate limits and times are copied too.
+	rl := &keys.RateLimit{Requests: 1, Per: time.Second}
+	exp := t0.Add(time.Hour)
+	k2, _ := NewKey(t, "org", "k2", nil)
+	k2.RateLimit, k2.ExpiresAt = rl, &exp
+	mustCreateKey(t, s, k2, -1)
+	rl.Requests, exp = 2, t0
+	gk, err = s.KeyByUID(ctx, k2.UID)
+	if err != nil || gk.RateLimit == nil || gk.ExpiresAt == nil {
+		t.Fatalf("KeyByUID: %+v, %v", gk, err)
+	}
+	gk.RateLimit.Requests, *gk.ExpiresAt = 3, t0
+	if gk, _ := s.KeyByName(ctx, "org", "k2"); gk.RateLimit.Requests != 1 || !gk.ExpiresAt.Equal(t0.Add(time.Hour)) {
+		t.Errorf("key changed through a caller's rate limit or expiry: %+v, %v", gk.RateLimit, gk.ExpiresAt)
+	}
+	prl := &keys.RateLimit{Requests: 5, Per: time.Minute}
+	up, err := s.UpdatePlan(ctx, 1, keys.PlanPatch{OrgRateLimit: keys.ChangeTo(prl)})
+	if err != nil {
+		t.Fatalf("UpdatePlan: %v", err)
+	}
+	prl.Requests, up.OrgRateLimit.Requests = 6, 7
+	if got, _ := s.Plan(ctx, 1); got.OrgRateLimit == nil || got.OrgRateLimit.Requests != 5 {
+		t.Errorf("plan changed through a caller's rate limit: %+v", got.OrgRateLimit)
+	}
 }
 
 // watch is a running Watch whose revocations arrive on ch.
