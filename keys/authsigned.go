@@ -29,8 +29,9 @@ type signedEntry struct {
 // principal. Expiry and grace are checked against the clock at every call.
 //
 // Errors: ErrSigningOff without a Sealer; ErrInvalidCredential for a
-// malformed, unknown or deleted access key, or a disabled or expired key; ErrNotSignable for a key created
-// while signing was off; ErrBadSignature when verify says no; an error
+// malformed, unknown or deleted access key, or a disabled or expired key;
+// ErrNotSignable for a key created while signing was off (or rotated while
+// it was); ErrBadSignature when verify says no; an error
 // wrapping ErrUnsealable when the secret cannot be opened with the configured
 // operator keys; an error wrapping ErrUnavailable when the store is needed
 // but cannot be reached.

@@ -292,6 +292,7 @@ func (s *Store) UpdateKey(_ context.Context, orgID, name string, p keys.KeyPatch
 	}
 	k := p.Apply(s.keys[uid])
 	if k.Previous != nil && !k.PreviousValid(s.now()) {
+		s.unindexHash(k.Previous.Hash, uid)
 		k.Previous = nil
 	}
 	s.keys[uid] = copyKey(k)
