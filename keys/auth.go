@@ -99,9 +99,12 @@ type load struct {
 }
 
 // Authenticate verifies c. It returns ErrInvalidCredential for a malformed,
-// unknown, deleted or mismatched credential, and an error wrapping
-// ErrUnavailable when the store is needed but cannot be reached (the
-// credential may be fine).
+// unknown, deleted or mismatched credential, for a disabled or expired key,
+// and for a previous secret whose rotation grace has ended; and an error
+// wrapping ErrUnavailable when the store is needed but cannot be reached (the
+// credential may be fine). Expiry and grace are checked against the clock at
+// every call, cached entries included, so a key stops working at the instant
+// it expires, not when its cache entry does.
 func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Principal, error) {
 	if !CheckSecret(c.Secret) {
 		return Principal{}, ErrInvalidCredential
@@ -114,7 +117,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 	a.mu.RUnlock()
 	if ok && now.Sub(cached.VerifiedAt) < a.opt.TTL {
 		a.observe("hit")
-		return matchAccessKey(cached, c)
+		return admit(cached, c, now)
 	}
 
 	var unknownGen uint64
@@ -130,7 +133,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 		if errors.Is(err, ErrUnavailable) && ok && a.opt.StaleAuth > 0 && now.Sub(cached.VerifiedAt) < a.opt.StaleAuth {
 			a.observe("stale")
 			cached.Stale = true
-			return matchAccessKey(cached, c)
+			return admit(cached, c, now)
 		}
 		if errors.Is(err, ErrNotFound) {
 			a.forget(h)
@@ -142,7 +145,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 		return Principal{}, err
 	}
 	a.observe("miss")
-	return matchAccessKey(p, c)
+	return admit(p, c, now)
 }
 
 // loadShared reads a principal from the store and caches it, sharing one
@@ -211,15 +214,18 @@ func (a *Authenticator) load(ctx context.Context, h SecretHash, now time.Time) (
 	}
 	// Compare the stored hash in constant time even though the lookup was by
 	// hash: a store must never be trusted to have matched exactly.
-	if subtle.ConstantTimeCompare(k.SecretHash[:], h[:]) != 1 {
+	ok, previous := k.MatchHash(h, now)
+	if !ok {
 		return Principal{}, ErrNotFound
 	}
-	return a.principalOf(ctx, k, now)
+	p, err := a.principalOf(ctx, k, now)
+	p.PreviousSecret = previous
+	return p, err
 }
 
 // principalOf completes a key read from the store with its organization (a
 // plan change scheduled for this period applied) and plan, as verified now.
-// The sealed secret stays out of the principal.
+// The sealed secrets stay out of the principal.
 func (a *Authenticator) principalOf(ctx context.Context, k Key, now time.Time) (Principal, error) {
 	o, err := a.store.Org(ctx, k.OrgID)
 	if err != nil {
@@ -231,14 +237,30 @@ func (a *Authenticator) principalOf(ctx context.Context, k Key, now time.Time) (
 		return Principal{}, fmt.Errorf("reading plan of org: %w", err)
 	}
 	k.SealedSecret = nil
+	if k.Previous != nil {
+		prev := *k.Previous
+		prev.Sealed = nil
+		k.Previous = &prev
+	}
 	return Principal{Key: k, Org: o, Plan: pl, VerifiedAt: now}, nil
 }
 
-func matchAccessKey(p Principal, c Credential) (Principal, error) {
+// admit returns p if it may authenticate c at now: its key is enabled and
+// not expired, the previous secret (when that is what c was) is still within
+// its grace, and the access key, for the pair, is the key's.
+func admit(p Principal, c Credential, now time.Time) (Principal, error) {
+	if !usable(p, now) {
+		return Principal{}, ErrInvalidCredential
+	}
 	if c.AccessKey != "" && subtle.ConstantTimeCompare([]byte(c.AccessKey), []byte(p.Key.UID)) != 1 {
 		return Principal{}, ErrInvalidCredential
 	}
 	return p, nil
+}
+
+// usable reports whether a cached or loaded principal may act at now.
+func usable(p Principal, now time.Time) bool {
+	return p.Key.ActiveAt(now) && (!p.PreviousSecret || p.Key.PreviousValid(now))
 }
 
 // Revoke applies r to the local cache at once. The sidecar that deletes or
@@ -252,7 +274,7 @@ func (a *Authenticator) Revoke(r Revocation) {
 	defer a.mu.Unlock()
 	a.gen++
 	for h, p := range a.entries {
-		if p.Key.OrgID == r.OrgID && (r.KeyUID == "" || p.Key.UID == r.KeyUID) {
+		if r.Covers(p) {
 			delete(a.entries, h)
 		}
 	}
@@ -354,10 +376,11 @@ func (a *Authenticator) Cached(c Credential) bool {
 	a.mu.RLock()
 	p, ok := a.entries[h]
 	a.mu.RUnlock()
-	if !ok || a.opt.Now().Sub(p.VerifiedAt) >= a.opt.TTL {
+	now := a.opt.Now()
+	if !ok || now.Sub(p.VerifiedAt) >= a.opt.TTL {
 		return false
 	}
-	_, err := matchAccessKey(p, c)
+	_, err := admit(p, c, now)
 	return err == nil
 }
 

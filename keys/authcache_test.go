@@ -230,3 +230,35 @@ func TestSharedReadSurvivesItsStarterLeaving(t *testing.T) {
 		t.Errorf("the caller that joined the read failed with its starter: %v", err)
 	}
 }
+
+// BenchmarkAuthenticateCached measures the hot path: a cached key, checked
+// for its access key, expiry and enabled flag on every call.
+func BenchmarkAuthenticateCached(b *testing.B) {
+	st := memstore.New()
+	ctx := context.Background()
+	if err := st.CreatePlan(ctx, keys.Plan{ID: 1, Name: "p", Period: "month"}); err != nil {
+		b.Fatal(err)
+	}
+	if err := st.CreateOrg(ctx, keys.Org{ID: "org1", Name: "o", PlanID: 1}); err != nil {
+		b.Fatal(err)
+	}
+	secret, _ := keys.NewSecret()
+	uid, _ := keys.NewUUID()
+	if err := st.CreateKey(ctx, keys.Key{UID: uid, OrgID: "org1", Name: "k", Permissions: []keys.Permission{keys.PermRead}, SecretHash: keys.HashSecret(secret)}, -1); err != nil {
+		b.Fatal(err)
+	}
+	a := keys.NewAuthenticator(st, keys.AuthOptions{TTL: time.Hour})
+	c := keys.Credential{Secret: secret, AccessKey: uid}
+	if _, err := a.Authenticate(ctx, c); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := a.Authenticate(ctx, c); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

@@ -8,10 +8,12 @@ import (
 )
 
 // signedEntry is a key verified for signed requests: its principal and its
-// opened secret. The secret lives only in this process's memory.
+// opened secret, and its opened previous secret while a rotation's grace
+// lasts (nil otherwise). The secrets live only in this process's memory.
 type signedEntry struct {
 	p      Principal
 	secret []byte
+	prev   []byte
 }
 
 // AuthenticateSigned verifies a signed request made with the key whose
@@ -20,13 +22,16 @@ type signedEntry struct {
 // its sealed secret, and calls verify with the secret; verify reports whether
 // the request's signature matches. verify must not keep the slice.
 //
-// The opened secret is cached with the principal for the cache TTL, so a
-// signed request costs no more store reads than a Bearer one. Revoke evicts
-// it like any cached principal.
+// During a rotation's grace verify is also tried with the previous secret
+// (the principal then has PreviousSecret set). The opened secrets are cached
+// with the principal for the cache TTL, so a signed request costs no more
+// store reads than a Bearer one. Revoke evicts them like any cached
+// principal. Expiry and grace are checked against the clock at every call.
 //
 // Errors: ErrSigningOff without a Sealer; ErrInvalidCredential for a
-// malformed, unknown or deleted access key; ErrNotSignable for a key created
-// while signing was off; ErrBadSignature when verify says no; an error
+// malformed, unknown or deleted access key, or a disabled or expired key;
+// ErrNotSignable for a key created while signing was off (or rotated while
+// it was); ErrBadSignature when verify says no; an error
 // wrapping ErrUnsealable when the secret cannot be opened with the configured
 // operator keys; an error wrapping ErrUnavailable when the store is needed
 // but cannot be reached.
@@ -45,7 +50,7 @@ func (a *Authenticator) AuthenticateSigned(ctx context.Context, accessKey string
 	a.mu.RUnlock()
 	if ok && now.Sub(cached.p.VerifiedAt) < a.opt.TTL {
 		a.observe("hit")
-		return checkSignature(cached, verify)
+		return checkSignature(cached, verify, now)
 	}
 
 	e, err := a.loadSigned(ctx, accessKey, now)
@@ -53,7 +58,7 @@ func (a *Authenticator) AuthenticateSigned(ctx context.Context, accessKey string
 		if errors.Is(err, ErrUnavailable) && ok && a.opt.StaleAuth > 0 && now.Sub(cached.p.VerifiedAt) < a.opt.StaleAuth {
 			a.observe("stale")
 			cached.p.Stale = true
-			return checkSignature(cached, verify)
+			return checkSignature(cached, verify, now)
 		}
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotSignable) {
 			a.forgetSigned(accessKey)
@@ -76,7 +81,7 @@ func (a *Authenticator) AuthenticateSigned(ctx context.Context, accessKey string
 		a.signed[accessKey] = e
 	}
 	a.mu.Unlock()
-	return checkSignature(e, verify)
+	return checkSignature(e, verify, now)
 }
 
 // loadSigned reads a key by its access key with its organization and plan,
@@ -96,18 +101,37 @@ func (a *Authenticator) loadSigned(ctx context.Context, accessKey string, now ti
 	if err != nil {
 		return signedEntry{}, err
 	}
+	// A previous secret that does not open (sealed under an operator key
+	// no longer configured) only loses its grace; the current one works.
+	var prev []byte
+	if k.PreviousValid(now) && len(k.Previous.Sealed) > 0 {
+		old := Key{UID: k.UID, OrgID: k.OrgID, SecretHash: k.Previous.Hash, SealedSecret: k.Previous.Sealed}
+		if s, err := a.opt.Sealer.Open(old); err == nil {
+			prev = s
+		}
+	}
 	p, err := a.principalOf(ctx, k, now)
 	if err != nil {
 		return signedEntry{}, err
 	}
-	return signedEntry{p: p, secret: secret}, nil
+	return signedEntry{p: p, secret: secret, prev: prev}, nil
 }
 
-func checkSignature(e signedEntry, verify func([]byte) bool) (Principal, error) {
-	if !verify(e.secret) {
-		return Principal{}, ErrBadSignature
+// checkSignature returns the entry's principal if its key may act at now and
+// verify accepts its secret, or its previous secret within the grace.
+func checkSignature(e signedEntry, verify func([]byte) bool, now time.Time) (Principal, error) {
+	if !e.p.Key.ActiveAt(now) {
+		return Principal{}, ErrInvalidCredential
 	}
-	return e.p, nil
+	if verify(e.secret) {
+		return e.p, nil
+	}
+	if e.prev != nil && e.p.Key.PreviousValid(now) && verify(e.prev) {
+		p := e.p
+		p.PreviousSecret = true
+		return p, nil
+	}
+	return Principal{}, ErrBadSignature
 }
 
 // CheckAccessKey reports whether s has the shape of an access key keygate
@@ -134,7 +158,7 @@ func CheckAccessKey(s string) bool {
 // revokeSigned applies r to the signed cache. Called with mu held.
 func (a *Authenticator) revokeSigned(r Revocation) {
 	for ak, e := range a.signed {
-		if e.p.Key.OrgID == r.OrgID && (r.KeyUID == "" || e.p.Key.UID == r.KeyUID) {
+		if r.Covers(e.p) {
 			delete(a.signed, ak)
 		}
 	}

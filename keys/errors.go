@@ -38,13 +38,19 @@ var (
 	ErrBadSignature = errors.New("request signature does not match")
 )
 
-// InvalidError reports a field of a request that is not acceptable.
+// InvalidError reports a field of a request that is not acceptable. Field is
+// empty when the value as a whole is (In then names it).
 type InvalidError struct {
 	Field  string
 	Reason string
 }
 
-func (e *InvalidError) Error() string { return fmt.Sprintf("invalid %s: %s", e.Field, e.Reason) }
+func (e *InvalidError) Error() string {
+	if e.Field == "" {
+		return "invalid value: " + e.Reason
+	}
+	return fmt.Sprintf("invalid %s: %s", e.Field, e.Reason)
+}
 
 // PermissionError reports that a key lacks the permission a route needs.
 type PermissionError struct {
@@ -53,4 +59,23 @@ type PermissionError struct {
 
 func (e *PermissionError) Error() string {
 	return fmt.Sprintf("API key lacks the %q permission", string(e.Need))
+}
+
+// In returns the error with its field placed under parent, for a field of a
+// nested object: "per" in "rate_limit" becomes "rate_limit.per".
+func (e *InvalidError) In(parent string) *InvalidError {
+	if e.Field == "" {
+		return &InvalidError{Field: parent, Reason: e.Reason}
+	}
+	return &InvalidError{Field: parent + "." + e.Field, Reason: e.Reason}
+}
+
+// prefixInvalid places an *InvalidError under parent and returns any other
+// error unchanged.
+func prefixInvalid(parent string, err error) error {
+	var inv *InvalidError
+	if errors.As(err, &inv) {
+		return inv.In(parent)
+	}
+	return err
 }

@@ -2,6 +2,7 @@ package keys
 
 import (
 	"crypto/rand"
+	"crypto/subtle"
 	"fmt"
 	"time"
 )
@@ -20,6 +21,12 @@ type Plan struct {
 	// Limits holds the limits of other meters by name (ingress, egress,
 	// pinned_count, pinned_bytes, ipns, …).
 	Limits map[string]int64 `json:"limits,omitempty"`
+	// KeyRateLimit applies to each key of an organization on the plan that
+	// has no rate limit of its own; nil means none.
+	KeyRateLimit *RateLimit `json:"key_rate_limit,omitempty"`
+	// OrgRateLimit applies to each organization on the plan as a whole,
+	// unless the organization has a rate limit of its own; nil means none.
+	OrgRateLimit *RateLimit `json:"org_rate_limit,omitempty"`
 }
 
 // Org is a tenant: a "user account" in seeds 000/001, an "organization" in
@@ -37,8 +44,10 @@ type Org struct {
 	NextPlanAt time.Time `json:"next_plan_at,omitzero"`
 	// MaxAPIRequests overrides the plan's quota when set.
 	MaxAPIRequests *int64 `json:"max_api_requests,omitempty"`
-	Unlimited      bool   `json:"unlimited"`
-	Partner        bool   `json:"partner"`
+	// RateLimit overrides the plan's org_rate_limit when set.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+	Unlimited bool       `json:"unlimited"`
+	Partner   bool       `json:"partner"`
 	// PartnerID is the partner organization that created this one, if any.
 	PartnerID string `json:"partner_id,omitempty"`
 	// Username and PasswordHash are the optional login of the seed 003 routes.
@@ -100,6 +109,72 @@ type Key struct {
 	// SealedSecret is the secret encrypted under the operator's key, needed
 	// to verify signed requests; nil when signing was off at creation.
 	SealedSecret []byte `json:"sealed_secret,omitempty"`
+	// RateLimit overrides the plan's key_rate_limit when set.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+	// ExpiresAt is when the key stops working; nil means never.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// Disabled turns the key off without deleting it. It is stored negated
+	// (the API's "enabled") so that the zero value, and every record written
+	// before the field existed, is an enabled key. See Enabled.
+	Disabled bool `json:"disabled,omitempty"`
+	// LastUsedAt is when the key last authenticated a request, as recorded
+	// by TouchKeys (about once a minute per key and sidecar); nil when never.
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	// Previous is the secret a rotation replaced, still accepted until its
+	// ExpiresAt; nil when there is none. See Store.RotateKey.
+	Previous *PreviousSecret `json:"previous_secret,omitempty"`
+}
+
+// PreviousSecret is the secret a key had before its last rotation, kept for
+// the rotation's grace period so clients can switch without an outage.
+type PreviousSecret struct {
+	Hash SecretHash `json:"hash"`
+	// Sealed is the previous secret sealed for signed requests; nil when
+	// the key had no sealed secret.
+	Sealed []byte `json:"sealed,omitempty"`
+	// ExpiresAt is the end of the grace period: from then on the previous
+	// secret is refused like a deleted key's.
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Enabled reports whether the key is switched on (the API's "enabled").
+func (k Key) Enabled() bool { return !k.Disabled }
+
+// Expired reports whether the key's expiry has passed at now.
+func (k Key) Expired(now time.Time) bool { return k.ExpiresAt != nil && !now.Before(*k.ExpiresAt) }
+
+// ActiveAt reports whether the key may authenticate a request at now: it is
+// enabled and not expired.
+func (k Key) ActiveAt(now time.Time) bool { return !k.Disabled && !k.Expired(now) }
+
+// PreviousValid reports whether the key has a previous secret still within
+// its grace period at now.
+func (k Key) PreviousValid(now time.Time) bool {
+	return k.Previous != nil && now.Before(k.Previous.ExpiresAt)
+}
+
+// MatchHash reports whether h is the hash of one of the key's secrets at now:
+// the current one, or the previous one within its grace period (previous is
+// then true). Both comparisons run in constant time. It does not look at
+// Enabled or ExpiresAt; see ActiveAt.
+func (k Key) MatchHash(h SecretHash, now time.Time) (ok, previous bool) {
+	if subtle.ConstantTimeCompare(k.SecretHash[:], h[:]) == 1 {
+		return true, false
+	}
+	if k.Previous != nil && subtle.ConstantTimeCompare(k.Previous.Hash[:], h[:]) == 1 && now.Before(k.Previous.ExpiresAt) {
+		return true, true
+	}
+	return false, false
+}
+
+// Ref returns the key's reference for TouchKeys.
+func (k Key) Ref() KeyRef { return KeyRef{OrgID: k.OrgID, UID: k.UID} }
+
+// KeyRef names a key by its organization and uid, everything a store needs
+// to find its records.
+type KeyRef struct {
+	OrgID string
+	UID   string
 }
 
 // KeyMax returns the key's own request maximum; negative means none.
@@ -121,6 +196,9 @@ type Principal struct {
 	// Stale is set when the store could not be reached and the principal was
 	// served from a cache entry older than the cache TTL.
 	Stale bool
+	// PreviousSecret is set when the credential was the key's previous
+	// secret, accepted during its rotation's grace period.
+	PreviousSecret bool
 }
 
 // Can reports whether the principal's key grants need.

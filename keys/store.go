@@ -2,6 +2,7 @@ package keys
 
 import (
 	"context"
+	"slices"
 	"time"
 )
 
@@ -11,15 +12,22 @@ import (
 // (wrapped) when the backing service cannot be reached. keys/storetest is the
 // conformance suite every implementation passes.
 type Store interface {
-	// CreatePlan adds a plan; ErrConflict when its id is taken.
+	// CreatePlan adds a plan (p.Validate first); ErrConflict when its id is
+	// taken.
 	CreatePlan(ctx context.Context, p Plan) error
 	// Plan returns the plan with the given id.
 	Plan(ctx context.Context, id int64) (Plan, error)
 	// Plans lists every plan ordered by id.
 	Plans(ctx context.Context) ([]Plan, error)
+	// UpdatePlan applies p to the plan with the given id (p.Validate first:
+	// a *InvalidError changes nothing), atomically and without losing a
+	// concurrent change, returns the updated plan and tells every sidecar to
+	// forget the cached principals of organizations on that plan
+	// (Revocation{PlanID: id}). ErrNotFound when there is no such plan.
+	UpdatePlan(ctx context.Context, id int64, p PlanPatch) (Plan, error)
 
-	// CreateOrg adds an organization; ErrConflict when its id or its
-	// username is taken.
+	// CreateOrg adds an organization (o.Validate first); ErrConflict when its
+	// id or its username is taken.
 	CreateOrg(ctx context.Context, o Org) error
 	// Org returns the organization with the given id.
 	Org(ctx context.Context, id string) (Org, error)
@@ -41,19 +49,47 @@ type Store interface {
 	// the organization does not exist, ErrConflict when the name is taken in
 	// that organization, and ErrOverAllocated when allocLimit >= 0 and the
 	// per-key maxima of the organization, k's included, would add up to more
-	// than allocLimit. The check and the write are atomic.
+	// than allocLimit. The check and the write are atomic. k.LastUsedAt and
+	// k.Previous are not stored: a key starts unused and unrotated.
 	CreateKey(ctx context.Context, k Key, allocLimit int64) error
-	// SetKeyMax changes the per-key maximum of a key (nil = none) under the
-	// same allocation rule as CreateKey, returns the updated key and tells
-	// every sidecar to forget it.
-	SetKeyMax(ctx context.Context, orgID, name string, max *int64, allocLimit int64) (Key, error)
+	// UpdateKey applies p to the key called name (p.Validate first: a
+	// *InvalidError changes nothing), atomically and without losing a
+	// concurrent change, returns the updated key and tells every sidecar to
+	// forget it. A new per-key maximum is checked under the allocation rule
+	// of CreateKey (ErrOverAllocated); a patch that leaves the maximum alone
+	// is never refused for allocation. ErrNotFound when there is no such key.
+	UpdateKey(ctx context.Context, orgID, name string, p KeyPatch, allocLimit int64) (Key, error)
+	// RotateKey gives the key called name a new secret (see Rotation) and
+	// returns the updated key and when its previous secret stops working
+	// (r.Now+r.Grace; r.Now when there is no grace). The key keeps its uid,
+	// access key, permissions, limits and counters. During the grace both
+	// secrets authenticate: KeyByHash finds the key by either hash, and
+	// Previous holds the previous hash and sealed secret. From r.Now+r.Grace
+	// on the previous secret is refused like a deleted key's. A rotation
+	// during another's grace replaces that grace: only the secret it retires
+	// stays valid, the one retired before is refused at once. It tells every
+	// sidecar to forget the key. ErrNotFound when there is no such key (or
+	// r.UID is set and name no longer names that key); a *InvalidError for
+	// a grace out of bounds or a hash that is already the key's.
+	RotateKey(ctx context.Context, orgID, name string, r Rotation) (k Key, previousExpiresAt time.Time, err error)
+	// TouchKeys records when keys last authenticated a request, many keys
+	// in one round trip: for each key, last_used_at becomes the given time
+	// unless it already holds a later one (it never moves backwards). Keys
+	// that no longer exist are skipped. It revokes nothing: last_used_at is
+	// not part of a principal. See Toucher, which batches the calls.
+	TouchKeys(ctx context.Context, used map[KeyRef]time.Time) error
 	// SetSealedSecret replaces the sealed secret of a key (used to re-encrypt
 	// under a new operator key).
 	SetSealedSecret(ctx context.Context, uid string, sealed []byte) error
-	// KeyByHash returns the key whose secret hashes to h.
+	// KeyByHash returns the key whose secret hashes to h: its current
+	// secret, or its previous one while the rotation's grace lasts by the
+	// store's clock. It returns disabled and expired keys too; the
+	// Authenticator refuses them.
 	KeyByHash(ctx context.Context, h SecretHash) (Key, error)
 	// KeyByUID returns the key with the given access_key.
 	KeyByUID(ctx context.Context, uid string) (Key, error)
+	// KeyByName returns the key called name in an organization.
+	KeyByName(ctx context.Context, orgID, name string) (Key, error)
 	// Keys lists the keys of an organization ordered by creation time, then
 	// name. An unknown organization has no keys.
 	Keys(ctx context.Context, orgID string) ([]Key, error)
@@ -69,13 +105,83 @@ type Store interface {
 	Ping(ctx context.Context) error
 }
 
-// Revocation tells sidecars to forget cached principals: of one key when
-// KeyUID is set, else of every key of OrgID.
+// Revocation tells sidecars to forget cached principals. It comes in three
+// forms:
+//
+//	Revocation{OrgID: o, KeyUID: k}  one key (deleted, updated, rotated)
+//	Revocation{OrgID: o}             every key of an organization (UpdateOrg)
+//	Revocation{PlanID: p}            every key of every organization on a plan (UpdatePlan)
+//
+// Its JSON is what travels between sidecars. A sidecar older than PlanID
+// ignores a plan revocation (it matches no organization) and picks the change
+// up when its cache entries expire.
 type Revocation struct {
 	OrgID  string `json:"org_id"`
 	KeyUID string `json:"key_uid,omitempty"`
+	PlanID int64  `json:"plan_id,omitempty"`
 	// PublishedAt lets receivers measure propagation lag.
 	PublishedAt time.Time `json:"published_at"`
+}
+
+// Covers reports whether r revokes the cached principal p. A plan
+// revocation covers the principals whose organization is on the plan, was
+// read with it, or has it scheduled.
+func (r Revocation) Covers(p Principal) bool {
+	if r.PlanID != 0 {
+		o := p.Org
+		return p.Plan.ID == r.PlanID || o.PlanID == r.PlanID || (o.NextPlanID != nil && *o.NextPlanID == r.PlanID)
+	}
+	return p.Key.OrgID == r.OrgID && (r.KeyUID == "" || p.Key.UID == r.KeyUID)
+}
+
+// MaxRotationGrace bounds the grace period of a rotation.
+const MaxRotationGrace = 720 * time.Hour
+
+// Rotation is a new secret for a key, as Store.RotateKey takes it.
+type Rotation struct {
+	// UID, when set, is the uid the caller read the key with (to seal the
+	// new secret for it): the rotation fails with ErrNotFound when the name
+	// now names another key.
+	UID string
+	// Hash is the new secret's hash.
+	Hash SecretHash
+	// Sealed is the new secret sealed for this key (Sealer.Seal), or nil
+	// when signing is off.
+	Sealed []byte
+	// Grace is how long the previous secret keeps working: 0 (it stops at
+	// once) to MaxRotationGrace.
+	Grace time.Duration
+	// Now is when the rotation happens; the grace ends at Now+Grace.
+	Now time.Time
+}
+
+// Validate checks the grace period.
+func (r Rotation) Validate() error {
+	if r.Grace < 0 || r.Grace > MaxRotationGrace {
+		return &InvalidError{Field: "grace", Reason: "must be a Go duration from 0s to 720h"}
+	}
+	return nil
+}
+
+// Apply returns k with its secret rotated: the new hash and sealed secret
+// current, the old ones kept as Previous until r.Now+r.Grace (no Previous
+// when Grace is 0), and the end of the previous secret's validity. A
+// previous secret k already had is dropped. A new hash equal to k's current
+// or previous one is refused (a *InvalidError): reusing a secret would let
+// the end of its own grace retire it. Stores call Apply so both rotate
+// alike; it shares no memory with r.
+func (r Rotation) Apply(k Key) (Key, time.Time, error) {
+	if r.Hash == k.SecretHash || (k.Previous != nil && r.Hash == k.Previous.Hash) {
+		return Key{}, time.Time{}, &InvalidError{Field: "secret", Reason: "must differ from the key's current and previous secrets"}
+	}
+	until := r.Now.Add(r.Grace).UTC()
+	k.Previous = nil
+	if r.Grace > 0 {
+		k.Previous = &PreviousSecret{Hash: k.SecretHash, Sealed: k.SealedSecret, ExpiresAt: until}
+	}
+	k.SecretHash = r.Hash
+	k.SealedSecret = slices.Clone(r.Sealed)
+	return k, until, nil
 }
 
 // Allocated returns the sum of the per-key maxima of ks.

@@ -131,7 +131,7 @@ func (s *Service) SetKeyMax(ctx context.Context, orgID, name string, max *int64)
 	if err != nil {
 		return keys.Key{}, err
 	}
-	k, err := s.opt.Store.SetKeyMax(ctx, o.ID, name, max, limit)
+	k, err := s.opt.Store.UpdateKey(ctx, o.ID, name, keys.KeyPatch{MaxAPIRequests: keys.ChangeTo(max)}, limit)
 	if err = s.madeAnyway(err); err != nil {
 		return keys.Key{}, fmt.Errorf("changing key: %w", err)
 	}

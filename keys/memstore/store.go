@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -56,7 +55,8 @@ type watcher struct {
 // Option configures a Store.
 type Option func(*Store)
 
-// WithClock sets the clock that stamps revocations (default time.Now).
+// WithClock sets the clock that stamps revocations and ends rotation grace
+// periods (default time.Now).
 func WithClock(now func() time.Time) Option {
 	return func(s *Store) { s.now = now }
 }
@@ -84,6 +84,9 @@ func (s *Store) Ping(context.Context) error { return nil }
 
 // CreatePlan adds a plan; keys.ErrConflict when its id is taken.
 func (s *Store) CreatePlan(_ context.Context, p keys.Plan) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.plans[p.ID]; ok {
@@ -116,10 +119,28 @@ func (s *Store) Plans(context.Context) ([]keys.Plan, error) {
 	return out, nil
 }
 
+// UpdatePlan applies p to a plan and revokes the principals of the
+// organizations on it.
+func (s *Store) UpdatePlan(_ context.Context, id int64, p keys.PlanPatch) (keys.Plan, error) {
+	if err := p.Validate(); err != nil {
+		return keys.Plan{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pl, ok := s.plans[id]
+	if !ok {
+		return keys.Plan{}, fmt.Errorf("plan %d: %w", id, keys.ErrNotFound)
+	}
+	pl = p.Apply(pl)
+	s.plans[id] = copyPlan(pl)
+	s.publish(keys.Revocation{PlanID: id})
+	return copyPlan(pl), nil
+}
+
 // CreateOrg adds an organization; keys.ErrConflict when its id or username is
 // taken.
 func (s *Store) CreateOrg(_ context.Context, o keys.Org) error {
-	if err := keys.ValidateOrgID(o.ID); err != nil {
+	if err := o.Validate(); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -185,6 +206,9 @@ func (s *Store) listOrgs(keep func(keys.Org) bool) []keys.Org {
 // UpdateOrg replaces an existing organization and revokes all its keys. Its
 // username cannot change (a *keys.InvalidError).
 func (s *Store) UpdateOrg(_ context.Context, o *keys.Org) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.orgs[o.ID]
@@ -204,7 +228,7 @@ func (s *Store) UpdateOrg(_ context.Context, o *keys.Org) error {
 }
 
 // CreateKey adds k to its organization under the allocation rule of
-// keys.Store.
+// keys.Store. It stores no last-used time and no previous secret.
 func (s *Store) CreateKey(_ context.Context, k keys.Key, allocLimit int64) error {
 	if err := k.Validate(); err != nil {
 		return err
@@ -229,6 +253,7 @@ func (s *Store) CreateKey(_ context.Context, k keys.Key, allocLimit int64) error
 		s.byName[k.OrgID] = names
 	}
 	names[k.Name] = k.UID
+	k.LastUsedAt, k.Previous = nil, nil
 	s.keys[k.UID] = copyKey(k)
 	s.byHash[k.SecretHash] = k.UID
 	return nil
@@ -249,11 +274,12 @@ func (s *Store) allocatedExcept(orgID, uid string) int64 {
 	return sum
 }
 
-// SetKeyMax changes the per-key maximum of a key under the allocation rule
-// and revokes it.
-func (s *Store) SetKeyMax(_ context.Context, orgID, name string, max *int64, allocLimit int64) (keys.Key, error) {
-	if max != nil && *max < 0 {
-		return keys.Key{}, &keys.InvalidError{Field: "max_api_requests", Reason: "must not be negative"}
+// UpdateKey applies p to a key, the per-key maximum under the allocation
+// rule, and revokes it. A previous secret whose grace has ended is dropped on
+// the way.
+func (s *Store) UpdateKey(_ context.Context, orgID, name string, p keys.KeyPatch, allocLimit int64) (keys.Key, error) {
+	if err := p.Validate(); err != nil {
+		return keys.Key{}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -261,14 +287,76 @@ func (s *Store) SetKeyMax(_ context.Context, orgID, name string, max *int64, all
 	if !ok {
 		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
 	}
-	if max != nil && allocLimit >= 0 && s.allocatedExcept(orgID, uid)+*max > allocLimit {
+	if m := p.MaxAPIRequests; m.Set && m.Value != nil && allocLimit >= 0 && s.allocatedExcept(orgID, uid)+*m.Value > allocLimit {
 		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrOverAllocated)
 	}
-	k := s.keys[uid]
-	k.MaxAPIRequests = copyInt(max)
-	s.keys[uid] = k
+	k := p.Apply(s.keys[uid])
+	if k.Previous != nil && !k.PreviousValid(s.now()) {
+		s.unindexHash(k.Previous.Hash, uid)
+		k.Previous = nil
+	}
+	s.keys[uid] = copyKey(k)
 	s.publish(keys.Revocation{OrgID: orgID, KeyUID: uid})
 	return copyKey(k), nil
+}
+
+// RotateKey gives a key a new secret, keeps the old one for the grace
+// period, and revokes it. See keys.Store.
+func (s *Store) RotateKey(_ context.Context, orgID, name string, r keys.Rotation) (keys.Key, time.Time, error) {
+	if err := r.Validate(); err != nil {
+		return keys.Key{}, time.Time{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	uid, ok := s.byName[orgID][name]
+	if !ok || (r.UID != "" && r.UID != uid) {
+		return keys.Key{}, time.Time{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+	}
+	if other, ok := s.byHash[r.Hash]; ok && other != uid {
+		return keys.Key{}, time.Time{}, fmt.Errorf("secret hash of key %q: %w", name, keys.ErrConflict)
+	}
+	old := s.keys[uid]
+	k, until, err := r.Apply(old)
+	if err != nil {
+		return keys.Key{}, time.Time{}, err
+	}
+	if old.Previous != nil {
+		s.unindexHash(old.Previous.Hash, uid)
+	}
+	if k.Previous == nil {
+		s.unindexHash(old.SecretHash, uid)
+	}
+	s.byHash[k.SecretHash] = uid
+	s.keys[uid] = copyKey(k)
+	s.publish(keys.Revocation{OrgID: orgID, KeyUID: uid})
+	return copyKey(k), until, nil
+}
+
+// unindexHash removes the hash index entry h if it is uid's. Called with mu
+// held.
+func (s *Store) unindexHash(h keys.SecretHash, uid string) {
+	if s.byHash[h] == uid {
+		delete(s.byHash, h)
+	}
+}
+
+// TouchKeys records last_used_at of keys, never moving it backwards, to the
+// millisecond like the Redis store.
+func (s *Store) TouchKeys(_ context.Context, used map[keys.KeyRef]time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ref, at := range used {
+		k, ok := s.keys[ref.UID]
+		if !ok || k.OrgID != ref.OrgID {
+			continue
+		}
+		at = at.UTC().Truncate(time.Millisecond)
+		if k.LastUsedAt == nil || at.After(*k.LastUsedAt) {
+			k.LastUsedAt = &at
+			s.keys[ref.UID] = k
+		}
+	}
+	return nil
 }
 
 // SetSealedSecret replaces the sealed secret of a key.
@@ -284,13 +372,31 @@ func (s *Store) SetSealedSecret(_ context.Context, uid string, sealed []byte) er
 	return nil
 }
 
-// KeyByHash returns the key whose secret hashes to h.
+// KeyByHash returns the key whose current secret, or previous secret within
+// its grace by the store's clock, hashes to h. The index entry of a previous
+// secret whose grace has ended is ignored here and removed by the key's next
+// rotation or deletion.
 func (s *Store) KeyByHash(_ context.Context, h keys.SecretHash) (keys.Key, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	uid, ok := s.byHash[h]
 	if !ok {
 		return keys.Key{}, fmt.Errorf("key by hash: %w", keys.ErrNotFound)
+	}
+	k := s.keys[uid]
+	if ok, _ := k.MatchHash(h, s.now()); !ok {
+		return keys.Key{}, fmt.Errorf("key by hash: %w", keys.ErrNotFound)
+	}
+	return copyKey(k), nil
+}
+
+// KeyByName returns the key called name in an organization.
+func (s *Store) KeyByName(_ context.Context, orgID, name string) (keys.Key, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	uid, ok := s.byName[orgID][name]
+	if !ok {
+		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
 	}
 	return copyKey(s.keys[uid]), nil
 }
@@ -338,8 +444,9 @@ func (s *Store) DeleteKey(_ context.Context, orgID, name string) (keys.Key, erro
 		delete(s.byName, orgID)
 	}
 	delete(s.keys, uid)
-	if s.byHash[k.SecretHash] == uid {
-		delete(s.byHash, k.SecretHash)
+	s.unindexHash(k.SecretHash, uid)
+	if k.Previous != nil {
+		s.unindexHash(k.Previous.Hash, uid)
 	}
 	s.publish(keys.Revocation{OrgID: orgID, KeyUID: uid})
 	return copyKey(k), nil
@@ -395,29 +502,8 @@ func (s *Store) publish(r keys.Revocation) {
 	}
 }
 
-func copyInt(p *int64) *int64 {
-	if p == nil {
-		return nil
-	}
-	v := *p
-	return &v
-}
+func copyPlan(p keys.Plan) keys.Plan { return p.Clone() }
 
-func copyPlan(p keys.Plan) keys.Plan {
-	p.MaxAPIRequests = copyInt(p.MaxAPIRequests)
-	p.Limits = maps.Clone(p.Limits)
-	return p
-}
+func copyOrg(o keys.Org) keys.Org { return o.Clone() }
 
-func copyOrg(o keys.Org) keys.Org {
-	o.NextPlanID = copyInt(o.NextPlanID)
-	o.MaxAPIRequests = copyInt(o.MaxAPIRequests)
-	return o
-}
-
-func copyKey(k keys.Key) keys.Key {
-	k.Permissions = slices.Clone(k.Permissions)
-	k.MaxAPIRequests = copyInt(k.MaxAPIRequests)
-	k.SealedSecret = slices.Clone(k.SealedSecret)
-	return k
-}
+func copyKey(k keys.Key) keys.Key { return k.Clone() }

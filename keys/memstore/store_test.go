@@ -10,7 +10,7 @@ import (
 )
 
 func TestStore(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) keys.Store { return memstore.New() })
+	storetest.Run(t, func(t *testing.T, now func() time.Time) keys.Store { return memstore.New(memstore.WithClock(now)) })
 }
 
 // TestSlowWatcher checks that writers never wait for a watcher that does not

@@ -21,6 +21,11 @@ func orgKey(orgID string) string { return prefix + "{" + orgID + "}:org" }
 // keyKey is the record of one key of an organization (JSON of keys.Key).
 func keyKey(orgID, uid string) string { return prefix + "{" + orgID + "}:key:" + uid }
 
+// usedKey is the last-used time of a key, in Unix milliseconds. It is kept
+// beside the record, not in it, so that recording a use never conflicts with
+// a change of the key (the record's compare-and-set).
+func usedKey(orgID, uid string) string { return prefix + "{" + orgID + "}:used:" + uid }
+
 // keyNamesKey is the hash name → uid of an organization's keys.
 func keyNamesKey(orgID string) string { return prefix + "{" + orgID + "}:keynames" }
 
@@ -47,7 +52,9 @@ func orgsKey() string { return prefix + "orgs" }
 // usernamesKey is the hash username → organization id.
 func usernamesKey() string { return prefix + "usernames" }
 
-// hashIndexKey maps the hex SHA-256 of a secret to "<orgID>/<uid>".
+// hashIndexKey maps the hex SHA-256 of a secret to "<orgID>/<uid>". The
+// entry of a rotated key's previous secret expires with its grace period (plus
+// a margin for clock skew; lookups check the grace themselves).
 func hashIndexKey(hexHash string) string { return prefix + "hash:" + hexHash }
 
 // uidIndexKey maps a key's uid (access_key) to its organization id.

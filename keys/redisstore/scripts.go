@@ -22,20 +22,21 @@ import (
 var createKeySrc string
 var createKeyScript = redis.NewScript(createKeySrc)
 
-// setKeyMaxScript changes a key's maximum under the allocation rule, as a
-// compare-and-set of the record.
+// updateKeyScript replaces a key record as a compare-and-set, and its
+// maximum under the allocation rule when that changes.
 //
 //	KEYS[1] kg:{org}:keynames  KEYS[2] kg:{org}:alloc  KEYS[3] kg:{org}:key:<uid>
-//	ARGV[1] name  ARGV[2] uid  ARGV[3] record as read  ARGV[4] new record  ARGV[5] new max or ""  ARGV[6] allocation limit (<0: none)
+//	ARGV[1] name  ARGV[2] uid  ARGV[3] record as read  ARGV[4] new record  ARGV[5] new max, "" (none) or "=" (unchanged)  ARGV[6] allocation limit (<0: none)
 //	reply: 1 updated, 0 no such key, -2 over-allocated, -3 changed since read
 //
-//go:embed set_key_max.lua
-var setKeyMaxSrc string
-var setKeyMaxScript = redis.NewScript(setKeyMaxSrc)
+//go:embed update_key.lua
+var updateKeySrc string
+var updateKeyScript = redis.NewScript(updateKeySrc)
 
-// deleteKeyScript removes a key's record, name and allocation.
+// deleteKeyScript removes a key's record, name, allocation and last-used
+// time.
 //
-//	KEYS[1] kg:{org}:keynames  KEYS[2] kg:{org}:alloc  KEYS[3] kg:{org}:key:<uid>
+//	KEYS[1] kg:{org}:keynames  KEYS[2] kg:{org}:alloc  KEYS[3] kg:{org}:key:<uid>  KEYS[4] kg:{org}:used:<uid>
 //	ARGV[1] name  ARGV[2] uid
 //	reply: the deleted record JSON, or nil when there is no such key
 //
@@ -52,6 +53,18 @@ var deleteKeyScript = redis.NewScript(deleteKeySrc)
 //go:embed replace_key.lua
 var replaceKeySrc string
 var replaceKeyScript = redis.NewScript(replaceKeySrc)
+
+// touchKeysScript moves the last-used times of keys of one organization
+// forward, skipping keys that no longer exist. It runs in pipelines, with
+// EVAL (Script.Eval), so it never meets a server that lacks it.
+//
+//	KEYS[2i-1] kg:{org}:key:<uid>  KEYS[2i] kg:{org}:used:<uid>
+//	ARGV[i] the i-th key's use in Unix milliseconds
+//	reply: how many times moved forward
+//
+//go:embed touch_keys.lua
+var touchKeysSrc string
+var touchKeysScript = redis.NewScript(touchKeysSrc)
 
 // Integer replies shared by the scripts.
 const (

@@ -2,10 +2,14 @@
 // Redis server or a Redis Cluster (any redis.UniversalClient).
 //
 // Records are the JSON of the domain types (their JSON tags are the storage
-// format). Everything about one organization carries the hash tag {<orgID>}
-// (see keys.go), so each multi-key atomic step — creating a key with its
-// allocation check and name uniqueness, deleting a key, changing a key's
-// maximum — is one Lua script on one Cluster slot.
+// format; fields added later are omitted when empty, so a record written by an
+// earlier version reads as a key that is enabled, never expires and has no
+// rate limit). Everything about one organization carries the hash tag
+// {<orgID>} (see keys.go), so each multi-key atomic step — creating a key with
+// its allocation check and name uniqueness, deleting a key, changing a key
+// with its maximum, recording last-used times — is one Lua script on one
+// Cluster slot. A key's last-used time is a key of its own beside the record,
+// so recording uses never conflicts with the record's compare-and-set.
 //
 // The global lookup indices (secret hash → key, uid → organization, username →
 // organization, the organization list) cannot share an organization's slot and
@@ -20,7 +24,10 @@
 //
 // A failure between the two steps leaves, at worst, a record without its index
 // (a key that cannot authenticate) or an index without its record (read as not
-// found), never a deleted key that still authenticates.
+// found), never a deleted key that still authenticates. A rotation indexes
+// the new secret before it writes the record and retires the old secret's
+// entry after; lookups by hash check the record (current secret, or previous
+// secret within its grace), so a stale entry never authenticates.
 //
 // Revocations are published as JSON keys.Revocation on the pub/sub channel
 // kg:revocations; Watch subscribes to it.
@@ -57,8 +64,8 @@ type Store struct {
 // Option configures a Store.
 type Option func(*Store)
 
-// WithClock sets the clock that stamps published revocations (default
-// time.Now).
+// WithClock sets the clock that stamps published revocations and ends
+// rotation grace periods in lookups (default time.Now).
 func WithClock(now func() time.Time) Option {
 	return func(s *Store) { s.now = now }
 }
@@ -93,6 +100,9 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // CreatePlan adds a plan; keys.ErrConflict when its id is taken.
 func (s *Store) CreatePlan(ctx context.Context, p keys.Plan) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("encoding plan: %w", err)
@@ -137,13 +147,65 @@ func (s *Store) Plans(ctx context.Context) ([]keys.Plan, error) {
 	return out, nil
 }
 
+// maxAttempts bounds the compare-and-set retries of a partial update that
+// keeps meeting concurrent changes.
+const maxAttempts = 10
+
+// UpdatePlan applies p to a plan as a compare-and-set of the plans hash
+// (WATCH on one key, so it works on Redis Cluster too), retrying when another
+// plan changed meanwhile, and publishes Revocation{PlanID: id}. When the
+// revocation cannot be published the update is kept and the error wraps
+// keys.ErrNotBroadcast.
+func (s *Store) UpdatePlan(ctx context.Context, id int64, p keys.PlanPatch) (keys.Plan, error) {
+	if err := p.Validate(); err != nil {
+		return keys.Plan{}, err
+	}
+	var next keys.Plan
+	for range maxAttempts {
+		err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			v, err := tx.HGet(ctx, plansKey(), planField(id)).Result()
+			if errors.Is(err, redis.Nil) {
+				return fmt.Errorf("plan %d: %w", id, keys.ErrNotFound)
+			}
+			if err != nil {
+				return fail("reading plan", err)
+			}
+			cur, err := decode[keys.Plan]("plan", v)
+			if err != nil {
+				return err
+			}
+			next = p.Apply(cur)
+			b, err := json.Marshal(next)
+			if err != nil {
+				return fmt.Errorf("encoding plan: %w", err)
+			}
+			_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+				pipe.HSet(ctx, plansKey(), planField(id), b)
+				return nil
+			})
+			return err
+		}, plansKey())
+		switch {
+		case errors.Is(err, redis.TxFailedErr):
+			continue
+		case err != nil:
+			if errors.Is(err, keys.ErrNotFound) || errors.Is(err, keys.ErrUnavailable) {
+				return keys.Plan{}, err
+			}
+			return keys.Plan{}, fail("updating plan", err)
+		}
+		return next, s.publish(ctx, keys.Revocation{PlanID: id})
+	}
+	return keys.Plan{}, fmt.Errorf("plan %d kept changing concurrently: %w", id, keys.ErrConflict)
+}
+
 // ----- organizations -----
 
 // CreateOrg adds an organization; keys.ErrConflict when its id or username is
 // taken. The record is claimed first (SET NX), then the username (HSETNX);
 // when the username is taken the record is removed again.
 func (s *Store) CreateOrg(ctx context.Context, o keys.Org) error {
-	if err := keys.ValidateOrgID(o.ID); err != nil {
+	if err := o.Validate(); err != nil {
 		return err
 	}
 	b, err := json.Marshal(o)
@@ -275,6 +337,9 @@ func (s *Store) orgsByID(ctx context.Context, ids []string, keep func(keys.Org) 
 // cannot change (a *keys.InvalidError). When the revocation cannot be
 // published the update is kept and the error wraps keys.ErrNotBroadcast.
 func (s *Store) UpdateOrg(ctx context.Context, o *keys.Org) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
 	var old keys.Org
 	next := *o
 	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
@@ -342,9 +407,10 @@ func (s *Store) CreateKey(ctx context.Context, k keys.Key, allocLimit int64) err
 	if err := k.Validate(); err != nil {
 		return err
 	}
-	b, err := json.Marshal(k)
+	k.Previous = nil
+	b, err := encodeKey(k)
 	if err != nil {
-		return fmt.Errorf("encoding key: %w", err)
+		return err
 	}
 	n, err := createKeyScript.Run(ctx, s.rdb,
 		[]string{orgKey(k.OrgID), keyNamesKey(k.OrgID), allocKey(k.OrgID), keyKey(k.OrgID, k.UID)},
@@ -375,55 +441,182 @@ func (s *Store) CreateKey(ctx context.Context, k keys.Key, allocLimit int64) err
 	return nil
 }
 
-// SetKeyMax changes the per-key maximum of a key under the allocation rule and
-// publishes its revocation. A concurrent change of the same key makes it fail
-// with keys.ErrConflict rather than lose that change. When the revocation
-// cannot be published the change is kept, the updated key is returned and the
-// error wraps keys.ErrUnavailable.
-func (s *Store) SetKeyMax(ctx context.Context, orgID, name string, max *int64, allocLimit int64) (keys.Key, error) {
-	if max != nil && *max < 0 {
-		return keys.Key{}, &keys.InvalidError{Field: "max_api_requests", Reason: "must not be negative"}
-	}
-	uid, err := s.rdb.HGet(ctx, keyNamesKey(orgID), name).Result()
-	if errors.Is(err, redis.Nil) {
-		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
-	}
-	if err != nil {
-		return keys.Key{}, fail("reading key name", err)
-	}
-	cur, k, err := s.keyRecord(ctx, orgID, uid)
-	if err != nil {
+// UpdateKey applies p to a key as a compare-and-set of its record (with its
+// maximum under the allocation rule when p changes it), retrying when the
+// record changed meanwhile, and publishes its revocation. A previous secret
+// whose grace has ended is dropped from the record on the way. When the
+// revocation cannot be published the change is kept, the updated key is
+// returned and the error wraps keys.ErrNotBroadcast.
+func (s *Store) UpdateKey(ctx context.Context, orgID, name string, p keys.KeyPatch, allocLimit int64) (keys.Key, error) {
+	if err := p.Validate(); err != nil {
 		return keys.Key{}, err
 	}
-	if max != nil {
-		v := *max
-		k.MaxAPIRequests = &v
-	} else {
-		k.MaxAPIRequests = nil
+	maxMode := "="
+	if p.MaxAPIRequests.Set {
+		maxMode = maxArg(p.MaxAPIRequests.Value)
 	}
-	b, err := json.Marshal(k)
+	for range maxAttempts {
+		uid, err := s.uidByName(ctx, orgID, name)
+		if err != nil {
+			return keys.Key{}, err
+		}
+		cur, k, err := s.keyRecord(ctx, orgID, uid)
+		if err != nil {
+			return keys.Key{}, err
+		}
+		k = p.Apply(k)
+		if k.Previous != nil && !k.PreviousValid(s.now()) {
+			k.Previous = nil
+		}
+		b, err := encodeKey(k)
+		if err != nil {
+			return keys.Key{}, err
+		}
+		n, err := updateKeyScript.Run(ctx, s.rdb,
+			[]string{keyNamesKey(orgID), allocKey(orgID), keyKey(orgID, uid)},
+			name, uid, cur, b, maxMode, allocLimit,
+		).Int64()
+		if err != nil {
+			return keys.Key{}, fail("running update-key script", err)
+		}
+		switch n {
+		case replyOK:
+			return k, s.publish(ctx, keys.Revocation{OrgID: orgID, KeyUID: uid})
+		case replyNotFound:
+			return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+		case replyOverAlloc:
+			return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrOverAllocated)
+		case replyChangedSince:
+			continue
+		default:
+			return keys.Key{}, fmt.Errorf("update-key script: unexpected reply %d", n)
+		}
+	}
+	return keys.Key{}, fmt.Errorf("key %q kept changing concurrently: %w", name, keys.ErrConflict)
+}
+
+// indexSlack is how much longer than its grace the index entry of a previous
+// secret lives in Redis, so that a Redis clock behind the sidecars' never
+// ends a grace early. Lookups check the grace against the store's clock.
+const indexSlack = time.Minute
+
+// RotateKey gives a key a new secret (see keys.Store). The steps keep the
+// ordering rule of the package doc: the new secret's index entry is written
+// first (alone it makes nothing usable: a lookup checks the record), then
+// the record as a compare-and-set (retried when the record changed
+// meanwhile), then the old index entries are cleaned up: the previous
+// secret's is set to expire with its grace, or removed with no grace, and the
+// one of a secret retired by an earlier rotation is removed. A failed cleanup
+// leaves entries that lookups ignore, since they check the record. When the
+// revocation cannot be published the rotation is kept and the error wraps
+// keys.ErrNotBroadcast.
+func (s *Store) RotateKey(ctx context.Context, orgID, name string, r keys.Rotation) (keys.Key, time.Time, error) {
+	if err := r.Validate(); err != nil {
+		return keys.Key{}, time.Time{}, err
+	}
+	for range maxAttempts {
+		uid, err := s.uidByName(ctx, orgID, name)
+		if err != nil {
+			return keys.Key{}, time.Time{}, err
+		}
+		if r.UID != "" && r.UID != uid {
+			return keys.Key{}, time.Time{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+		}
+		cur, old, err := s.keyRecord(ctx, orgID, uid)
+		if err != nil {
+			return keys.Key{}, time.Time{}, err
+		}
+		k, until, err := r.Apply(old)
+		if err != nil {
+			return keys.Key{}, time.Time{}, err
+		}
+		ref := orgID + "/" + uid
+		ok, err := s.rdb.SetNX(ctx, hashIndexKey(k.SecretHash.String()), ref, 0).Result()
+		if err != nil {
+			return keys.Key{}, time.Time{}, fail("indexing new secret", err)
+		}
+		if !ok {
+			got, err := s.rdb.Get(ctx, hashIndexKey(k.SecretHash.String())).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return keys.Key{}, time.Time{}, fail("reading secret index", err)
+			}
+			if got != ref {
+				return keys.Key{}, time.Time{}, fmt.Errorf("secret hash of key %q: %w", name, keys.ErrConflict)
+			}
+		}
+		b, err := encodeKey(k)
+		if err != nil {
+			return keys.Key{}, time.Time{}, err
+		}
+		n, err := replaceKeyScript.Run(ctx, s.rdb, []string{keyKey(orgID, uid)}, cur, b).Int64()
+		if err != nil {
+			return keys.Key{}, time.Time{}, fail("running replace-key script", err)
+		}
+		switch n {
+		case replyOK:
+		case replyNotFound:
+			_ = s.rdb.Del(ctx, hashIndexKey(k.SecretHash.String())).Err() // an orphan entry is ignored anyway
+			return keys.Key{}, time.Time{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+		case replyChangedSince:
+			continue
+		default:
+			return keys.Key{}, time.Time{}, fmt.Errorf("replace-key script: unexpected reply %d", n)
+		}
+		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if old.Previous != nil && old.Previous.Hash != k.SecretHash {
+				p.Del(ctx, hashIndexKey(old.Previous.Hash.String()))
+			}
+			if k.Previous != nil {
+				p.PExpire(ctx, hashIndexKey(old.SecretHash.String()), until.Sub(r.Now)+indexSlack)
+			} else {
+				p.Del(ctx, hashIndexKey(old.SecretHash.String()))
+			}
+			return nil
+		}) // best effort, see above
+		return k, until, s.publish(ctx, keys.Revocation{OrgID: orgID, KeyUID: uid})
+	}
+	return keys.Key{}, time.Time{}, fmt.Errorf("key %q kept changing concurrently: %w", name, keys.ErrConflict)
+}
+
+// touchChunk bounds the keys one touch script handles, so no script run
+// holds Redis for long.
+const touchChunk = 256
+
+// TouchKeys moves last_used_at of keys forward, to the millisecond: one
+// script per organization (and per 256 keys), all in one pipeline, so one
+// round trip on a single server and one per node on a Cluster. Keys that no
+// longer exist are skipped.
+func (s *Store) TouchKeys(ctx context.Context, used map[keys.KeyRef]time.Time) error {
+	if len(used) == 0 {
+		return nil
+	}
+	byOrg := make(map[string][]keys.KeyRef)
+	for ref := range used {
+		if keys.ValidateOrgID(ref.OrgID) != nil || ref.UID == "" {
+			continue
+		}
+		byOrg[ref.OrgID] = append(byOrg[ref.OrgID], ref)
+	}
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for orgID, refs := range byOrg {
+			for len(refs) > 0 {
+				chunk := refs[:min(len(refs), touchChunk)]
+				refs = refs[len(chunk):]
+				ks := make([]string, 0, 2*len(chunk))
+				args := make([]any, 0, len(chunk))
+				for _, ref := range chunk {
+					ks = append(ks, keyKey(orgID, ref.UID), usedKey(orgID, ref.UID))
+					args = append(args, used[ref].UnixMilli())
+				}
+				touchKeysScript.Eval(ctx, p, ks, args...)
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return keys.Key{}, fmt.Errorf("encoding key: %w", err)
+		return fail("recording key uses", err)
 	}
-	n, err := setKeyMaxScript.Run(ctx, s.rdb,
-		[]string{keyNamesKey(orgID), allocKey(orgID), keyKey(orgID, uid)},
-		name, uid, cur, b, maxArg(max), allocLimit,
-	).Int64()
-	if err != nil {
-		return keys.Key{}, fail("running set-key-max script", err)
-	}
-	switch n {
-	case replyOK:
-	case replyNotFound:
-		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
-	case replyOverAlloc:
-		return keys.Key{}, fmt.Errorf("key %q: %w", name, keys.ErrOverAllocated)
-	case replyChangedSince:
-		return keys.Key{}, fmt.Errorf("key %q changed concurrently: %w", name, keys.ErrConflict)
-	default:
-		return keys.Key{}, fmt.Errorf("set-key-max script: unexpected reply %d", n)
-	}
-	return k, s.publish(ctx, keys.Revocation{OrgID: orgID, KeyUID: uid})
+	return nil
 }
 
 // SetSealedSecret replaces the sealed secret of a key. A concurrent change of
@@ -442,9 +635,9 @@ func (s *Store) SetSealedSecret(ctx context.Context, uid string, sealed []byte) 
 		return err
 	}
 	k.SealedSecret = slices.Clone(sealed)
-	b, err := json.Marshal(k)
+	b, err := encodeKey(k)
 	if err != nil {
-		return fmt.Errorf("encoding key: %w", err)
+		return err
 	}
 	n, err := replaceKeyScript.Run(ctx, s.rdb, []string{keyKey(orgID, uid)}, cur, b).Int64()
 	if err != nil {
@@ -462,7 +655,8 @@ func (s *Store) SetSealedSecret(ctx context.Context, uid string, sealed []byte) 
 	}
 }
 
-// KeyByHash returns the key whose secret hashes to h.
+// KeyByHash returns the key whose current secret, or previous secret within
+// its grace by the store's clock, hashes to h.
 func (s *Store) KeyByHash(ctx context.Context, h keys.SecretHash) (keys.Key, error) {
 	ref, err := s.rdb.Get(ctx, hashIndexKey(h.String())).Result()
 	if errors.Is(err, redis.Nil) {
@@ -479,10 +673,32 @@ func (s *Store) KeyByHash(ctx context.Context, h keys.SecretHash) (keys.Key, err
 	if err != nil {
 		return keys.Key{}, err
 	}
-	if k.SecretHash != h {
+	if ok, _ := k.MatchHash(h, s.now()); !ok {
 		return keys.Key{}, fmt.Errorf("key by hash: %w", keys.ErrNotFound)
 	}
 	return k, nil
+}
+
+// KeyByName returns the key called name in an organization.
+func (s *Store) KeyByName(ctx context.Context, orgID, name string) (keys.Key, error) {
+	uid, err := s.uidByName(ctx, orgID, name)
+	if err != nil {
+		return keys.Key{}, err
+	}
+	_, k, err := s.keyRecord(ctx, orgID, uid)
+	return k, err
+}
+
+// uidByName returns the uid of the key called name in an organization.
+func (s *Store) uidByName(ctx context.Context, orgID, name string) (string, error) {
+	uid, err := s.rdb.HGet(ctx, keyNamesKey(orgID), name).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("key %q: %w", name, keys.ErrNotFound)
+	}
+	if err != nil {
+		return "", fail("reading key name", err)
+	}
+	return uid, nil
 }
 
 // KeyByUID returns the key with the given access_key.
@@ -498,17 +714,55 @@ func (s *Store) KeyByUID(ctx context.Context, uid string) (keys.Key, error) {
 	return k, err
 }
 
-// keyRecord reads the record of a key, raw and decoded.
+// keyRecord reads the record of a key, raw and decoded, with its last-used
+// time: one MGET of two keys in one slot.
 func (s *Store) keyRecord(ctx context.Context, orgID, uid string) (string, keys.Key, error) {
-	v, err := s.rdb.Get(ctx, keyKey(orgID, uid)).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", keys.Key{}, fmt.Errorf("key %s: %w", uid, keys.ErrNotFound)
-	}
+	vs, err := s.rdb.MGet(ctx, keyKey(orgID, uid), usedKey(orgID, uid)).Result()
 	if err != nil {
 		return "", keys.Key{}, fail("reading key", err)
 	}
-	k, err := decode[keys.Key]("key", v)
+	if len(vs) != 2 {
+		return "", keys.Key{}, fmt.Errorf("reading key: unexpected reply of %d values", len(vs))
+	}
+	if vs[0] == nil {
+		return "", keys.Key{}, fmt.Errorf("key %s: %w", uid, keys.ErrNotFound)
+	}
+	v, ok := vs[0].(string)
+	if !ok {
+		return "", keys.Key{}, fmt.Errorf("reading key: unexpected reply %T", vs[0])
+	}
+	k, err := decodeKey(v, vs[1])
 	return v, k, err
+}
+
+// encodeKey renders a key record. last_used_at is not part of it: it lives
+// in its own key (usedKey).
+func encodeKey(k keys.Key) (string, error) {
+	k.LastUsedAt = nil
+	b, err := json.Marshal(k)
+	if err != nil {
+		return "", fmt.Errorf("encoding key: %w", err)
+	}
+	return string(b), nil
+}
+
+// decodeKey decodes a key record and its last-used time (nil, or Unix
+// milliseconds as MGET returns them).
+func decodeKey(record string, used any) (keys.Key, error) {
+	k, err := decode[keys.Key]("key", record)
+	if err != nil {
+		return keys.Key{}, err
+	}
+	k.LastUsedAt = nil
+	if str, ok := used.(string); ok {
+		ms, err := strconv.ParseInt(str, 10, 64)
+		if err != nil {
+			return keys.Key{}, fmt.Errorf("decoding last-used time of key %s: %w", k.UID, err)
+		}
+		t := time.UnixMilli(ms).UTC()
+		k.LastUsedAt = &t
+	}
+	return k, nil
 }
 
 // Keys lists the keys of an organization ordered by creation time, then name.
@@ -520,25 +774,28 @@ func (s *Store) Keys(ctx context.Context, orgID string) ([]keys.Key, error) {
 	if len(names) == 0 {
 		return nil, nil
 	}
-	ks := make([]string, 0, len(names))
+	ks := make([]string, 0, 2*len(names))
 	for _, uid := range names {
-		ks = append(ks, keyKey(orgID, uid))
+		ks = append(ks, keyKey(orgID, uid), usedKey(orgID, uid))
 	}
 	// One slot: MGET is valid on a Cluster.
 	vs, err := s.rdb.MGet(ctx, ks...).Result()
 	if err != nil {
 		return nil, fail("reading keys", err)
 	}
-	out := make([]keys.Key, 0, len(vs))
-	for _, v := range vs {
-		if v == nil {
+	if len(vs) != len(ks) {
+		return nil, fmt.Errorf("reading keys: unexpected reply of %d values for %d keys", len(vs), len(ks))
+	}
+	out := make([]keys.Key, 0, len(names))
+	for i := 0; i < len(vs); i += 2 {
+		if vs[i] == nil {
 			continue // name without record
 		}
-		str, ok := v.(string)
+		str, ok := vs[i].(string)
 		if !ok {
-			return nil, fmt.Errorf("reading keys: unexpected reply %T", v)
+			return nil, fmt.Errorf("reading keys: unexpected reply %T", vs[i])
 		}
-		k, err := decode[keys.Key]("key", str)
+		k, err := decodeKey(str, vs[i+1])
 		if err != nil {
 			return nil, err
 		}
@@ -572,6 +829,9 @@ func (s *Store) DeleteKey(ctx context.Context, orgID, name string) (keys.Key, er
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, hashIndexKey(k.SecretHash.String()))
+		if k.Previous != nil {
+			p.Del(ctx, hashIndexKey(k.Previous.Hash.String()))
+		}
 		p.Del(ctx, uidIndexKey(uid))
 		return nil
 	})
@@ -579,7 +839,7 @@ func (s *Store) DeleteKey(ctx context.Context, orgID, name string) (keys.Key, er
 		return keys.Key{}, fail("removing key indices", err)
 	}
 	v, err := deleteKeyScript.Run(ctx, s.rdb,
-		[]string{keyNamesKey(orgID), allocKey(orgID), keyKey(orgID, uid)},
+		[]string{keyNamesKey(orgID), allocKey(orgID), keyKey(orgID, uid), usedKey(orgID, uid)},
 		name, uid,
 	).Text()
 	if errors.Is(err, redis.Nil) {
@@ -589,10 +849,11 @@ func (s *Store) DeleteKey(ctx context.Context, orgID, name string) (keys.Key, er
 	if err != nil {
 		return keys.Key{}, fail("running delete-key script", err)
 	}
-	deleted, err := decode[keys.Key]("key", v)
+	deleted, err := decodeKey(v, nil)
 	if err != nil {
 		return keys.Key{}, err
 	}
+	deleted.LastUsedAt = k.LastUsedAt
 	return deleted, s.publish(ctx, keys.Revocation{OrgID: orgID, KeyUID: uid})
 }
 

@@ -17,9 +17,9 @@ import (
 
 func TestStore(t *testing.T) {
 	rdb := redistest.Client(t)
-	storetest.Run(t, func(t *testing.T) keys.Store {
+	storetest.Run(t, func(t *testing.T, now func() time.Time) keys.Store {
 		redistest.Flush(t, rdb)
-		return redisstore.New(rdb)
+		return redisstore.New(rdb, redisstore.WithClock(now))
 	})
 }
 
@@ -28,9 +28,9 @@ func TestStore(t *testing.T) {
 func TestCluster(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	rdb := redistest.NewClient(t, cl.Addrs()...)
-	storetest.Run(t, func(t *testing.T) keys.Store {
+	storetest.Run(t, func(t *testing.T, now func() time.Time) keys.Store {
 		redistest.Flush(t, rdb)
-		return redisstore.New(rdb)
+		return redisstore.New(rdb, redisstore.WithClock(now))
 	})
 }
 
@@ -180,7 +180,22 @@ func TestUnavailable(t *testing.T) {
 		{"KeyByUID", func(ctx context.Context) error { _, err := s.KeyByUID(ctx, k.UID); return err }},
 		{"Keys", func(ctx context.Context) error { _, err := s.Keys(ctx, "org"); return err }},
 		{"CreateKey", func(ctx context.Context) error { return s.CreateKey(ctx, k2, 100) }},
-		{"SetKeyMax", func(ctx context.Context) error { _, err := s.SetKeyMax(ctx, "org", "k", max, 100); return err }},
+		{"UpdateKey", func(ctx context.Context) error {
+			_, err := s.UpdateKey(ctx, "org", "k", keys.KeyPatch{MaxAPIRequests: keys.ChangeTo(max)}, 100)
+			return err
+		}},
+		{"UpdatePlan", func(ctx context.Context) error {
+			_, err := s.UpdatePlan(ctx, 1, keys.PlanPatch{Name: keys.ChangeTo("x")})
+			return err
+		}},
+		{"RotateKey", func(ctx context.Context) error {
+			_, _, err := s.RotateKey(ctx, "org", "k", keys.Rotation{Hash: keys.HashSecret("x"), Grace: time.Hour, Now: time.Now()})
+			return err
+		}},
+		{"TouchKeys", func(ctx context.Context) error {
+			return s.TouchKeys(ctx, map[keys.KeyRef]time.Time{k.Ref(): time.Now()})
+		}},
+		{"KeyByName", func(ctx context.Context) error { _, err := s.KeyByName(ctx, "org", "k"); return err }},
 		{"SetSealedSecret", func(ctx context.Context) error { return s.SetSealedSecret(ctx, k.UID, nil) }},
 		{"DeleteKey", func(ctx context.Context) error { _, err := s.DeleteKey(ctx, "org", "k"); return err }},
 	}
@@ -254,8 +269,11 @@ func TestNoClearSecret(t *testing.T) {
 		}
 		secrets = append(secrets, secret)
 	}
-	if _, err := s.SetKeyMax(ctx, "org", "a", ptr(2), -1); err != nil {
-		t.Fatalf("SetKeyMax: %v", err)
+	if _, err := s.UpdateKey(ctx, "org", "a", keys.KeyPatch{MaxAPIRequests: keys.ChangeTo(ptr(2))}, -1); err != nil {
+		t.Fatalf("UpdateKey: %v", err)
+	}
+	if _, _, err := s.RotateKey(ctx, "org", "c", keys.Rotation{Hash: keys.HashSecret("rotated"), Sealed: []byte("sealed c2"), Grace: time.Hour, Now: time.Now()}); err != nil {
+		t.Fatalf("RotateKey: %v", err)
 	}
 	if _, err := s.DeleteKey(ctx, "org", "b"); err != nil {
 		t.Fatalf("DeleteKey: %v", err)

@@ -18,9 +18,11 @@ import (
 )
 
 // Run runs the conformance suite. newStore is called once per subtest and
-// must return an empty store; the subtests run one after another, so stores
-// returned by newStore may share one backend that newStore empties first.
-func Run(t *testing.T, newStore func(t *testing.T) keys.Store) {
+// must return an empty store that reads the time from now (WithClock in both
+// stores): the suite moves that clock to end rotation grace periods. The
+// subtests run one after another, so stores returned by newStore may share
+// one backend that newStore empties first.
+func Run(t *testing.T, newStore func(t *testing.T, now func() time.Time) keys.Store) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s keys.Store)
@@ -34,19 +36,68 @@ func Run(t *testing.T, newStore func(t *testing.T) keys.Store) {
 		{"Allocation", testAllocation},
 		{"ConcurrentAllocation", testConcurrentAllocation},
 		{"ConcurrentSameName", testConcurrentSameName},
-		{"SetKeyMax", testSetKeyMax},
+		{"UpdateKeyMax", testUpdateKeyMax},
+		{"UpdateKey", testUpdateKey},
+		{"ConcurrentUpdateKey", testConcurrentUpdateKey},
+		{"KeyByName", testKeyByName},
+		{"LifecycleFields", testLifecycleFields},
+		{"RateLimitFields", testRateLimitFields},
+		{"UpdatePlan", testUpdatePlan},
+		{"RotateKey", testRotateKey},
+		{"RotateTwice", testRotateTwice},
+		{"RotateWithoutGrace", testRotateWithoutGrace},
+		{"ConcurrentRotate", testConcurrentRotate},
+		{"TouchKeys", testTouchKeys},
 		{"DeleteKey", testDeleteKey},
 		{"SetSealedSecret", testSetSealedSecret},
 		{"Copies", testCopies},
 		{"Watch", testWatch},
+		{"WatchLifecycle", testWatchLifecycle},
 		{"WatchCanceled", testWatchCanceled},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.fn(t, newStore(t))
+			clk := &Clock{now: tStore}
+			tc.fn(t, suiteStore{Store: newStore(t, clk.Now), clock: clk})
 		})
 	}
 }
+
+// tStore is where the store's clock starts in each subtest: an hour after
+// the keys' creation time t0.
+var tStore = t0.Add(time.Hour)
+
+// Clock is a settable clock for tests. The zero value reads the zero time.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock returns a clock reading now.
+func NewClock(now time.Time) *Clock { return &Clock{now: now} }
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Add moves the clock by d.
+func (c *Clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// suiteStore is a store under test with the clock it reads.
+type suiteStore struct {
+	keys.Store
+	clock *Clock
+}
+
+// clockOf returns the clock of a store the suite made.
+func clockOf(s keys.Store) *Clock { return s.(suiteStore).clock }
 
 // opTimeout bounds every store call of the suite.
 const opTimeout = 10 * time.Second
@@ -66,6 +117,11 @@ func ctxFor(t *testing.T) context.Context {
 }
 
 func ptr(v int64) *int64 { return &v }
+
+// setMax changes only the per-key maximum of a key.
+func setMax(ctx context.Context, s keys.Store, orgID, name string, max *int64, allocLimit int64) (keys.Key, error) {
+	return s.UpdateKey(ctx, orgID, name, keys.KeyPatch{MaxAPIRequests: keys.ChangeTo(max)}, allocLimit)
+}
 
 // NewKey returns a valid key of orgID called name with the given per-key
 // maximum (nil for none), and its clear secret.
@@ -502,7 +558,8 @@ func testConcurrentSameName(t *testing.T, s keys.Store) {
 	}
 }
 
-func testSetKeyMax(t *testing.T, s keys.Store) {
+// testUpdateKeyMax: a patch of the maximum alone follows the allocation rule.
+func testUpdateKeyMax(t *testing.T, s keys.Store) {
 	ctx := ctxFor(t)
 	mustCreateOrg(t, s, newOrg("org"))
 	k1, _ := NewKey(t, "org", "k1", ptr(60))
@@ -511,38 +568,38 @@ func testSetKeyMax(t *testing.T, s keys.Store) {
 	mustCreateKey(t, s, k1, 100)
 	mustCreateKey(t, s, k2, 100)
 
-	_, err := s.SetKeyMax(ctx, "org", "k2", ptr(50), 100)
-	wantErr(t, "SetKeyMax(60+50 > 100)", err, keys.ErrOverAllocated)
+	_, err := setMax(ctx, s, "org", "k2", ptr(50), 100)
+	wantErr(t, "UpdateKey(max 60+50 > 100)", err, keys.ErrOverAllocated)
 	wantKeys(t, s, "org", k1, k2)
 
-	got, err := s.SetKeyMax(ctx, "org", "k2", ptr(40), 100)
+	got, err := setMax(ctx, s, "org", "k2", ptr(40), 100)
 	if err != nil {
-		t.Fatalf("SetKeyMax(40): %v", err)
+		t.Fatalf("UpdateKey(max 40): %v", err)
 	}
 	k2.MaxAPIRequests = ptr(40)
 	if diff := cmp.Diff(k2, got, cmpOpts); diff != "" {
-		t.Errorf("SetKeyMax result mismatch (-want +got):\n%s", diff)
+		t.Errorf("UpdateKey(max) result mismatch (-want +got):\n%s", diff)
 	}
 	if got, err := s.KeyByHash(ctx, k2.SecretHash); err != nil || got.KeyMax() != 40 {
-		t.Errorf("KeyByHash after SetKeyMax: max %d, %v; want 40", got.KeyMax(), err)
+		t.Errorf("KeyByHash after UpdateKey(max): max %d, %v; want 40", got.KeyMax(), err)
 	}
 
 	// Removing a maximum frees its share of the allocation.
-	got, err = s.SetKeyMax(ctx, "org", "k1", nil, 100)
+	got, err = setMax(ctx, s, "org", "k1", nil, 100)
 	if err != nil {
-		t.Fatalf("SetKeyMax(nil): %v", err)
+		t.Fatalf("UpdateKey(max nil): %v", err)
 	}
 	if got.MaxAPIRequests != nil {
-		t.Errorf("SetKeyMax(nil) returned max %d, want none", *got.MaxAPIRequests)
+		t.Errorf("UpdateKey(max nil) returned max %d, want none", *got.MaxAPIRequests)
 	}
-	if _, err := s.SetKeyMax(ctx, "org", "k2", ptr(100), 100); err != nil {
-		t.Errorf("SetKeyMax(100) with the other key unlimited: %v", err)
+	if _, err := setMax(ctx, s, "org", "k2", ptr(100), 100); err != nil {
+		t.Errorf("UpdateKey(max 100) with the other key unlimited: %v", err)
 	}
-	if _, err := s.SetKeyMax(ctx, "org", "k1", ptr(1), 100); !errors.Is(err, keys.ErrOverAllocated) {
-		t.Errorf("SetKeyMax(k1, 1) with k2 at 100: error %v, want ErrOverAllocated", err)
+	if _, err := setMax(ctx, s, "org", "k1", ptr(1), 100); !errors.Is(err, keys.ErrOverAllocated) {
+		t.Errorf("UpdateKey(max k1, 1) with k2 at 100: error %v, want ErrOverAllocated", err)
 	}
-	if _, err := s.SetKeyMax(ctx, "org", "k1", ptr(1000), -1); err != nil {
-		t.Errorf("SetKeyMax with no limit: %v", err)
+	if _, err := setMax(ctx, s, "org", "k1", ptr(1000), -1); err != nil {
+		t.Errorf("UpdateKey(max) with no limit: %v", err)
 	}
 	ks, err := s.Keys(ctx, "org")
 	if err != nil {
@@ -553,12 +610,12 @@ func testSetKeyMax(t *testing.T, s keys.Store) {
 	}
 	// A key created afterwards is checked against the new maxima.
 	k3, _ := NewKey(t, "org", "k3", ptr(1))
-	wantErr(t, "CreateKey after SetKeyMax", s.CreateKey(ctx, k3, 1100), keys.ErrOverAllocated)
+	wantErr(t, "CreateKey after UpdateKey(max)", s.CreateKey(ctx, k3, 1100), keys.ErrOverAllocated)
 
-	_, err = s.SetKeyMax(ctx, "org", "nope", ptr(1), -1)
-	wantErr(t, "SetKeyMax(unknown key)", err, keys.ErrNotFound)
-	_, err = s.SetKeyMax(ctx, "nobody", "k1", ptr(1), -1)
-	wantErr(t, "SetKeyMax(unknown org)", err, keys.ErrNotFound)
+	_, err = setMax(ctx, s, "org", "nope", ptr(1), -1)
+	wantErr(t, "UpdateKey(max unknown key)", err, keys.ErrNotFound)
+	_, err = setMax(ctx, s, "nobody", "k1", ptr(1), -1)
+	wantErr(t, "UpdateKey(max unknown org)", err, keys.ErrNotFound)
 }
 
 func testDeleteKey(t *testing.T, s keys.Store) {
@@ -703,6 +760,31 @@ func testCopies(t *testing.T, s keys.Store) {
 	if gk, _ := s.KeyByUID(ctx, k.UID); string(gk.SealedSecret) != "def" {
 		t.Errorf("sealed secret changed through the caller's slice: %q", gk.SealedSecret)
 	}
+
+	// Rate limits and times are copied too.
+	rl := &keys.RateLimit{Requests: 1, Per: time.Second}
+	exp := t0.Add(time.Hour)
+	k2, _ := NewKey(t, "org", "k2", nil)
+	k2.RateLimit, k2.ExpiresAt = rl, &exp
+	mustCreateKey(t, s, k2, -1)
+	rl.Requests, exp = 2, t0
+	gk, err = s.KeyByUID(ctx, k2.UID)
+	if err != nil || gk.RateLimit == nil || gk.ExpiresAt == nil {
+		t.Fatalf("KeyByUID: %+v, %v", gk, err)
+	}
+	gk.RateLimit.Requests, *gk.ExpiresAt = 3, t0
+	if gk, _ := s.KeyByName(ctx, "org", "k2"); gk.RateLimit.Requests != 1 || !gk.ExpiresAt.Equal(t0.Add(time.Hour)) {
+		t.Errorf("key changed through a caller's rate limit or expiry: %+v, %v", gk.RateLimit, gk.ExpiresAt)
+	}
+	prl := &keys.RateLimit{Requests: 5, Per: time.Minute}
+	up, err := s.UpdatePlan(ctx, 1, keys.PlanPatch{OrgRateLimit: keys.ChangeTo(prl)})
+	if err != nil {
+		t.Fatalf("UpdatePlan: %v", err)
+	}
+	prl.Requests, up.OrgRateLimit.Requests = 6, 7
+	if got, _ := s.Plan(ctx, 1); got.OrgRateLimit == nil || got.OrgRateLimit.Requests != 5 {
+		t.Errorf("plan changed through a caller's rate limit: %+v", got.OrgRateLimit)
+	}
 }
 
 // watch is a running Watch whose revocations arrive on ch.
@@ -817,11 +899,11 @@ func testWatch(t *testing.T, s keys.Store) {
 		}
 	}
 
-	if _, err := s.SetKeyMax(ctx, "org", "k1", ptr(20), -1); err != nil {
-		t.Fatalf("SetKeyMax: %v", err)
+	if _, err := setMax(ctx, s, "org", "k1", ptr(20), -1); err != nil {
+		t.Fatalf("UpdateKey(max): %v", err)
 	}
-	check("SetKeyMax", w1.next(t, "org"), k1.UID)
-	check("SetKeyMax (second watcher)", w2.next(t, "org"), k1.UID)
+	check("UpdateKey(max)", w1.next(t, "org"), k1.UID)
+	check("UpdateKey(max) (second watcher)", w2.next(t, "org"), k1.UID)
 
 	if _, err := s.DeleteKey(ctx, "org", "k2"); err != nil {
 		t.Fatalf("DeleteKey: %v", err)

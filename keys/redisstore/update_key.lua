@@ -1,8 +1,8 @@
--- set_key_max.lua changes the per-key maximum of a key under the allocation
--- rule of create_key.lua. Go reads the record, builds the new one and passes
--- both; the script replaces the record only if it is still the one Go read
--- (compare-and-set), so a concurrent change is never lost. A refusal writes
--- nothing.
+-- update_key.lua replaces a key record with a changed one, and its per-key
+-- maximum under the allocation rule of create_key.lua when that changes. Go
+-- reads the record, builds the new one and passes both; the script replaces
+-- the record only if it is still the one Go read (compare-and-set), so a
+-- concurrent change is never lost. A refusal writes nothing.
 --
 -- KEYS[1]  names hash, name -> uid      kg:{org}:keynames
 -- KEYS[2]  allocation hash, uid -> max  kg:{org}:alloc
@@ -11,7 +11,8 @@
 -- ARGV[2]  key uid
 -- ARGV[3]  the record as read (JSON)
 -- ARGV[4]  the new record (JSON)
--- ARGV[5]  the new per-key maximum (decimal), or "" for none
+-- ARGV[5]  the new per-key maximum (decimal), "" for none, or "=" to leave
+--          the maximum and the allocation as they are
 -- ARGV[6]  allocation limit (decimal); negative means no check
 --
 -- Reply (integer):
@@ -29,7 +30,9 @@ end
 if current ~= ARGV[3] then
   return -3
 end
-if ARGV[5] ~= '' then
+if ARGV[5] == '=' then
+  -- the maximum does not change
+elseif ARGV[5] ~= '' then
   local limit = tonumber(ARGV[6])
   if limit >= 0 then
     local sum = tonumber(ARGV[5])

@@ -1,0 +1,171 @@
+package redisstore_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/keys/redisstore"
+)
+
+// The records below are byte for byte what the store wrote before rate
+// limits and the key lifecycle existed (captured from that version: the
+// field order and omissions are encoding/json's for the old types). Only the
+// secrets' hashes, the sealed secret and the uids are filled in.
+const (
+	v1Plans = `{"id":1,"name":"Free","price":"0.00","period":"month","max_api_requests":1000,"limits":{"egress":5368709120}}`
+	v1Plan2 = `{"id":2,"name":"Pro","price":"10.00","period":"30s","max_api_requests":null}`
+	v1Org   = `{"id":"org","name":"Org","email":"o@example.com","email_verified":false,"plan_id":1,"unlimited":false,"partner":false,"username":"user","password_hash":"hash","created_at":"2025-03-04T05:06:07Z","revision":1}`
+	// v1Key has a maximum and a sealed secret; v1Bare has neither.
+	v1Key  = `{"uid":"%s","org_id":"org","name":"k","permissions":["read","write"],"max_api_requests":100,"comment":"c","created_at":"2025-03-04T05:06:07Z","secret_hash":"%s","sealed_secret":"%s"}`
+	v1Bare = `{"uid":"%s","org_id":"org","name":"bare","permissions":["admin"],"created_at":"2025-03-04T05:06:08Z","secret_hash":"%s"}`
+	// v1Revocation is a revocation as the old version publishes it.
+	v1Revocation = `{"org_id":"org","key_uid":"%s","published_at":"2025-03-04T05:06:07.123456789Z"}`
+)
+
+const (
+	v1UID     = "0b0e5d2c-6c39-4d7b-9a55-3f2a0f1c9e11"
+	v1BareUID = "1b0e5d2c-6c39-4d7b-9a55-3f2a0f1c9e11"
+)
+
+// writeV1 writes an organization with two keys and two plans in the old
+// format, with the indices the old store kept, straight through the client.
+func writeV1(t *testing.T, ctx context.Context, rdb redis.UniversalClient, sealer *keys.Sealer) (secret, bareSecret string) {
+	t.Helper()
+	secret, _ = keys.NewSecret()
+	bareSecret, _ = keys.NewSecret()
+	h, bh := keys.HashSecret(secret), keys.HashSecret(bareSecret)
+	sealed, err := sealer.Seal(keys.Key{UID: v1UID, OrgID: "org"}, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets := []struct{ key, value string }{
+		{"kg:{org}:org", v1Org},
+		{"kg:{org}:key:" + v1UID, fmt.Sprintf(v1Key, v1UID, h, base64.StdEncoding.EncodeToString(sealed))},
+		{"kg:{org}:key:" + v1BareUID, fmt.Sprintf(v1Bare, v1BareUID, bh)},
+		{"kg:hash:" + h.String(), "org/" + v1UID},
+		{"kg:hash:" + bh.String(), "org/" + v1BareUID},
+		{"kg:uid:" + v1UID, "org"},
+		{"kg:uid:" + v1BareUID, "org"},
+	}
+	for _, s := range sets {
+		if err := rdb.Set(ctx, s.key, s.value, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, err := range []error{
+		rdb.HSet(ctx, "kg:plans", "1", v1Plans, "2", v1Plan2).Err(),
+		rdb.HSet(ctx, "kg:usernames", "user", "org").Err(),
+		rdb.ZAdd(ctx, "kg:orgs", redis.Z{Score: 0, Member: "org"}).Err(),
+		rdb.HSet(ctx, "kg:{org}:keynames", "k", v1UID, "bare", v1BareUID).Err(),
+		rdb.HSet(ctx, "kg:{org}:alloc", v1UID, "100").Err(),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return secret, bareSecret
+}
+
+// TestUpgradeFromV1 reads data written by the version before rate limits
+// and the key lifecycle: its keys authenticate (every credential form), are
+// enabled, never expire, have no rate limit and no last use, and can be
+// updated, rotated, touched and deleted; its plans and organization read
+// without rate limits and can be changed.
+func TestUpgradeFromV1(t *testing.T) {
+	ctx := ctxFor(t, 30*time.Second)
+	sealer, err := keys.NewSealer([]byte("0123456789abcdef0123456789abcdef"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redistest.Client(t)
+	secret, bareSecret := writeV1(t, ctx, rdb, sealer)
+	s := redisstore.New(rdb)
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	a := keys.NewAuthenticator(s, keys.AuthOptions{Sealer: sealer, Now: func() time.Time { return now }})
+
+	for _, c := range []keys.Credential{{Secret: secret}, {Secret: secret, AccessKey: v1UID}, {Secret: bareSecret}} {
+		p, err := a.Authenticate(ctx, c)
+		if err != nil {
+			t.Fatalf("Authenticate(old key): %v", err)
+		}
+		key, org := p.RateLimits()
+		if !p.Key.Enabled() || p.Key.ExpiresAt != nil || p.Key.LastUsedAt != nil || p.Key.Previous != nil || key != nil || org != nil {
+			t.Errorf("old key reads as %+v with rate limits %v, %v; want enabled, no expiry, no last use, no limits", p.Key, key, org)
+		}
+		if p.Org.ID != "org" || p.Plan.ID != 1 || p.Plan.KeyRateLimit != nil || p.Plan.OrgRateLimit != nil || p.Org.RateLimit != nil {
+			t.Errorf("old organization and plan read as %+v, %+v", p.Org, p.Plan)
+		}
+	}
+	if _, err := a.AuthenticateSigned(ctx, v1UID, func(b []byte) bool { return string(b) == secret }); err != nil {
+		t.Errorf("AuthenticateSigned(old key): %v", err)
+	}
+	if plans, err := s.Plans(ctx); err != nil || len(plans) != 2 || plans[1].MaxAPIRequests != nil {
+		t.Errorf("Plans = %+v, %v", plans, err)
+	}
+
+	// Changes on old records.
+	rl := &keys.RateLimit{Requests: 10, Per: time.Minute}
+	k, err := s.UpdateKey(ctx, "org", "k", keys.KeyPatch{RateLimit: keys.ChangeTo(rl), Comment: keys.ChangeTo("upgraded")}, 1000)
+	if err != nil || k.RateLimit == nil || k.Comment != "upgraded" || k.KeyMax() != 100 || !k.Enabled() {
+		t.Fatalf("UpdateKey(old key) = %+v, %v", k, err)
+	}
+	if _, err := s.UpdateKey(ctx, "org", "bare", keys.KeyPatch{MaxAPIRequests: keys.ChangeTo(ptr(901))}, 1000); err == nil {
+		t.Error("UpdateKey ignored the old allocation record (100 + 901 > 1000)")
+	}
+	newSecret, _ := keys.NewSecret()
+	newSealed, _ := sealer.Seal(k, newSecret)
+	if _, _, err := s.RotateKey(ctx, "org", "k", keys.Rotation{UID: v1UID, Hash: keys.HashSecret(newSecret), Sealed: newSealed, Grace: time.Hour, Now: now}); err != nil {
+		t.Fatalf("RotateKey(old key): %v", err)
+	}
+	a.Revoke(keys.Revocation{OrgID: "org", KeyUID: v1UID})
+	for _, sec := range []string{secret, newSecret} {
+		if p, err := a.Authenticate(ctx, keys.Credential{Secret: sec, AccessKey: v1UID}); err != nil || p.Key.RateLimit == nil {
+			t.Errorf("Authenticate after rotating the old key: %+v, %v", p.Key, err)
+		}
+		if _, err := a.AuthenticateSigned(ctx, v1UID, func(b []byte) bool { return string(b) == sec }); err != nil {
+			t.Errorf("AuthenticateSigned after rotating the old key: %v", err)
+		}
+	}
+	if err := s.TouchKeys(ctx, map[keys.KeyRef]time.Time{{OrgID: "org", UID: v1BareUID}: now}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.KeyByUID(ctx, v1BareUID); err != nil || got.LastUsedAt == nil || !got.LastUsedAt.Equal(now) {
+		t.Errorf("old key after TouchKeys: %+v, %v", got, err)
+	}
+	if _, err := s.UpdatePlan(ctx, 1, keys.PlanPatch{OrgRateLimit: keys.ChangeTo(rl)}); err != nil {
+		t.Errorf("UpdatePlan(old plan): %v", err)
+	}
+	if pl, err := s.Plan(ctx, 1); err != nil || pl.OrgRateLimit == nil || pl.Limits["egress"] != 5368709120 || *pl.MaxAPIRequests != 1000 {
+		t.Errorf("old plan after UpdatePlan: %+v, %v", pl, err)
+	}
+	o, err := s.Org(ctx, "org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.RateLimit = rl
+	if err := s.UpdateOrg(ctx, &o); err != nil || o.Revision != 2 {
+		t.Errorf("UpdateOrg(old organization): revision %d, %v", o.Revision, err)
+	}
+	if _, err := s.DeleteKey(ctx, "org", "bare"); err != nil {
+		t.Fatalf("DeleteKey(old key): %v", err)
+	}
+	a.Revoke(keys.Revocation{OrgID: "org", KeyUID: v1BareUID})
+	if _, err := a.Authenticate(ctx, keys.Credential{Secret: bareSecret}); !errors.Is(err, keys.ErrInvalidCredential) {
+		t.Errorf("deleted old key: %v, want ErrInvalidCredential", err)
+	}
+
+	// An old sidecar's revocation message decodes.
+	var r keys.Revocation
+	if err := json.Unmarshal(fmt.Appendf(nil, v1Revocation, v1UID), &r); err != nil || r.OrgID != "org" || r.KeyUID != v1UID || r.PlanID != 0 || r.PublishedAt.IsZero() {
+		t.Errorf("old revocation decodes as %+v, %v", r, err)
+	}
+}

@@ -1,0 +1,258 @@
+package keys_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/keys/memstore"
+)
+
+// touchStore is a memory store that records every TouchKeys batch and can
+// fail them.
+type touchStore struct {
+	*memstore.Store
+	mu      sync.Mutex
+	batches []map[keys.KeyRef]time.Time
+	fail    atomic.Bool
+}
+
+func (s *touchStore) TouchKeys(ctx context.Context, used map[keys.KeyRef]time.Time) error {
+	if s.fail.Load() {
+		return fmt.Errorf("touching: %w", keys.ErrUnavailable)
+	}
+	s.mu.Lock()
+	s.batches = append(s.batches, used)
+	s.mu.Unlock()
+	return s.Store.TouchKeys(ctx, used)
+}
+
+func (s *touchStore) lastBatch() map[keys.KeyRef]time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.batches) == 0 {
+		return nil
+	}
+	return s.batches[len(s.batches)-1]
+}
+
+func (s *touchStore) calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.batches)
+}
+
+// touchSetup returns a store with n keys k0…k(n-1) in org1.
+func touchSetup(t *testing.T, n int) (*touchStore, []keys.Key) {
+	t.Helper()
+	ctx := context.Background()
+	st := &touchStore{Store: memstore.New()}
+	if err := st.CreateOrg(ctx, keys.Org{ID: "org1", Name: "o", PlanID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var ks []keys.Key
+	for i := range n {
+		uid, _ := keys.NewUUID()
+		k := keys.Key{UID: uid, OrgID: "org1", Name: fmt.Sprintf("k%d", i), Permissions: []keys.Permission{keys.PermRead}, SecretHash: keys.HashSecret(uid)}
+		if err := st.CreateKey(ctx, k, -1); err != nil {
+			t.Fatal(err)
+		}
+		ks = append(ks, k)
+	}
+	return st, ks
+}
+
+func lastUsed(t *testing.T, st keys.Store, k keys.Key) *time.Time {
+	t.Helper()
+	got, err := st.KeyByUID(context.Background(), k.UID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got.LastUsedAt
+}
+
+func TestToucherOncePerInterval(t *testing.T) {
+	st, ks := touchSetup(t, 2)
+	clk := &clock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	tc := keys.NewToucher(st, keys.ToucherOptions{Every: time.Minute, Now: clk.Now})
+	ctx := context.Background()
+	a, b := ks[0], ks[1]
+
+	if err := tc.Flush(ctx); err != nil || st.calls() != 0 {
+		t.Fatalf("flush with nothing recorded: %v, %d store calls; want none", err, st.calls())
+	}
+	first := clk.Now()
+	for range 100 {
+		tc.Touch(a.Ref())
+	}
+	clk.Add(time.Second)
+	tc.Touch(a.Ref())
+	tc.Touch(b.Ref())
+	if err := tc.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.lastBatch(); len(got) != 2 || !got[a.Ref()].Equal(first) || !got[b.Ref()].Equal(first.Add(time.Second)) {
+		t.Errorf("first batch %v, want a at its first use and b", got)
+	}
+	if got := lastUsed(t, st, a); got == nil || !got.Equal(first) {
+		t.Errorf("a last used %v, want %v", got, first)
+	}
+
+	// Within the minute nothing more is written.
+	clk.Add(58 * time.Second)
+	tc.Touch(a.Ref())
+	if err := tc.Flush(ctx); err != nil || st.calls() != 1 {
+		t.Errorf("flush within a's minute: %v, %d store calls; want still 1", err, st.calls())
+	}
+	// A minute after a's first recording, its next use is recorded.
+	clk.Add(time.Second)
+	tc.Touch(a.Ref())
+	tc.Touch(b.Ref()) // b's minute is not over
+	if err := tc.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.lastBatch(); len(got) != 1 || !got[a.Ref()].Equal(clk.Now()) {
+		t.Errorf("second batch %v, want only a at %v", got, clk.Now())
+	}
+	if got := lastUsed(t, st, a); got == nil || !got.Equal(clk.Now()) {
+		t.Errorf("a last used %v, want %v", got, clk.Now())
+	}
+}
+
+func TestToucherBoundedAndRetried(t *testing.T) {
+	st, ks := touchSetup(t, 5)
+	clk := &clock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	tc := keys.NewToucher(st, keys.ToucherOptions{MaxPending: 3, Now: clk.Now})
+	ctx := context.Background()
+	for _, k := range ks {
+		tc.Touch(k.Ref())
+	}
+	if tc.Dropped() != 2 {
+		t.Errorf("dropped %d uses beyond MaxPending 3, want 2", tc.Dropped())
+	}
+
+	// A failed flush keeps its uses for the next one.
+	st.fail.Store(true)
+	if err := tc.Flush(ctx); !errors.Is(err, keys.ErrUnavailable) {
+		t.Fatalf("flush on a failing store: %v, want ErrUnavailable", err)
+	}
+	if got := lastUsed(t, st, ks[0]); got != nil {
+		t.Fatalf("failed flush recorded %v", got)
+	}
+	st.fail.Store(false)
+	if err := tc.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.lastBatch(); len(got) != 3 {
+		t.Errorf("retried batch has %d keys, want the 3 kept", len(got))
+	}
+	for _, k := range ks[:3] {
+		if got := lastUsed(t, st, k); got == nil || !got.Equal(clk.Now()) {
+			t.Errorf("key %s last used %v after the retry, want %v", k.Name, got, clk.Now())
+		}
+	}
+	// Room again: the dropped keys are recorded at their next use.
+	tc.Touch(ks[3].Ref())
+	tc.Touch(ks[4].Ref())
+	if err := tc.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.lastBatch(); len(got) != 2 {
+		t.Errorf("batch after room was made has %d keys, want 2", len(got))
+	}
+}
+
+// TestToucherRun: Run writes a first use within its flush interval, and a use
+// recorded just before it stops is written by its final flush.
+func TestToucherRun(t *testing.T) {
+	st, ks := touchSetup(t, 2)
+	flushed := make(chan int, 16)
+	tc := keys.NewToucher(st, keys.ToucherOptions{FlushInterval: 10 * time.Millisecond, OnFlush: func(n int, err error) {
+		if err == nil {
+			flushed <- n
+		}
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); tc.Run(ctx) }()
+
+	tc.Touch(ks[0].Ref())
+	select {
+	case n := <-flushed:
+		if n != 1 {
+			t.Errorf("first flush wrote %d keys, want 1", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not flush within 5s")
+	}
+	if lastUsed(t, st, ks[0]) == nil {
+		t.Error("first use not recorded after Run's flush")
+	}
+
+	tc.Touch(ks[1].Ref())
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of its context's end")
+	}
+	if lastUsed(t, st, ks[1]) == nil {
+		t.Error("use recorded before shutdown was lost")
+	}
+}
+
+// TestToucherConcurrent exercises Touch from many goroutines while flushing,
+// for the race detector, and checks every key ends up recorded.
+func TestToucherConcurrent(t *testing.T) {
+	st, ks := touchSetup(t, 50)
+	tc := keys.NewToucher(st, keys.ToucherOptions{})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 1000 {
+				tc.Touch(ks[(g*7+i)%len(ks)].Ref())
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 20 {
+			if err := tc.Flush(context.Background()); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	wg.Wait()
+	if err := tc.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range ks {
+		if lastUsed(t, st, k) == nil {
+			t.Errorf("key %s never recorded", k.Name)
+		}
+	}
+}
+
+// BenchmarkToucherTouch measures the request path's cost: a key recorded
+// recently, touched from every core.
+func BenchmarkToucherTouch(b *testing.B) {
+	tc := keys.NewToucher(memstore.New(), keys.ToucherOptions{})
+	refs := make([]keys.KeyRef, 64)
+	for i := range refs {
+		uid, _ := keys.NewUUID()
+		refs[i] = keys.KeyRef{OrgID: "org1", UID: uid}
+		tc.Touch(refs[i])
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			tc.Touch(refs[i%len(refs)])
+			i++
+		}
+	})
+}
