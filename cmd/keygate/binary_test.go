@@ -176,6 +176,7 @@ func TestBinary(t *testing.T) {
 			t.Fatalf("keygate did not log its listeners\n%s", logs.String())
 		}
 		g := &gate{t: t, l: listeners{Data: a[0], Admin: a[1]}, logs: &logs}
+		registerListeners(t, g.l)
 		_, ks := g.setupOrg(1, 1000, "month", map[string][]string{"k": {"read"}})
 		hdr := map[string]string{"X-API-Key": ks["k"].AccessSecret}
 

@@ -90,6 +90,7 @@ func startGate(t *testing.T, env map[string]string) *gate {
 			t.Errorf("keygate stopped with: %v", err)
 		}
 	})
+	registerListeners(t, g.l) // its cleanup runs before the stop frees the ports
 	return g
 }
 
@@ -104,7 +105,9 @@ func call(t *testing.T, method, url string, headers map[string]string, body stri
 }
 
 // callReader is call with any body: a reader of unknown length (not a
-// *strings.Reader) is sent chunked, without Content-Length.
+// *strings.Reader) is sent chunked, without Content-Length. Answers of a
+// sidecar's own routes are checked against openapi/openapi.json
+// (checkAnswer).
 func callReader(t *testing.T, method, url string, headers map[string]string, body io.Reader) (int, http.Header, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)
@@ -129,6 +132,7 @@ func callReader(t *testing.T, method, url string, headers map[string]string, bod
 	if err != nil {
 		t.Fatalf("reading body: %v", err)
 	}
+	checkAnswer(t, req, resp.StatusCode, resp.Header, b)
 	return resp.StatusCode, resp.Header, b
 }
 
