@@ -25,6 +25,7 @@ import (
 	"github.com/keygate/keygate/keys/memstore"
 	"github.com/keygate/keygate/keys/redisstore"
 	"github.com/keygate/keygate/metrics"
+	"github.com/keygate/keygate/openapi"
 	"github.com/keygate/keygate/quota"
 	"github.com/keygate/keygate/quota/memcounter"
 	"github.com/keygate/keygate/quota/rediscounter"
@@ -86,6 +87,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		Sealer:             sealer,
 		Provider:           cfg.Provider,
 		AdminToken:         cfg.AdminToken,
+		AdminPublic:        map[string]http.Handler{"/openapi.json": openapi.Handler()},
 		RejectNonCanonical: cfg.PathNormalize == "reject",
 		FailLimit:          cfg.authFailLimit(),
 		LoginFailLimit:     cfg.loginFailLimit(),
