@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,6 +31,8 @@ type planBody struct {
 	Period         string           `json:"period"`
 	MaxAPIRequests *int64           `json:"max_api_requests"`
 	Limits         map[string]int64 `json:"limits"`
+	KeyRateLimit   *keys.RateLimit  `json:"key_rate_limit"`
+	OrgRateLimit   *keys.RateLimit  `json:"org_rate_limit"`
 }
 
 // orgPatch changes an organization; absent fields stay as they are.
@@ -41,47 +44,59 @@ type orgPatch struct {
 	Partner        *bool           `json:"partner"`
 	MaxAPIRequests json.RawMessage `json:"max_api_requests"`
 	Unlimited      *bool           `json:"unlimited"`
+	// RateLimit overrides the plan's org_rate_limit; null goes back to it.
+	RateLimit keys.Change[*keys.RateLimit] `json:"rate_limit"`
 }
 
 type keyBody struct {
-	Name           string   `json:"name"`
-	Permissions    []string `json:"permissions"`
-	MaxAPIRequests *int64   `json:"max_api_requests"`
-	Comment        string   `json:"comment"`
+	Name           string          `json:"name"`
+	Permissions    []string        `json:"permissions"`
+	MaxAPIRequests *int64          `json:"max_api_requests"`
+	Comment        string          `json:"comment"`
+	RateLimit      *keys.RateLimit `json:"rate_limit"`
+	ExpiresAt      *time.Time      `json:"expires_at"`
+	Enabled        *bool           `json:"enabled"`
 }
 
-type keyPatch struct {
-	MaxAPIRequests *int64 `json:"max_api_requests"`
+// rotateBody asks for a rotation; the previous secret keeps working for
+// Grace (a Go duration, default 0s).
+type rotateBody struct {
+	Grace string `json:"grace"`
 }
 
 // orgView is an organization as the operator API shows it: never the
 // password hash.
 type orgView struct {
-	ID             string        `json:"id"`
-	Name           string        `json:"name"`
-	Email          string        `json:"email"`
-	EmailVerified  bool          `json:"email_verified"`
-	PlanID         int64         `json:"plan_id"`
-	NextPlanID     *int64        `json:"next_plan_id"`
-	Partner        bool          `json:"partner"`
-	PartnerID      string        `json:"partner_id,omitempty"`
-	MaxAPIRequests *int64        `json:"max_api_requests"`
-	Unlimited      bool          `json:"unlimited"`
-	Username       string        `json:"username,omitempty"`
-	CreatedAt      string        `json:"created_at"`
-	Usage          *manage.Quota `json:"usage,omitempty"`
+	ID             string          `json:"id"`
+	Name           string          `json:"name"`
+	Email          string          `json:"email"`
+	EmailVerified  bool            `json:"email_verified"`
+	PlanID         int64           `json:"plan_id"`
+	NextPlanID     *int64          `json:"next_plan_id"`
+	Partner        bool            `json:"partner"`
+	PartnerID      string          `json:"partner_id,omitempty"`
+	MaxAPIRequests *int64          `json:"max_api_requests"`
+	RateLimit      *keys.RateLimit `json:"rate_limit"`
+	Unlimited      bool            `json:"unlimited"`
+	Username       string          `json:"username,omitempty"`
+	CreatedAt      string          `json:"created_at"`
+	Usage          *manage.Quota   `json:"usage,omitempty"`
 }
 
 // keyView is a key as listed: never a secret.
 type keyView struct {
-	UID            string   `json:"uid"`
-	Name           string   `json:"name"`
-	AccessKey      string   `json:"access_key"`
-	AccessSecret   string   `json:"access_secret,omitempty"`
-	Permissions    []string `json:"permissions"`
-	MaxAPIRequests *int64   `json:"max_api_requests"`
-	Comment        string   `json:"comment,omitempty"`
-	CreatedAt      string   `json:"created_at"`
+	UID            string          `json:"uid"`
+	Name           string          `json:"name"`
+	AccessKey      string          `json:"access_key"`
+	AccessSecret   string          `json:"access_secret,omitempty"`
+	Permissions    []string        `json:"permissions"`
+	MaxAPIRequests *int64          `json:"max_api_requests"`
+	RateLimit      *keys.RateLimit `json:"rate_limit"`
+	ExpiresAt      *string         `json:"expires_at"`
+	Enabled        bool            `json:"enabled"`
+	LastUsedAt     *string         `json:"last_used_at"`
+	Comment        string          `json:"comment,omitempty"`
+	CreatedAt      string          `json:"created_at"`
 }
 
 func newKeyView(k keys.Key, secret string) keyView {
@@ -90,13 +105,23 @@ func newKeyView(k keys.Key, secret string) keyView {
 		perms[i] = string(p)
 	}
 	return keyView{UID: k.UID, Name: k.Name, AccessKey: k.UID, AccessSecret: secret, Permissions: perms,
-		MaxAPIRequests: k.MaxAPIRequests, Comment: k.Comment, CreatedAt: k.CreatedAt.UTC().Format(manage.TimeFormat)}
+		MaxAPIRequests: k.MaxAPIRequests, RateLimit: k.RateLimit, ExpiresAt: rfc3339(k.ExpiresAt), Enabled: k.Enabled(),
+		LastUsedAt: rfc3339(k.LastUsedAt), Comment: k.Comment, CreatedAt: k.CreatedAt.UTC().Format(manage.TimeFormat)}
+}
+
+// rfc3339 formats an optional instant in UTC; nil stays null.
+func rfc3339(t *time.Time) *string {
+	if t == nil {
+		return nil
+	}
+	s := t.UTC().Format(time.RFC3339)
+	return &s
 }
 
 func newOrgView(o keys.Org) orgView {
 	return orgView{ID: o.ID, Name: o.Name, Email: o.Email, EmailVerified: o.EmailVerified, PlanID: o.PlanID,
 		NextPlanID: o.NextPlanID, Partner: o.Partner, PartnerID: o.PartnerID, MaxAPIRequests: o.MaxAPIRequests,
-		Unlimited: o.Unlimited, Username: o.Username, CreatedAt: o.CreatedAt.UTC().Format(manage.TimeFormat)}
+		RateLimit: o.RateLimit, Unlimited: o.Unlimited, Username: o.Username, CreatedAt: o.CreatedAt.UTC().Format(manage.TimeFormat)}
 }
 
 // Options configure the operator API. Manage and Token are required.
@@ -144,6 +169,7 @@ func (a *API) handler() http.Handler {
 	}
 	handle("POST /admin/v1/plans", a.adminCreatePlan)
 	handle("GET /admin/v1/plans", a.adminListPlans)
+	handle("PATCH /admin/v1/plans/{id}", a.adminPatchPlan)
 	handle("POST /admin/v1/orgs", a.adminCreateOrg)
 	handle("GET /admin/v1/orgs", a.adminListOrgs)
 	handle("GET /admin/v1/orgs/{id}", a.adminGetOrg)
@@ -151,7 +177,9 @@ func (a *API) handler() http.Handler {
 	handle("GET /admin/v1/orgs/{id}/suborgs", a.adminSubOrgs)
 	handle("POST /admin/v1/orgs/{id}/keys", a.adminCreateKey)
 	handle("GET /admin/v1/orgs/{id}/keys", a.adminListKeys)
+	handle("GET /admin/v1/orgs/{id}/keys/{name}", a.adminGetKey)
 	handle("PATCH /admin/v1/orgs/{id}/keys/{name}", a.adminPatchKey)
+	handle("POST /admin/v1/orgs/{id}/keys/{name}/rotate", a.adminRotateKey)
 	handle("DELETE /admin/v1/orgs/{id}/keys/{name}", a.adminDeleteKey)
 	handle("/", func(w http.ResponseWriter, r *http.Request) error {
 		return &gate.ClientError{Status: http.StatusNotFound, Msg: "no such operator route"}
@@ -223,19 +251,68 @@ func validatePlan(b planBody) (keys.Plan, error) {
 	if b.MaxAPIRequests != nil && *b.MaxAPIRequests < 0 {
 		return keys.Plan{}, &keys.InvalidError{Field: "max_api_requests", Reason: "must be null or at least 0"}
 	}
-	for name, v := range b.Limits {
-		if !meter.ValidName(name) || name == meter.Requests {
-			return keys.Plan{}, &keys.InvalidError{Field: "limits", Reason: fmt.Sprintf("meter %q: want lower-case letters, digits and _ (requests is max_api_requests)", name)}
-		}
-		if v < 0 {
-			return keys.Plan{}, &keys.InvalidError{Field: "limits", Reason: fmt.Sprintf("meter %q: must be at least 0", name)}
+	if err := validateLimits(b.Limits); err != nil {
+		return keys.Plan{}, err
+	}
+	for field, l := range map[string]*keys.RateLimit{"key_rate_limit": b.KeyRateLimit, "org_rate_limit": b.OrgRateLimit} {
+		if l != nil {
+			if err := l.Validate(); err != nil {
+				return keys.Plan{}, rateLimitField(field, err)
+			}
 		}
 	}
 	period := b.Period
 	if period == "" {
 		period = "month"
 	}
-	return keys.Plan{ID: *b.ID, Name: b.Name, Price: b.Price, Period: period, MaxAPIRequests: b.MaxAPIRequests, Limits: b.Limits}, nil
+	return keys.Plan{ID: *b.ID, Name: b.Name, Price: b.Price, Period: period, MaxAPIRequests: b.MaxAPIRequests, Limits: b.Limits,
+		KeyRateLimit: b.KeyRateLimit, OrgRateLimit: b.OrgRateLimit}, nil
+}
+
+// validateLimits checks the meter names and values of a plan's limits.
+func validateLimits(limits map[string]int64) error {
+	for name, v := range limits {
+		if !meter.ValidName(name) || name == meter.Requests {
+			return &keys.InvalidError{Field: "limits", Reason: fmt.Sprintf("meter %q: want lower-case letters, digits and _ (requests is max_api_requests)", name)}
+		}
+		if v < 0 {
+			return &keys.InvalidError{Field: "limits", Reason: fmt.Sprintf("meter %q: must be at least 0", name)}
+		}
+	}
+	return nil
+}
+
+// rateLimitField names the field a rate limit's problem is in.
+func rateLimitField(field string, err error) error {
+	var inv *keys.InvalidError
+	if errors.As(err, &inv) {
+		return inv.In(field)
+	}
+	return err
+}
+
+func (a *API) adminPatchPlan(w http.ResponseWriter, r *http.Request) error {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return &gate.ClientError{Status: http.StatusNotFound, Msg: "no plan with this id"}
+	}
+	var b keys.PlanPatch
+	if err := gate.DecodeJSON(w, r, &b); err != nil {
+		return err
+	}
+	if b.Limits.Set {
+		if err := validateLimits(b.Limits.Value); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := a.opt.Manage.Context(r.Context())
+	defer cancel()
+	pl, err := a.opt.Manage.UpdatePlan(ctx, id, b)
+	if err != nil {
+		return fmt.Errorf("plan %d: %w", id, err)
+	}
+	gate.WriteJSON(w, http.StatusOK, pl)
+	return nil
 }
 
 func (a *API) adminListPlans(w http.ResponseWriter, r *http.Request) error {
@@ -257,9 +334,7 @@ func (a *API) adminCreateOrg(w http.ResponseWriter, r *http.Request) error {
 	if err := gate.DecodeJSON(w, r, &b); err != nil {
 		return err
 	}
-	ctx, cancel := a.opt.Manage.Context(r.Context())
-	defer cancel()
-	o, err := a.opt.Manage.CreateOrg(ctx, b, "")
+	o, err := a.opt.Manage.CreateOrg(r.Context(), b, "")
 	if err != nil {
 		return err
 	}
@@ -274,7 +349,7 @@ func (a *API) adminListOrgs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("listing orgs: %w", err)
 	}
-	return writeOrgs(w, os)
+	return a.writeOrgs(w, os)
 }
 
 func (a *API) adminSubOrgs(w http.ResponseWriter, r *http.Request) error {
@@ -287,12 +362,16 @@ func (a *API) adminSubOrgs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("listing sub-accounts: %w", err)
 	}
-	return writeOrgs(w, os)
+	return a.writeOrgs(w, os)
 }
 
-func writeOrgs(w http.ResponseWriter, os []keys.Org) error {
+func (a *API) writeOrgs(w http.ResponseWriter, os []keys.Org) error {
+	now := a.opt.Manage.Now()
 	out := make([]orgView, len(os))
 	for i, o := range os {
+		// The plan in effect: a scheduled switch that is due counts, as it
+		// does on the data path, whether or not a reader wrote it back yet.
+		o, _ = o.ApplyScheduledPlan(now)
 		out[i] = newOrgView(o)
 	}
 	gate.WriteJSON(w, http.StatusOK, out)
@@ -306,6 +385,7 @@ func (a *API) adminGetOrg(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("reading org: %w", err)
 	}
+	o, _ = o.ApplyScheduledPlan(a.opt.Manage.Now())
 	q, err := a.opt.Manage.OrgUsage(ctx, o)
 	if err != nil {
 		return err
@@ -354,6 +434,14 @@ func (a *API) adminPatchOrg(w http.ResponseWriter, r *http.Request) error {
 	if b.Unlimited != nil {
 		o.Unlimited = *b.Unlimited
 	}
+	if b.RateLimit.Set {
+		if l := b.RateLimit.Value; l != nil {
+			if err := l.Validate(); err != nil {
+				return rateLimitField("rate_limit", err)
+			}
+		}
+		o.RateLimit = b.RateLimit.Value
+	}
 	if len(b.MaxAPIRequests) > 0 {
 		var m *int64
 		if err := json.Unmarshal(b.MaxAPIRequests, &m); err != nil || (m != nil && *m < 0) {
@@ -379,7 +467,8 @@ func (a *API) adminCreateKey(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	k, secret, err := a.opt.Manage.CreateKey(ctx, manage.NewKey{OrgID: r.PathValue("id"), Name: b.Name, Permissions: perms, Max: b.MaxAPIRequests, Comment: b.Comment})
+	k, secret, err := a.opt.Manage.CreateKey(ctx, manage.NewKey{OrgID: r.PathValue("id"), Name: b.Name, Permissions: perms,
+		Max: b.MaxAPIRequests, Comment: b.Comment, RateLimit: b.RateLimit, ExpiresAt: b.ExpiresAt, Disabled: b.Enabled != nil && !*b.Enabled})
 	if err != nil {
 		return manage.KeyConflict(err, b.Name)
 	}
@@ -405,18 +494,66 @@ func (a *API) adminListKeys(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+func (a *API) adminGetKey(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := a.opt.Manage.Context(r.Context())
+	defer cancel()
+	k, err := a.opt.Manage.Store().KeyByName(ctx, r.PathValue("id"), r.PathValue("name"))
+	if err != nil {
+		return fmt.Errorf("reading key: %w", err)
+	}
+	gate.WriteJSON(w, http.StatusOK, newKeyView(k, ""))
+	return nil
+}
+
+// adminPatchKey changes the fields the body names; absent fields stay as
+// they are, null clears (or, for rate_limit, goes back to the plan's).
 func (a *API) adminPatchKey(w http.ResponseWriter, r *http.Request) error {
-	var b keyPatch
+	var b keys.KeyPatch
 	if err := gate.DecodeJSON(w, r, &b); err != nil {
 		return err
 	}
 	ctx, cancel := a.opt.Manage.Context(r.Context())
 	defer cancel()
-	k, err := a.opt.Manage.SetKeyMax(ctx, r.PathValue("id"), r.PathValue("name"), b.MaxAPIRequests)
+	k, err := a.opt.Manage.UpdateKey(ctx, r.PathValue("id"), r.PathValue("name"), b)
 	if err != nil {
 		return err
 	}
 	gate.WriteJSON(w, http.StatusOK, newKeyView(k, ""))
+	return nil
+}
+
+// rotation is the answer to a rotation: the new secret, shown once.
+type rotation struct {
+	UID                     string `json:"uid"`
+	Name                    string `json:"name"`
+	AccessKey               string `json:"access_key"`
+	AccessSecret            string `json:"access_secret"`
+	PreviousSecretExpiresAt string `json:"previous_secret_expires_at"`
+}
+
+func (a *API) adminRotateKey(w http.ResponseWriter, r *http.Request) error {
+	var b rotateBody
+	if r.ContentLength != 0 {
+		if err := gate.DecodeJSON(w, r, &b); err != nil {
+			return err
+		}
+	}
+	grace := time.Duration(0)
+	if b.Grace != "" {
+		d, err := time.ParseDuration(b.Grace)
+		if err != nil {
+			return &keys.InvalidError{Field: "grace", Reason: "want a Go duration such as 1h or 30m"}
+		}
+		grace = d
+	}
+	ctx, cancel := a.opt.Manage.Context(r.Context())
+	defer cancel()
+	k, secret, until, err := a.opt.Manage.RotateKey(ctx, r.PathValue("id"), r.PathValue("name"), grace)
+	if err != nil {
+		return err
+	}
+	gate.WriteJSON(w, http.StatusOK, rotation{UID: k.UID, Name: k.Name, AccessKey: k.UID, AccessSecret: secret,
+		PreviousSecretExpiresAt: until.UTC().Format(time.RFC3339)})
 	return nil
 }
 

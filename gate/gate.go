@@ -45,6 +45,9 @@ type Options struct {
 	FailLimit guard.FailLimit
 	// TrustedProxies are the peers whose X-Forwarded-For names the client.
 	TrustedProxies guard.TrustedProxies
+	// Toucher, when set, learns of every key that authenticated a request
+	// (last_used_at), off the request's critical path.
+	Toucher *keys.Toucher
 	Log            *zap.Logger
 	Metrics        *metrics.Metrics
 	// Now is the clock (default time.Now).
@@ -287,6 +290,9 @@ func (d *Decider) verify(ctx context.Context, req *Request, c Credential) (p key
 		p, err = d.opt.Auth.Authenticate(ctx, c.Credential)
 	}
 	d.opt.Metrics.Store("authenticate", time.Since(start), StoreFault(ctx, err, keys.ErrUnavailable))
+	if err == nil && d.opt.Toucher != nil {
+		d.opt.Toucher.Touch(p.Key.Ref())
+	}
 	return p, nonce, err
 }
 

@@ -126,6 +126,10 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		sw.body.ReadCloser = r.Body
 		r.Body = &sw.body
+		// net/http looks at the body it made once the handler returns (to
+		// drain it, or to linger before closing so the client reads the
+		// answer instead of a reset): give it back.
+		defer func(body io.ReadCloser) { r.Body = body }(sw.body.ReadCloser)
 	}
 	if !l.canonicalise(r) {
 		sw.Fail(r, gate.ErrNonCanonicalPath, start, l.opt.Log)
@@ -334,14 +338,21 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// drainWindow is how long net/http may go on reading a refused request's
+// unread body after the answer: enough for a body already on its way (so
+// the client reads the answer, not a reset), too short to hold a
+// connection for a client that never sends it.
+const drainWindow = 200 * time.Millisecond
+
 // refuseUnreadBody makes a refusal not wait for a body nobody read: the
-// answer carries Connection: close and the connection's read deadline is
-// now, so net/http neither drains the body before answering nor holds the
-// goroutine draining it afterwards; the connection closes after the answer.
+// answer carries Connection: close, so net/http does not drain the body
+// before answering, and the connection's read deadline is drainWindow away,
+// so it does not hold the goroutine draining it afterwards; the connection
+// closes after the answer.
 func (w *Writer) refuseUnreadBody() {
 	if w.body.ReadCloser == nil || w.body.done {
 		return
 	}
 	w.Header()["Connection"] = []string{"close"}
-	_ = http.NewResponseController(w.ResponseWriter).SetReadDeadline(time.Now()) // unsupported by test recorders: fine
+	_ = http.NewResponseController(w.ResponseWriter).SetReadDeadline(time.Now().Add(drainWindow)) // unsupported by test recorders: fine
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -20,6 +21,12 @@ type NewKey struct {
 	Permissions []keys.Permission
 	Max         *int64
 	Comment     string
+	// RateLimit is the key's own rate limit (nil: the plan's key_rate_limit).
+	RateLimit *keys.RateLimit
+	// ExpiresAt is when the key stops working (nil: never).
+	ExpiresAt *time.Time
+	// Disabled creates the key switched off.
+	Disabled bool
 }
 
 // CreateKey creates a key under the organization's allocation rule and
@@ -33,6 +40,16 @@ func (s *Service) CreateKey(ctx context.Context, req NewKey) (keys.Key, string, 
 	}
 	if len([]rune(req.Comment)) > MaxCommentLen {
 		return keys.Key{}, "", &keys.InvalidError{Field: "comment", Reason: fmt.Sprintf("must be at most %d characters", MaxCommentLen)}
+	}
+	if req.RateLimit != nil {
+		if err := req.RateLimit.Validate(); err != nil {
+			return keys.Key{}, "", err
+		}
+	}
+	var expires *time.Time
+	if req.ExpiresAt != nil {
+		t := req.ExpiresAt.UTC()
+		expires = &t
 	}
 	o, err := s.opt.Store.Org(ctx, req.OrgID)
 	if err != nil {
@@ -57,6 +74,9 @@ func (s *Service) CreateKey(ctx context.Context, req NewKey) (keys.Key, string, 
 		Permissions:    req.Permissions,
 		MaxAPIRequests: req.Max,
 		Comment:        req.Comment,
+		RateLimit:      req.RateLimit,
+		ExpiresAt:      expires,
+		Disabled:       req.Disabled,
 		CreatedAt:      s.opt.Now().UTC(),
 		SecretHash:     keys.HashSecret(secret),
 	}
@@ -117,11 +137,13 @@ func (s *Service) madeAnyway(err error) error {
 	return err
 }
 
-// SetKeyMax changes a key's own request maximum under the organization's
-// allocation rule and revokes the key's cached principal here at once.
-func (s *Service) SetKeyMax(ctx context.Context, orgID, name string, max *int64) (keys.Key, error) {
-	if max != nil && *max < 0 {
-		return keys.Key{}, &keys.InvalidError{Field: "max_api_requests", Reason: "must be null or at least 0"}
+// UpdateKey applies a partial change to a key — its maximum under the
+// organization's allocation rule, rate limit, expiry, enabled switch,
+// permissions, comment — and revokes the key's cached principal here at
+// once; the store tells the other sidecars.
+func (s *Service) UpdateKey(ctx context.Context, orgID, name string, p keys.KeyPatch) (keys.Key, error) {
+	if err := p.Validate(); err != nil {
+		return keys.Key{}, err
 	}
 	o, err := s.opt.Store.Org(ctx, orgID)
 	if err != nil {
@@ -131,10 +153,56 @@ func (s *Service) SetKeyMax(ctx context.Context, orgID, name string, max *int64)
 	if err != nil {
 		return keys.Key{}, err
 	}
-	k, err := s.opt.Store.UpdateKey(ctx, o.ID, name, keys.KeyPatch{MaxAPIRequests: keys.ChangeTo(max)}, limit)
+	k, err := s.opt.Store.UpdateKey(ctx, o.ID, name, p, limit)
 	if err = s.madeAnyway(err); err != nil {
 		return keys.Key{}, fmt.Errorf("changing key: %w", err)
 	}
 	s.opt.Auth.Revoke(keys.Revocation{OrgID: k.OrgID, KeyUID: k.UID})
 	return k, nil
+}
+
+// RotateKey gives a key a new secret, keeping its uid, access key,
+// permissions, limits and counters; the previous secret keeps working
+// until the grace ends. It returns the key, the new secret (shown once)
+// and when the previous one stops working.
+func (s *Service) RotateKey(ctx context.Context, orgID, name string, grace time.Duration) (keys.Key, string, time.Time, error) {
+	if grace < 0 || grace > keys.MaxRotationGrace {
+		return keys.Key{}, "", time.Time{}, &keys.InvalidError{Field: "grace", Reason: fmt.Sprintf("must be from 0s to %s", keys.MaxRotationGrace)}
+	}
+	k, err := s.opt.Store.KeyByName(ctx, orgID, name)
+	if err != nil {
+		return keys.Key{}, "", time.Time{}, fmt.Errorf("reading key: %w", err)
+	}
+	secret, err := keys.NewSecret()
+	if err != nil {
+		return keys.Key{}, "", time.Time{}, err
+	}
+	next := k
+	next.SecretHash = keys.HashSecret(secret)
+	next.SealedSecret = nil
+	if err := s.sealSecret(&next, secret); err != nil {
+		return keys.Key{}, "", time.Time{}, err
+	}
+	k, until, err := s.opt.Store.RotateKey(ctx, orgID, name, keys.Rotation{
+		UID: k.UID, Hash: next.SecretHash, Sealed: next.SealedSecret, Grace: grace, Now: s.opt.Now(),
+	})
+	if err = s.madeAnyway(err); err != nil {
+		return keys.Key{}, "", time.Time{}, fmt.Errorf("rotating key: %w", err)
+	}
+	s.opt.Auth.Revoke(keys.Revocation{OrgID: k.OrgID, KeyUID: k.UID})
+	return k, secret, until, nil
+}
+
+// UpdatePlan applies a partial change to a plan and revokes the cached
+// principals of every organization on it here at once.
+func (s *Service) UpdatePlan(ctx context.Context, id int64, p keys.PlanPatch) (keys.Plan, error) {
+	if err := p.Validate(); err != nil {
+		return keys.Plan{}, err
+	}
+	pl, err := s.opt.Store.UpdatePlan(ctx, id, p)
+	if err = s.madeAnyway(err); err != nil {
+		return keys.Plan{}, fmt.Errorf("changing plan: %w", err)
+	}
+	s.opt.Auth.Revoke(keys.Revocation{PlanID: id})
+	return pl, nil
 }

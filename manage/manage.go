@@ -109,10 +109,14 @@ type NewOrg struct {
 	Unlimited      bool   `json:"unlimited"`
 	Username       string `json:"username"`
 	Password       string `json:"password"`
+	// RateLimit overrides the plan's org_rate_limit.
+	RateLimit *keys.RateLimit `json:"rate_limit"`
 }
 
 // CreateOrg validates and creates an organization; partnerID is its
-// creator (empty for the operator).
+// creator (empty for the operator). Its store calls get their own deadline
+// (Context), started after the password is hashed: argon2id takes long
+// enough under load to eat a deadline it shared.
 func (s *Service) CreateOrg(ctx context.Context, b NewOrg, partnerID string) (keys.Org, error) {
 	if err := keys.ValidateName("name", b.Name); err != nil {
 		return keys.Org{}, err
@@ -126,8 +130,10 @@ func (s *Service) CreateOrg(ctx context.Context, b NewOrg, partnerID string) (ke
 	if b.MaxAPIRequests != nil && *b.MaxAPIRequests < 0 {
 		return keys.Org{}, &keys.InvalidError{Field: "max_api_requests", Reason: "must be null or at least 0"}
 	}
-	if _, err := s.ExistingPlan(ctx, *b.PlanID); err != nil {
-		return keys.Org{}, err
+	if b.RateLimit != nil {
+		if err := b.RateLimit.Validate(); err != nil {
+			return keys.Org{}, err
+		}
 	}
 	id := b.ID
 	if id == "" {
@@ -139,7 +145,7 @@ func (s *Service) CreateOrg(ctx context.Context, b NewOrg, partnerID string) (ke
 		return keys.Org{}, &keys.InvalidError{Field: "id", Reason: "want 1 to 64 letters, digits, '.', '_' or '-' (a UUID fits), not none or other"}
 	}
 	o := keys.Org{ID: id, Name: b.Name, Email: b.Email, EmailVerified: b.EmailVerified, PlanID: *b.PlanID,
-		MaxAPIRequests: b.MaxAPIRequests, Unlimited: b.Unlimited, Partner: b.Partner, PartnerID: partnerID,
+		MaxAPIRequests: b.MaxAPIRequests, RateLimit: b.RateLimit, Unlimited: b.Unlimited, Partner: b.Partner, PartnerID: partnerID,
 		CreatedAt: s.opt.Now().UTC()}
 	if b.Username != "" || b.Password != "" {
 		if err := keys.ValidateName("username", b.Username); err != nil {
@@ -150,6 +156,11 @@ func (s *Service) CreateOrg(ctx context.Context, b NewOrg, partnerID string) (ke
 			return keys.Org{}, err
 		}
 		o.Username, o.PasswordHash = b.Username, hash
+	}
+	ctx, cancel := s.Context(ctx)
+	defer cancel()
+	if _, err := s.ExistingPlan(ctx, *b.PlanID); err != nil {
+		return keys.Org{}, err
 	}
 	if err := s.opt.Store.CreateOrg(ctx, o); err != nil {
 		if errors.Is(err, keys.ErrConflict) {

@@ -305,35 +305,46 @@ func TestRefusalsDoNotWaitForTheBody(t *testing.T) {
 			c.Close()
 		}
 	}()
-	for i := range n {
+	for range n {
 		conn, err := net.Dial("tcp", e.base)
 		if err != nil {
 			t.Fatal(err)
 		}
 		conns = append(conns, conn)
-		cred := ""
-		if i%2 == 1 {
-			cred = "X-API-Key: " + rw[:len(rw)-1] + "x\r\n" // a mistyped key: 403
-		}
-		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(conn, "POST /hello HTTP/1.1\r\nHost: x\r\n"+cred+"Content-Length: 1000\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		br := bufio.NewReader(conn)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("request %d: no answer: %v", i, err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 401 && resp.StatusCode != 403 || !resp.Close {
-			t.Fatalf("request %d: %d, Connection: close %v", i, resp.StatusCode, resp.Close)
-		}
-		// keygate closes its end: the next read sees EOF, not a wait.
-		if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
-			t.Fatalf("request %d: connection still open after the refusal: %v", i, err)
-		}
 	}
+	// All at once: each refusal must be answered without its body.
+	var wg sync.WaitGroup
+	for i, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cred := ""
+			if i%2 == 1 {
+				cred = "X-API-Key: " + rw[:len(rw)-1] + "x\r\n" // a mistyped key: 403
+			}
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(conn, "POST /hello HTTP/1.1\r\nHost: x\r\n"+cred+"Content-Length: 1000\r\n\r\n"); err != nil {
+				t.Error(err)
+				return
+			}
+			br := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Errorf("request %d: no answer: %v", i, err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 401 && resp.StatusCode != 403 || !resp.Close {
+				t.Errorf("request %d: %d, Connection: close %v", i, resp.StatusCode, resp.Close)
+			}
+			// keygate closes its end: the next read sees EOF, not a wait.
+			if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+				t.Errorf("request %d: connection still open after the refusal: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
 	// No handler goroutine is left waiting for the bodies.
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > before+10 && time.Now().Before(deadline) {

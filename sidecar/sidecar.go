@@ -67,6 +67,8 @@ type Options struct {
 	FailLimit, LoginFailLimit guard.FailLimit
 	// TrustedProxies are the peers whose X-Forwarded-For names the client.
 	TrustedProxies guard.TrustedProxies
+	// Toucher records when keys were last used; nil = not recorded.
+	Toucher *keys.Toucher
 	// AdminToken guards the operator API; empty = no operator API.
 	AdminToken string
 	// AdminPublic are operator-listener routes served without the token.
@@ -112,6 +114,7 @@ func New(o Options) *Sidecar {
 		TSSkew:         o.TSSkew,
 		FailLimit:      o.FailLimit,
 		TrustedProxies: o.TrustedProxies,
+		Toucher:        o.Toucher,
 		Log:            o.Log,
 		Metrics:        o.Metrics,
 		Now:            o.Now,

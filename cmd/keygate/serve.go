@@ -72,6 +72,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		Unknown:      guard.NewUnknownSecrets(0),
 		Sealer:       sealer,
 	})
+	toucher := keys.NewToucher(st.keys, keys.ToucherOptions{Timeout: cfg.RedisTimeout * 4})
 	upstream := cfg.UpstreamURL
 	sc := sidecar.New(sidecar.Options{
 		Upstream:           &upstream,
@@ -86,6 +87,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		TSSkew:             cfg.PartnerTSSkew,
 		Sealer:             sealer,
 		Provider:           cfg.Provider,
+		Toucher:            toucher,
 		AdminToken:         cfg.AdminToken,
 		AdminPublic:        map[string]http.Handler{"/openapi.json": openapi.Handler()},
 		RejectNonCanonical: cfg.PathNormalize == "reject",
@@ -142,6 +144,8 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	go func() { defer close(watchDone); _ = auth.Run(bg) }()
 	usageDone := make(chan struct{})
 	go func() { defer close(usageDone); sc.Book.Run(bg) }()
+	touchDone := make(chan struct{})
+	go func() { defer close(touchDone); toucher.Run(bg) }()
 
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
@@ -198,6 +202,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	stopBG()
 	<-watchDone
 	<-usageDone
+	<-touchDone
 	if serveErr != nil {
 		errs = append(errs, serveErr)
 	}

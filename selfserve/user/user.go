@@ -409,7 +409,10 @@ func (a *API) CreateAPIKey(w *listener.Writer, r *http.Request) {
 		}
 		orgID = p.Key.OrgID
 	}
-	secret, err := a.createUnnamedKey(ctx, orgID, perms, comment)
+	// A fresh deadline: a login's password check may have used the first.
+	kctx, kcancel := a.opt.Manage.Context(r.Context())
+	defer kcancel()
+	secret, err := a.createUnnamedKey(kctx, orgID, perms, comment)
 	if err != nil {
 		fail(err)
 		return
