@@ -48,8 +48,8 @@ type Options struct {
 	// Toucher, when set, learns of every key that authenticated a request
 	// (last_used_at), off the request's critical path.
 	Toucher *keys.Toucher
-	Log            *zap.Logger
-	Metrics        *metrics.Metrics
+	Log     *zap.Logger
+	Metrics *metrics.Metrics
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
