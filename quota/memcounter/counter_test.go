@@ -13,6 +13,11 @@ import (
 
 func TestConformance(t *testing.T) {
 	countertest.Run(t, func(t *testing.T) quota.Counter { return memcounter.New() })
+	// One process: its "two sidecars" are one counter.
+	countertest.RunShared(t, func(t *testing.T) (quota.Counter, quota.Counter) {
+		c := memcounter.New()
+		return c, c
+	})
 }
 
 // BenchmarkCharge measures one admitted charge with a fresh token, as the

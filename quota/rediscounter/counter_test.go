@@ -24,6 +24,12 @@ func TestConformance(t *testing.T) {
 		redistest.Flush(t, rdb)
 		return rediscounter.New(rdb)
 	})
+	// Two sidecars: two counters with their own clients on one server.
+	other := redistest.NewClient(t, srv.Addr())
+	countertest.RunShared(t, func(t *testing.T) (quota.Counter, quota.Counter) {
+		redistest.Flush(t, rdb)
+		return rediscounter.New(rdb), rediscounter.New(other)
+	})
 }
 
 // TestConformanceCluster runs the suite on a 3-master Redis Cluster: every
@@ -35,6 +41,11 @@ func TestConformanceCluster(t *testing.T) {
 	countertest.Run(t, func(t *testing.T) quota.Counter {
 		redistest.Flush(t, rdb)
 		return rediscounter.New(rdb)
+	})
+	other := redistest.NewClient(t, cl.Addrs()...)
+	countertest.RunShared(t, func(t *testing.T) (quota.Counter, quota.Counter) {
+		redistest.Flush(t, rdb)
+		return rediscounter.New(rdb), rediscounter.New(other)
 	})
 }
 
