@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -248,29 +249,77 @@ func TestInvalidOrg(t *testing.T) {
 }
 
 // BenchmarkCharge measures one admitted charge with a fresh token against a
-// private redis-server on loopback, from parallel goroutines on one org.
+// private redis-server on loopback, from parallel goroutines on one org:
+// quotas only, and with an org rate limit and a key and an org rate limit
+// (limits that never refuse, so every charge is admitted and advances them).
+// Besides ns/op and allocs/op it reports the script's own time in Redis,
+// from INFO commandstats (µs per EVALSHA).
 func BenchmarkCharge(b *testing.B) {
-	rdb := newClient(b, redistest.Start(b).Addr())
-	c := rediscounter.New(rdb)
-	if err := c.Load(b.Context()); err != nil {
-		b.Fatal(err)
-	}
-	now := time.Now()
-	var seq atomic.Int64
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		ctx := b.Context()
-		for pb.Next() {
-			n := seq.Add(1)
-			_, err := c.Charge(ctx, quota.Charge{
-				OrgID: "org1", KeyID: "k" + strconv.FormatInt(n%8, 10), Cost: 1,
-				OrgMax: -1, KeyMax: -1, Period: quota.PeriodMonth, At: now,
-				Token: strconv.FormatInt(n, 36),
+	orgRate := quota.RateLimit{Name: "org-rate", Scope: quota.ScopeOrg, Requests: 1_000_000, Per: time.Second, Burst: 1_000_000_000_000}
+	keyRate := quota.RateLimit{Name: "key-rate", Scope: quota.ScopeKey, Requests: 1_000_000, Per: time.Second, Burst: 1_000_000_000_000}
+	for _, bc := range []struct {
+		name   string
+		limits []quota.RateLimit
+	}{
+		{"quota", nil},
+		{"quota+org-rate", []quota.RateLimit{orgRate}},
+		{"quota+key-rate+org-rate", []quota.RateLimit{keyRate, orgRate}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			rdb := newClient(b, redistest.Start(b).Addr())
+			c := rediscounter.New(rdb)
+			if err := c.Load(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+			if err := rdb.ConfigResetStat(b.Context()).Err(); err != nil {
+				b.Fatal(err)
+			}
+			now := time.Now()
+			var seq atomic.Int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := b.Context()
+				for pb.Next() {
+					n := seq.Add(1)
+					_, err := c.Charge(ctx, quota.Charge{
+						OrgID: "org1", KeyID: "k" + strconv.FormatInt(n%8, 10), Cost: 1,
+						OrgMax: 1 << 40, KeyMax: 1 << 40, Period: quota.PeriodMonth, At: now,
+						Token: strconv.FormatInt(n, 36), RateLimits: bc.limits,
+					})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
 			})
-			if err != nil {
+			b.StopTimer()
+			if us, err := scriptMicros(b.Context(), rdb); err != nil {
 				b.Error(err)
-				return
+			} else {
+				b.ReportMetric(us, "redis-µs/charge")
+			}
+		})
+	}
+}
+
+// scriptMicros reads the mean time Redis spent per EVALSHA from INFO
+// commandstats.
+func scriptMicros(ctx context.Context, rdb redis.UniversalClient) (float64, error) {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:")
+		if !ok {
+			continue
+		}
+		for field := range strings.SplitSeq(rest, ",") {
+			if v, ok := strings.CutPrefix(field, "usec_per_call="); ok {
+				return strconv.ParseFloat(v, 64)
 			}
 		}
-	})
+	}
+	return 0, errors.New("no cmdstat_evalsha in INFO commandstats")
 }
