@@ -308,3 +308,89 @@ func newTestClient(t testing.TB, addrs ...string) redis.UniversalClient {
 	t.Cleanup(func() { _ = rdb.Close() })
 	return rdb
 }
+
+// BenchmarkScript runs the charge script alone, one call at a time, on a
+// private redis-server: the old script (before rate limits), the new one
+// without rate limits, with an org rate limit and with a key and an org rate
+// limit. redis-µs/call is Redis's own time per EVALSHA (INFO commandstats),
+// the CPU cost a charge puts on Redis.
+func BenchmarkScript(b *testing.B) {
+	rdb := newTestClient(b, redistest.Start(b).Addr())
+	ctx := b.Context()
+	orgRate := quota.RateLimit{Name: "org-rate", Scope: quota.ScopeOrg, Requests: 1_000_000, Per: time.Second, Burst: 1_000_000_000_000}
+	keyRate := quota.RateLimit{Name: "key-rate", Scope: quota.ScopeKey, Requests: 1_000_000, Per: time.Second, Burst: 1_000_000_000_000}
+	for _, bc := range []struct {
+		name   string
+		script *redis.Script
+		limits []quota.RateLimit
+	}{
+		{"v1/quota", chargeV1, nil},
+		{"quota", chargeScript, nil},
+		{"quota+org-rate", chargeScript, []quota.RateLimit{orgRate}},
+		{"quota+key-rate+org-rate", chargeScript, []quota.RateLimit{keyRate, orgRate}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			if err := bc.script.Load(ctx, rdb).Err(); err != nil {
+				b.Fatal(err)
+			}
+			if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+				b.Fatal(err)
+			}
+			now := time.Now()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				ch := quota.Charge{OrgID: "org1", KeyID: "k" + strconv.Itoa(i%8), Cost: 1, OrgMax: 1 << 40, KeyMax: 1 << 40,
+					Period: quota.PeriodMonth, At: now, Token: strconv.Itoa(i), RateLimits: bc.limits}
+				keys, args := scriptArgs(ch)
+				if err := bc.script.EvalSha(ctx, rdb, keys, args...).Err(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			us, err := evalshaMicros(ctx, rdb)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(us, "redis-µs/call")
+		})
+	}
+}
+
+// scriptArgs builds KEYS and ARGV of ch as Charge does.
+func scriptArgs(ch quota.Charge) ([]string, []any) {
+	call := callOf(ch)
+	if len(ch.RateLimits) == 0 {
+		return call.keys, call.args
+	}
+	args := append(call.args, ch.At.UnixMicro())
+	for _, l := range ch.RateLimits {
+		call.keys = append(call.keys, rateKey(ch.OrgID, ch.KeyID, l))
+		shadow := 0
+		if l.Shadow {
+			shadow = 1
+		}
+		args = append(args, l.Interval().Microseconds(), l.EffectiveBurst(), shadow)
+	}
+	return call.keys, args
+}
+
+// evalshaMicros reads Redis's mean time per EVALSHA.
+func evalshaMicros(ctx context.Context, rdb redis.UniversalClient) (float64, error) {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:")
+		if !ok {
+			continue
+		}
+		for field := range strings.SplitSeq(rest, ",") {
+			if v, ok := strings.CutPrefix(field, "usec_per_call="); ok {
+				return strconv.ParseFloat(v, 64)
+			}
+		}
+	}
+	return 0, errors.New("no cmdstat_evalsha in INFO commandstats")
+}
