@@ -13,6 +13,11 @@ import (
 // is Per/Requests rounded up to a microsecond, so a limit that does not divide
 // evenly refills a hair slower than asked (3000 per 1s: every 334µs), never
 // faster.
+//
+// Counters evaluate a limit at Charge.At, never by their own clock, so the
+// sidecars sharing a limit must agree on the time (as they must for quota
+// windows); a charge dated before the limit's last one finds less room, never
+// more.
 type RateLimit struct {
 	// Name is the policy name shown in headers ("key-rate", "org-rate"). A
 	// limit's state is kept per scope and name: renaming a limit starts it

@@ -2,7 +2,8 @@
 // single keygate process (nothing shared, nothing persisted). It answers
 // exactly as quota/rediscounter does — both pass quota/countertest — and
 // keeps the same entries: counters per window, meters per window, the
-// replies of tokens and the used nonces, each with its expiry.
+// rate limits' theoretical arrival times, the replies of tokens and the used
+// nonces, each with its expiry.
 //
 // It never reads the clock: entries expire by the instants passed in
 // (Charge.At and the at of the other methods), and expired ones are pruned
