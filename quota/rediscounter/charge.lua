@@ -103,11 +103,11 @@ if cost > 0 then
 end
 
 local n = #KEYS - 4
-local rates, tats = nil, {}
+local rates, tats
 if n > 0 then
   local t = tonumber(ARGV[8])
   local refused = false
-  rates = {}
+  rates, tats = {}, {}
   for i = 1, n do
     local interval, burst = tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i])
     local tat = tonumber(redis.call('GET', KEYS[4 + i]) or '0')
