@@ -301,15 +301,25 @@ func parseChargeReply(v any) (chargeReply, error) {
 	if !ok || len(vals) < 3 || len(vals)%2 == 0 {
 		return chargeReply{}, fmt.Errorf("charge script: unexpected reply %T %v", v, v)
 	}
-	n := make([]int64, len(vals))
+	var r chargeReply
+	if len(vals) > 3 {
+		r.rates = make([]int64, len(vals)-3)
+	}
 	for i, x := range vals {
-		if n[i], ok = x.(int64); !ok {
+		n, ok := x.(int64)
+		if !ok {
 			return chargeReply{}, fmt.Errorf("charge script: reply element %d is %T, want an integer", i, x)
 		}
-	}
-	r := chargeReply{status: n[0], org: n[1], key: n[2]}
-	if len(n) > 3 {
-		r.rates = n[3:]
+		switch i {
+		case 0:
+			r.status = n
+		case 1:
+			r.org = n
+		case 2:
+			r.key = n
+		default:
+			r.rates[i-3] = n
+		}
 	}
 	return r, nil
 }
