@@ -67,13 +67,13 @@ end
 
 local function reply(status, org, key, rates)
   local r = {status, org, key}
+  local fmt = '%d %d %d'
   if rates then
     for i = 1, #rates do r[3 + i] = rates[i] end
+    fmt = fmt .. string.rep(' %d', #rates)
   end
   if tokenTTL > 0 then
-    local s = string.format('%d %d %d', status, org, key)
-    for i = 4, #r do s = s .. string.format(' %d', r[i]) end
-    redis.call('SET', KEYS[3], s, 'PX', tokenTTL)
+    redis.call('SET', KEYS[3], string.format(fmt, unpack(r)), 'PX', tokenTTL)
   end
   return r
 end
@@ -146,8 +146,10 @@ if cost > 0 then
   for i = 1, n do
     if tats[i] then
       local debt = rates[2 * i - 1]
+      -- The TAT needs %d (more digits than Lua's own number format keeps);
+      -- the PX, below 2^32, does not.
       redis.call('SET', KEYS[4 + i], string.format('%d', tats[i]),
-        'PX', string.format('%d', math.floor((debt + 999) / 1000) + 60000))
+        'PX', math.floor((debt + 999) / 1000) + 60000)
     end
   end
 end
