@@ -156,7 +156,7 @@ func (c *Counter) charge(ch quota.Charge, w quota.Window) tokenReply {
 		c.counts[kk] = count{n: key, expireAt: w.ExpireAt()}
 		now := ch.At.UnixMicro()
 		for i, tat := range rates.tats {
-			if tat == 0 {
+			if rates.limited[i] { // a shadow that would refuse stays as it is
 				continue
 			}
 			rates.debts[i] = tat - now
@@ -177,8 +177,7 @@ func (c *Counter) charge(ch quota.Charge, w quota.Window) tokenReply {
 type rateCheck struct {
 	keys []countKey
 	// debts are the limits' debts (TAT minus the instant, µs) before the
-	// charge; tats the TAT each would have after it, 0 for those that do not
-	// advance.
+	// charge; tats the TAT each has after it, for those not limited.
 	debts   []int64
 	tats    []int64
 	limited []bool
@@ -201,7 +200,10 @@ func (c *Counter) rates(ch quota.Charge) rateCheck {
 			k = countKey{ch.OrgID, kindKeyRate, ch.KeyID + ":" + l.Name, ""}
 		}
 		rc.keys[i] = k
-		debt := max(c.get(k, ch.At)-now, 0)
+		var debt int64 // a limit without state is full
+		if v, ok := c.counts[k]; ok && live(v.expireAt, ch.At) {
+			debt = max(v.n-now, 0)
+		}
 		rc.debts[i] = debt
 		if ch.Cost == 0 {
 			continue

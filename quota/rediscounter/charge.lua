@@ -110,11 +110,15 @@ if n > 0 then
   rates, tats = {}, {}
   for i = 1, n do
     local interval, burst = tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i])
-    local tat = tonumber(redis.call('GET', KEYS[4 + i]) or '0')
-    if not tat then
-      return redis.error_reply('ERR keygate charge: malformed rate limit state')
+    local debt = 0 -- a limit without state is full
+    local v = redis.call('GET', KEYS[4 + i])
+    if v then
+      local tat = tonumber(v)
+      if not tat then
+        return redis.error_reply('ERR keygate charge: malformed rate limit state')
+      end
+      debt = math.max(tat - t, 0)
     end
-    local debt = math.max(tat - t, 0)
     local limited = 0
     if cost > 0 then
       if cost > burst or debt + cost * interval > burst * interval then
