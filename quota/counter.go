@@ -28,19 +28,30 @@ type Charge struct {
 	// carries the replay check of signed requests in the same round trip.
 	Nonce      string
 	NonceUntil time.Time
+	// RateLimits are checked in the same atomic step as the quotas (see
+	// RateLimit): the charge is admitted iff every quota and every rate
+	// limit that is not a shadow allows it; refused, none of them changes.
+	// A charge of cost 0 checks none of them and advances none, but reports
+	// their state.
+	RateLimits []RateLimit
 }
 
-// Result is the state of both counters after an admitted charge.
+// Result is the state of both counters and of the rate limits after an
+// admitted charge.
 type Result struct {
 	OrgUsed int64
 	KeyUsed int64
 	Window  Window
+	// RateLimits holds the state of each of Charge.RateLimits, in the same
+	// order; nil when the charge had none.
+	RateLimits []RateLimitState
 }
 
-// Scope names which quota ran out.
+// Scope names which quota or rate limit refused, and whom a rate limit
+// binds.
 type Scope string
 
-// The two quotas a charge is checked against.
+// The two scopes of quotas and rate limits.
 const (
 	ScopeKey Scope = "key"
 	ScopeOrg Scope = "organization"
@@ -105,8 +116,9 @@ type MeterDelta struct {
 // use, never read the clock (every instant is passed in), and translate store
 // failures into errors wrapping ErrUnavailable.
 type Counter interface {
-	// Charge applies the quota rule atomically. A refusal returns
-	// *ExceededError (or ErrReplay) and changes nothing.
+	// Charge applies the quota and rate-limit rule atomically. A refusal
+	// returns ErrReplay, *ExceededError or *RateLimitedError (checked in this
+	// order: the first that applies is reported) and changes nothing.
 	Charge(ctx context.Context, c Charge) (Result, error)
 	// Usage reads the request counters of an organization and, when keyID is
 	// not empty, of one key, in the window of period at at.

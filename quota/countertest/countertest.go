@@ -1,6 +1,7 @@
 // Package countertest is the conformance suite of quota.Counter: every
-// implementation's tests call Run, which proves the implementations give the
-// same answers. It tests only the interface.
+// implementation's tests call Run (and RunShared, for two counters on one
+// store), which proves the implementations give the same answers. It tests
+// only the interface.
 //
 // The suite controls time only through the instants it passes (Charge.At and
 // the at arguments). They lie in the year 2100, so that a store which expires
@@ -31,7 +32,7 @@ const timeout = 20 * time.Second
 // fresh, empty Counter; the suite controls time through Charge.At.
 func Run(t *testing.T, newCounter func(t *testing.T) quota.Counter) {
 	t.Helper()
-	for _, tc := range []struct {
+	for _, tc := range append([]struct {
 		name string
 		fn   func(t *testing.T, s *suite)
 	}{
@@ -51,7 +52,7 @@ func Run(t *testing.T, newCounter func(t *testing.T) quota.Counter) {
 		{"Token", testToken},
 		{"Nonce", testNonce},
 		{"Meters", testMeters},
-	} {
+	}, rateTests...) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), timeout)
 			defer cancel()

@@ -2,7 +2,8 @@
 // single keygate process (nothing shared, nothing persisted). It answers
 // exactly as quota/rediscounter does — both pass quota/countertest — and
 // keeps the same entries: counters per window, meters per window, the
-// replies of tokens and the used nonces, each with its expiry.
+// rate limits' theoretical arrival times, the replies of tokens and the used
+// nonces, each with its expiry.
 //
 // It never reads the clock: entries expire by the instants passed in
 // (Charge.At and the at of the other methods), and expired ones are pruned
@@ -11,6 +12,7 @@ package memcounter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -40,10 +42,16 @@ var _ quota.Counter = (*Counter)(nil)
 
 // Kinds of counted values, as in rediscounter's key names.
 const (
-	kindOrg   = "q:org"
-	kindKey   = "q:key"
-	kindMeter = "m"
+	kindOrg     = "q:org"
+	kindKey     = "q:key"
+	kindMeter   = "m"
+	kindOrgRate = "rl:org" // n is the TAT in unix µs; name is the limit's
+	kindKeyRate = "rl:key" // name is "<key>:<limit>"
 )
+
+// rateGrace is how long an idle rate limit's state outlives its debt, as in
+// charge.lua (PX of the debt plus a minute).
+const rateGrace = time.Minute
 
 // countKey names a counter as rediscounter's keys do: org, kind, the key id
 // or meter name (empty for the org counter), window.
@@ -63,15 +71,20 @@ type tagKey struct{ org, tag string }
 type tokenReply struct {
 	status           int
 	orgUsed, keyUsed int64
-	expireAt         time.Time
+	// debts and limited are the rate limits' part of the reply, as charge.lua
+	// replies them (statuses 1 and -3).
+	debts    []int64
+	limited  []bool
+	expireAt time.Time
 }
 
 // Statuses of a charge, as in rediscounter's charge.lua.
 const (
-	statusAdmitted   = 1
-	statusRefusedKey = 0
-	statusRefusedOrg = -1
-	statusReplay     = -2
+	statusAdmitted    = 1
+	statusRefusedKey  = 0
+	statusRefusedOrg  = -1
+	statusReplay      = -2
+	statusRefusedRate = -3
 )
 
 // New returns an empty Counter.
@@ -83,15 +96,13 @@ func New() *Counter {
 	}
 }
 
-// Charge applies the quota rule: a token seen before returns its first
-// result, a used nonce is a replay, then both limits are checked (the key's
-// first) before both counters grow.
+// Charge applies the quota and rate-limit rule as charge.lua does: a token
+// seen before returns its first result, a used nonce is a replay, then both
+// quotas are checked (the key's first), then the rate limits, before anything
+// grows.
 func (c *Counter) Charge(_ context.Context, ch quota.Charge) (quota.Result, error) {
-	if err := quota.CheckOrgID(ch.OrgID); err != nil {
+	if err := quota.CheckCharge(ch); err != nil {
 		return quota.Result{}, err
-	}
-	if ch.Cost < 0 {
-		return quota.Result{}, fmt.Errorf("charging org %s: negative cost %d", ch.OrgID, ch.Cost)
 	}
 	w := ch.Period.Window(ch.At)
 	c.mu.Lock()
@@ -109,8 +120,8 @@ func (c *Counter) charge(ch quota.Charge, w quota.Window) tokenReply {
 			return r
 		}
 	}
-	reply := func(status int, org, key int64) tokenReply {
-		r := tokenReply{status: status, orgUsed: org, keyUsed: key}
+	reply := func(status int, org, key int64, rc rateCheck) tokenReply {
+		r := tokenReply{status: status, orgUsed: org, keyUsed: key, debts: rc.debts, limited: rc.limited}
 		if ch.Token != "" {
 			r.expireAt = ch.At.Add(tokenTTL)
 			c.tokens[tk] = r
@@ -120,7 +131,7 @@ func (c *Counter) charge(ch quota.Charge, w quota.Window) tokenReply {
 	nk := tagKey{ch.OrgID, ch.Nonce}
 	if ch.Nonce != "" {
 		if until, ok := c.nonces[nk]; ok && live(until, ch.At) {
-			return reply(statusReplay, 0, 0)
+			return reply(statusReplay, 0, 0, rateCheck{})
 		}
 	}
 	ok := countKey{ch.OrgID, kindOrg, "", w.ID}
@@ -128,25 +139,101 @@ func (c *Counter) charge(ch quota.Charge, w quota.Window) tokenReply {
 	org, key := c.get(ok, ch.At), c.get(kk, ch.At)
 	if ch.Cost > 0 {
 		if ch.KeyMax >= 0 && key+ch.Cost > ch.KeyMax {
-			return reply(statusRefusedKey, org, key)
+			return reply(statusRefusedKey, org, key, rateCheck{})
 		}
 		if ch.OrgMax >= 0 && org+ch.Cost > ch.OrgMax {
-			return reply(statusRefusedOrg, org, key)
+			return reply(statusRefusedOrg, org, key, rateCheck{})
 		}
+	}
+	rates := c.rates(ch)
+	if rates.refused {
+		return reply(statusRefusedRate, org, key, rates)
+	}
+	if ch.Cost > 0 {
 		org += ch.Cost
 		key += ch.Cost
 		c.counts[ok] = count{n: org, expireAt: w.ExpireAt()}
 		c.counts[kk] = count{n: key, expireAt: w.ExpireAt()}
+		now := ch.At.UnixMicro()
+		for i, tat := range rates.tats {
+			if rates.limited[i] { // a shadow that would refuse stays as it is
+				continue
+			}
+			rates.debts[i] = tat - now
+			// charge.lua's PX: the debt rounded up to a millisecond, plus a minute.
+			ttl := time.Duration((rates.debts[i]+999)/1000)*time.Millisecond + rateGrace
+			c.counts[rates.keys[i]] = count{n: tat, expireAt: ch.At.Add(ttl)}
+		}
 	}
 	// rediscounter keeps a nonce's expiry in milliseconds; so does this.
 	if until := ch.NonceUntil.Truncate(time.Millisecond); ch.Nonce != "" && (until.IsZero() || until.After(ch.At)) {
 		c.nonces[nk] = until
 	}
-	return reply(statusAdmitted, org, key)
+	return reply(statusAdmitted, org, key, rates)
+}
+
+// rateCheck is the rate limits' verdict on a charge, before anything is
+// written.
+type rateCheck struct {
+	keys []countKey
+	// debts are the limits' debts (TAT minus the instant, µs) before the
+	// charge; tats the TAT each has after it, for those not limited.
+	debts   []int64
+	tats    []int64
+	limited []bool
+	refused bool
+}
+
+// rates evaluates the charge's rate limits (GCRA, as in charge.lua): a limit
+// of interval I and burst B admits cost c at instant t iff c <= B and
+// max(TAT, t) + c*I - t <= B*I. A charge of cost 0 checks none. Under c.mu.
+func (c *Counter) rates(ch quota.Charge) rateCheck {
+	n := len(ch.RateLimits)
+	if n == 0 {
+		return rateCheck{}
+	}
+	now := ch.At.UnixMicro()
+	rc := rateCheck{keys: make([]countKey, n), debts: make([]int64, n), tats: make([]int64, n), limited: make([]bool, n)}
+	for i, l := range ch.RateLimits {
+		k := countKey{ch.OrgID, kindOrgRate, l.Name, ""}
+		if l.Scope == quota.ScopeKey {
+			k = countKey{ch.OrgID, kindKeyRate, ch.KeyID + ":" + l.Name, ""}
+		}
+		rc.keys[i] = k
+		var debt int64 // a limit without state is full
+		if v, ok := c.counts[k]; ok && live(v.expireAt, ch.At) {
+			debt = max(v.n-now, 0)
+		}
+		rc.debts[i] = debt
+		if ch.Cost == 0 {
+			continue
+		}
+		interval, burst := l.Interval().Microseconds(), l.EffectiveBurst()
+		if ch.Cost > burst || debt+ch.Cost*interval > burst*interval {
+			rc.limited[i] = true
+			rc.refused = rc.refused || !l.Shadow
+			continue
+		}
+		rc.tats[i] = now + debt + ch.Cost*interval
+	}
+	return rc
 }
 
 // result turns a reply into what Charge returns, as rediscounter does.
 func result(ch quota.Charge, w quota.Window, r tokenReply) (quota.Result, error) {
+	var states []quota.RateLimitState
+	if r.status == statusAdmitted || r.status == statusRefusedRate {
+		if len(ch.RateLimits) > 0 {
+			var err error
+			if states, err = quota.RateOutcome(ch, r.debts, r.limited); err != nil {
+				var rl *quota.RateLimitedError
+				if errors.As(err, &rl) {
+					return quota.Result{}, err
+				}
+				return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, err)
+			}
+		}
+	}
 	switch r.status {
 	case statusRefusedKey:
 		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeKey, Limit: ch.KeyMax, Used: r.keyUsed, Window: w}
@@ -154,8 +241,10 @@ func result(ch quota.Charge, w quota.Window, r tokenReply) (quota.Result, error)
 		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: r.orgUsed, Window: w}
 	case statusReplay:
 		return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, quota.ErrReplay)
+	case statusRefusedRate:
+		return quota.Result{}, fmt.Errorf("charging org %s: rate refusal without a refusing limit", ch.OrgID)
 	}
-	return quota.Result{OrgUsed: r.orgUsed, KeyUsed: r.keyUsed, Window: w}, nil
+	return quota.Result{OrgUsed: r.orgUsed, KeyUsed: r.keyUsed, Window: w, RateLimits: states}, nil
 }
 
 // Usage reads the org's and, when keyID is set, the key's counter.

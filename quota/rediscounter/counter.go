@@ -3,6 +3,7 @@ package rediscounter
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -21,6 +22,8 @@ import (
 //	KEYS[2] key counter  kg:{<org>}:q:key:<key>:<window>
 //	KEYS[3] token        kg:{<org>}:tok:<token>    (untouched when ARGV[5] is 0)
 //	KEYS[4] nonce        kg:{<org>}:nonce:<nonce>  (untouched when ARGV[6] is -1)
+//	KEYS[4+i] rate limit i of n = #KEYS-4: kg:{<org>}:rl:org:<name> or
+//	        kg:{<org>}:rl:key:<key>:<name>, holding its TAT in unix µs
 //	ARGV[1] cost, >= 0 (0 checks no limit and counts nothing)
 //	ARGV[2] org max, -1 = unlimited
 //	ARGV[3] key max, -1 = none
@@ -29,10 +32,16 @@ import (
 //	ARGV[6] nonce expire-at, unix milliseconds, 0 = never, -1 = no nonce
 //	ARGV[7] the charge's instant, unix milliseconds (a nonce is used while its
 //	        expire-at is later)
+//	ARGV[8] (n > 0 only) the charge's instant, unix microseconds
+//	ARGV[6+3i], ARGV[7+3i], ARGV[8+3i] rate limit i's interval (µs per
+//	        unit), burst, and 1 if it is a shadow
 //	Reply {status, org used, key used}: 1 admitted (usages after), 0 refused
 //	by the key, -1 refused by the org (usages unchanged; the key is checked
-//	first), -2 nonce replay ({-2, 0, 0}). A token seen before returns its
-//	stored reply unchanged. A refusal writes nothing but the token.
+//	first), -2 nonce replay ({-2, 0, 0}), -3 refused by a rate limit. Statuses
+//	1 and -3 add, per rate limit, its debt in µs and 1 if it would refuse.
+//	A token seen before returns its stored reply unchanged. A refusal writes
+//	nothing but the token. Without rate limits, the script runs the same
+//	commands and replies the same as before rate limits existed.
 //
 //go:embed charge.lua
 var chargeSrc string
@@ -48,10 +57,11 @@ var addScript = redis.NewScript(addSrc)
 
 // Reply statuses of charge.lua.
 const (
-	statusAdmitted   = 1
-	statusRefusedKey = 0
-	statusRefusedOrg = -1
-	statusReplay     = -2
+	statusAdmitted    = 1
+	statusRefusedKey  = 0
+	statusRefusedOrg  = -1
+	statusReplay      = -2
+	statusRefusedRate = -3
 )
 
 // tokenTTL is how long a charge's reply is kept under its token: longer than
@@ -91,22 +101,23 @@ func (c *Counter) Load(ctx context.Context) error {
 	return nil
 }
 
-// Charge applies the quota rule in one round trip of charge.lua (contract
-// above). When both quotas are exhausted the refusal names the key's. A
+// Charge applies the quota and rate-limit rule in one round trip of
+// charge.lua (contract above). When both quotas are exhausted the refusal
+// names the key's; when a quota and a rate limit refuse, the quota's. A
 // charge with a Token may be retried by go-redis after a lost reply and still
 // counts once; a failure to reach Redis wraps quota.ErrUnavailable, and then
 // whether the charge counted is unknown.
 func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, error) {
-	if err := checkCharge(ch); err != nil {
+	if err := quota.CheckCharge(ch); err != nil {
 		return quota.Result{}, err
 	}
 	w := ch.Period.Window(ch.At)
-	keys := []string{
-		orgCounterKey(ch.OrgID, w.ID),
-		keyCounterKey(ch.OrgID, ch.KeyID, w.ID),
-		tokenKey(ch.OrgID, ch.Token),
-		nonceKey(ch.OrgID, ch.Nonce),
-	}
+	n := len(ch.RateLimits)
+	keys := make([]string, 4, 4+n)
+	keys[0] = orgCounterKey(ch.OrgID, w.ID)
+	keys[1] = keyCounterKey(ch.OrgID, ch.KeyID, w.ID)
+	keys[2] = tokenKey(ch.OrgID, ch.Token)
+	keys[3] = nonceKey(ch.OrgID, ch.Nonce)
 	var expireAt, ttl, nonceAt int64
 	if at := w.ExpireAt(); !at.IsZero() {
 		expireAt = at.Unix()
@@ -120,27 +131,69 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	case !ch.NonceUntil.IsZero():
 		nonceAt = max(ch.NonceUntil.UnixMilli(), 1)
 	}
-	v, err := c.run(ctx, keys, []any{
-		ch.Cost, limit(ch.OrgMax), limit(ch.KeyMax), expireAt, ttl, nonceAt, ch.At.UnixMilli(),
-	})
+	args := make([]any, 7, 8+3*n)
+	args[0], args[1], args[2], args[3] = ch.Cost, limit(ch.OrgMax), limit(ch.KeyMax), expireAt
+	args[4], args[5], args[6] = ttl, nonceAt, ch.At.UnixMilli()
+	if n > 0 {
+		args = append(args, ch.At.UnixMicro())
+		for _, l := range ch.RateLimits {
+			keys = append(keys, rateKey(ch.OrgID, ch.KeyID, l))
+			shadow := 0
+			if l.Shadow {
+				shadow = 1
+			}
+			args = append(args, l.Interval().Microseconds(), l.EffectiveBurst(), shadow)
+		}
+	}
+	v, err := c.run(ctx, keys, args)
 	if err != nil {
 		return quota.Result{}, storeError("charging org "+ch.OrgID, err)
 	}
-	status, orgUsed, keyUsed, err := parseChargeReply(v)
+	r, err := parseChargeReply(v)
 	if err != nil {
 		return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, err)
 	}
-	switch status {
+	switch r.status {
 	case statusAdmitted:
-		return quota.Result{OrgUsed: orgUsed, KeyUsed: keyUsed, Window: w}, nil
+		res := quota.Result{OrgUsed: r.org, KeyUsed: r.key, Window: w}
+		if n > 0 {
+			if res.RateLimits, err = rateOutcome(ch, r); err != nil {
+				return quota.Result{}, err
+			}
+		}
+		return res, nil
 	case statusRefusedKey:
-		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeKey, Limit: ch.KeyMax, Used: keyUsed, Window: w}
+		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeKey, Limit: ch.KeyMax, Used: r.key, Window: w}
 	case statusRefusedOrg:
-		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: orgUsed, Window: w}
+		return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: r.org, Window: w}
 	case statusReplay:
 		return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, quota.ErrReplay)
+	case statusRefusedRate:
+		if _, err := rateOutcome(ch, r); err != nil {
+			return quota.Result{}, err
+		}
+		return quota.Result{}, fmt.Errorf("charging org %s: charge script: rate refusal without a refusing limit", ch.OrgID)
 	}
-	return quota.Result{}, fmt.Errorf("charging org %s: charge script: unknown status %d", ch.OrgID, status)
+	return quota.Result{}, fmt.Errorf("charging org %s: charge script: unknown status %d", ch.OrgID, r.status)
+}
+
+// rateOutcome reads the rate-limit part of a reply: a *quota.RateLimitedError
+// is returned as it is, anything else wrapped.
+func rateOutcome(ch quota.Charge, r chargeReply) ([]quota.RateLimitState, error) {
+	n := len(ch.RateLimits)
+	if len(r.rates) != 2*n {
+		return nil, fmt.Errorf("charging org %s: charge script: %d rate values for %d limits", ch.OrgID, len(r.rates), n)
+	}
+	debts, limited := make([]int64, n), make([]bool, n)
+	for i := range n {
+		debts[i], limited[i] = r.rates[2*i], r.rates[2*i+1] == 1
+	}
+	states, err := quota.RateOutcome(ch, debts, limited)
+	var rl *quota.RateLimitedError
+	if err != nil && !errors.As(err, &rl) {
+		return nil, fmt.Errorf("charging org %s: %w", ch.OrgID, err)
+	}
+	return states, err
 }
 
 // Usage reads the org's and the key's counters with one MGET (one slot).
@@ -239,33 +292,44 @@ func (c *Counter) mget(ctx context.Context, keys []string) ([]any, error) {
 	return vals, nil
 }
 
-// checkCharge refuses what the script cannot count correctly.
-func checkCharge(ch quota.Charge) error {
-	if err := quota.CheckOrgID(ch.OrgID); err != nil {
-		return err
-	}
-	if ch.Cost < 0 {
-		return fmt.Errorf("charging org %s: negative cost %d", ch.OrgID, ch.Cost)
-	}
-	return nil
-}
-
 // limit maps every negative max to the script's -1.
 func limit(m int64) int64 { return max(m, -1) }
 
-// parseChargeReply checks the script's reply: three integers.
-func parseChargeReply(v any) (status, org, key int64, err error) {
+// chargeReply is charge.lua's reply: a status, the usages and, for
+// statuses 1 and -3 of a charge with rate limits, two values per limit.
+type chargeReply struct {
+	status, org, key int64
+	rates            []int64
+}
+
+// parseChargeReply checks the script's reply: at least three integers, and
+// two more per rate limit.
+func parseChargeReply(v any) (chargeReply, error) {
 	vals, ok := v.([]any)
-	if !ok || len(vals) != 3 {
-		return 0, 0, 0, fmt.Errorf("charge script: unexpected reply %T %v", v, v)
+	if !ok || len(vals) < 3 || len(vals)%2 == 0 {
+		return chargeReply{}, fmt.Errorf("charge script: unexpected reply %T %v", v, v)
 	}
-	var n [3]int64
+	var r chargeReply
+	if len(vals) > 3 {
+		r.rates = make([]int64, len(vals)-3)
+	}
 	for i, x := range vals {
-		if n[i], ok = x.(int64); !ok {
-			return 0, 0, 0, fmt.Errorf("charge script: reply element %d is %T, want an integer", i, x)
+		n, ok := x.(int64)
+		if !ok {
+			return chargeReply{}, fmt.Errorf("charge script: reply element %d is %T, want an integer", i, x)
+		}
+		switch i {
+		case 0:
+			r.status = n
+		case 1:
+			r.org = n
+		case 2:
+			r.key = n
+		default:
+			r.rates[i-3] = n
 		}
 	}
-	return n[0], n[1], n[2], nil
+	return r, nil
 }
 
 // parseCount reads one MGET value: nil (no key) is 0.

@@ -24,6 +24,12 @@ func TestConformance(t *testing.T) {
 		redistest.Flush(t, rdb)
 		return rediscounter.New(rdb)
 	})
+	// Two sidecars: two counters with their own clients on one server.
+	other := redistest.NewClient(t, srv.Addr())
+	countertest.RunShared(t, func(t *testing.T) (quota.Counter, quota.Counter) {
+		redistest.Flush(t, rdb)
+		return rediscounter.New(rdb), rediscounter.New(other)
+	})
 }
 
 // TestConformanceCluster runs the suite on a 3-master Redis Cluster: every
@@ -35,6 +41,11 @@ func TestConformanceCluster(t *testing.T) {
 	countertest.Run(t, func(t *testing.T) quota.Counter {
 		redistest.Flush(t, rdb)
 		return rediscounter.New(rdb)
+	})
+	other := redistest.NewClient(t, cl.Addrs()...)
+	countertest.RunShared(t, func(t *testing.T) (quota.Counter, quota.Counter) {
+		redistest.Flush(t, rdb)
+		return rediscounter.New(rdb), rediscounter.New(other)
 	})
 }
 
@@ -237,29 +248,59 @@ func TestInvalidOrg(t *testing.T) {
 }
 
 // BenchmarkCharge measures one admitted charge with a fresh token against a
-// private redis-server on loopback, from parallel goroutines on one org.
+// private redis-server on loopback, from parallel goroutines on one org:
+// quotas only, and with an org rate limit and a key and an org rate limit
+// (limits that never refuse, so every charge is admitted and advances them).
+// Besides ns/op and allocs/op it reports the script's own time in Redis,
+// from INFO commandstats (µs per EVALSHA), and the server's CPU time per
+// charge (pipelined, so the reading and writing is shared among charges).
 func BenchmarkCharge(b *testing.B) {
-	rdb := newClient(b, redistest.Start(b).Addr())
-	c := rediscounter.New(rdb)
-	if err := c.Load(b.Context()); err != nil {
-		b.Fatal(err)
-	}
-	now := time.Now()
-	var seq atomic.Int64
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		ctx := b.Context()
-		for pb.Next() {
-			n := seq.Add(1)
-			_, err := c.Charge(ctx, quota.Charge{
-				OrgID: "org1", KeyID: "k" + strconv.FormatInt(n%8, 10), Cost: 1,
-				OrgMax: -1, KeyMax: -1, Period: quota.PeriodMonth, At: now,
-				Token: strconv.FormatInt(n, 36),
-			})
-			if err != nil {
-				b.Error(err)
-				return
+	orgRate := quota.RateLimit{Name: "org-rate", Scope: quota.ScopeOrg, Requests: 1_000_000, Per: time.Second, Burst: 1_000_000_000_000}
+	keyRate := quota.RateLimit{Name: "key-rate", Scope: quota.ScopeKey, Requests: 1_000_000, Per: time.Second, Burst: 1_000_000_000_000}
+	for _, bc := range []struct {
+		name   string
+		limits []quota.RateLimit
+	}{
+		{"quota", nil},
+		{"quota+org-rate", []quota.RateLimit{orgRate}},
+		{"quota+key-rate+org-rate", []quota.RateLimit{keyRate, orgRate}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			rdb := newClient(b, redistest.Start(b).Addr())
+			c := rediscounter.New(rdb)
+			if err := c.Load(b.Context()); err != nil {
+				b.Fatal(err)
 			}
-		}
-	})
+			if err := rdb.ConfigResetStat(b.Context()).Err(); err != nil {
+				b.Fatal(err)
+			}
+			_, cpu0, _ := rediscounter.RedisStats(b.Context(), rdb)
+			now := time.Now()
+			var seq atomic.Int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := b.Context()
+				for pb.Next() {
+					n := seq.Add(1)
+					_, err := c.Charge(ctx, quota.Charge{
+						OrgID: "org1", KeyID: "k" + strconv.FormatInt(n%8, 10), Cost: 1,
+						OrgMax: 1 << 40, KeyMax: 1 << 40, Period: quota.PeriodMonth, At: now,
+						Token: strconv.FormatInt(n, 36), RateLimits: bc.limits,
+					})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			us, cpu, err := rediscounter.RedisStats(b.Context(), rdb)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(us, "redis-µs/charge")
+			b.ReportMetric((cpu-cpu0)/float64(b.N), "redis-cpu-µs/charge")
+		})
+	}
 }

@@ -1,6 +1,15 @@
 // Package rediscounter is the Redis quota.Counter: the check-and-increment of
-// both request counters runs in one Lua script (charge.lua, embedded), so a
-// charge is one round trip and never overshoots a max under any concurrency.
+// both request counters and of the charge's rate limits runs in one Lua
+// script (charge.lua, embedded), so a charge is one round trip and never
+// overshoots a max or a rate limit under any concurrency.
+//
+// A rate limit's state is one string key holding its theoretical arrival
+// time in unix microseconds ("kg:{<org>}:rl:org:<name>", or
+// "kg:{<org>}:rl:key:<key>:<name>"), set with a PX of its debt plus a minute,
+// so an idle limit's key vanishes once the limit is full again. The PX is
+// relative, so a Redis clock that differs from the sidecars' cannot empty a
+// limit early; the sidecars sharing a limit must agree on the time, as they
+// must for the quota windows.
 //
 // Every key carries the organization's hash tag ("kg:{<org>}:…", built in
 // keys.go), so the Counter works unchanged on Redis Cluster.

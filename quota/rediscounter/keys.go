@@ -1,5 +1,7 @@
 package rediscounter
 
+import "github.com/keygate/keygate/quota"
+
 // Every key the Counter touches is built here, and every one starts with
 // "kg:{<org>}:". Redis Cluster hashes only the text between the first "{" and
 // the first "}" after it, so all keys of one organization share a slot and
@@ -22,6 +24,16 @@ func tokenKey(org, token string) string { return prefix(org) + "tok:" + token }
 
 // nonceKey marks a nonce as used until its expiry.
 func nonceKey(org, nonce string) string { return prefix(org) + "nonce:" + nonce }
+
+// rateKey holds the TAT of a rate limit: one per org, or one per key of the
+// org. Limit names have no ':' (quota.RateLimit.Validate), so a key id with
+// one cannot make two limits' keys collide.
+func rateKey(org, key string, l quota.RateLimit) string {
+	if l.Scope == quota.ScopeKey {
+		return prefix(org) + "rl:key:" + key + ":" + l.Name
+	}
+	return prefix(org) + "rl:org:" + l.Name
+}
 
 // meterKey is the value of one meter of an organization in one window.
 func meterKey(org, meter, window string) string { return prefix(org) + "m:" + meter + ":" + window }

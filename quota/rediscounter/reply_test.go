@@ -1,6 +1,10 @@
 package rediscounter
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/keygate/keygate/quota"
+)
 
 func TestParseChargeReply(t *testing.T) {
 	for _, tc := range []struct {
@@ -12,12 +16,13 @@ func TestParseChargeReply(t *testing.T) {
 		{"not a list", "OK", true},
 		{"nil", nil, true},
 		{"too short", []any{int64(1), int64(5)}, true},
-		{"too long", []any{int64(1), int64(5), int64(2), int64(0)}, true},
+		{"one rate value", []any{int64(1), int64(5), int64(2), int64(0)}, true},
+		{"one rate limit", []any{int64(1), int64(5), int64(2), int64(700), int64(0)}, false},
 		{"string element", []any{int64(1), "5", int64(2)}, true},
 		{"nil element", []any{int64(1), nil, int64(2)}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, _, err := parseChargeReply(tc.reply)
+			_, err := parseChargeReply(tc.reply)
 			if (err != nil) != tc.wantErr {
 				t.Errorf("parseChargeReply(%#v) error = %v, want error %v", tc.reply, err, tc.wantErr)
 			}
@@ -52,6 +57,8 @@ func TestKeysShareOneTag(t *testing.T) {
 		keyCounterKey(org, "k:1", "m210001"),
 		tokenKey(org, "t"),
 		nonceKey(org, "n"),
+		rateKey(org, "k:1", quota.RateLimit{Name: "key-rate", Scope: quota.ScopeKey}),
+		rateKey(org, "k:1", quota.RateLimit{Name: "org-rate", Scope: quota.ScopeOrg}),
 		meterKey(org, "egress", "all"),
 	} {
 		if got := hashTag(k); got != want[1:len(want)-1] {
