@@ -312,6 +312,11 @@ func (d *Decider) charge(ctx context.Context, p keys.Principal, period quota.Per
 		Nonce:      nonce.value,
 		NonceUntil: nonce.until,
 	}
+	if cost > 0 || nonce.value == "" {
+		// Self-served routes (cost 0 with a nonce, or none at all) are not
+		// rate limited; data-path requests, free ones included, are.
+		c.RateLimits = rateLimits(p)
+	}
 	if d.opt.RemoteCounter {
 		c.Token = d.tokenPrefix + strconv.FormatUint(d.tokenSeq.Add(1), 36)
 	}
@@ -322,6 +327,29 @@ func (d *Decider) charge(ctx context.Context, p keys.Principal, period quota.Per
 		d.opt.Metrics.Quota(p.Key.OrgID, period.String(), res.OrgUsed, orgMax)
 	}
 	return res, err
+}
+
+// Policy names of the rate limits, as headers show them.
+const (
+	PolicyKeyRate = "key-rate"
+	PolicyOrgRate = "org-rate"
+)
+
+// rateLimits are the rate limits that apply to a principal's requests, for
+// the charge; nil when none does (no allocation).
+func rateLimits(p keys.Principal) []quota.RateLimit {
+	key, org := p.RateLimits()
+	if key == nil && org == nil {
+		return nil
+	}
+	out := make([]quota.RateLimit, 0, 2)
+	if key != nil {
+		out = append(out, quota.RateLimit{Name: PolicyKeyRate, Scope: quota.ScopeKey, Requests: key.Requests, Per: key.Per, Burst: key.Burst, Shadow: key.Shadow})
+	}
+	if org != nil {
+		out = append(out, quota.RateLimit{Name: PolicyOrgRate, Scope: quota.ScopeOrg, Requests: org.Requests, Per: org.Per, Burst: org.Burst, Shadow: org.Shadow})
+	}
+	return out
 }
 
 // failOpen records an uncounted admission during a store outage.
@@ -352,35 +380,94 @@ func PlanPeriod(pl keys.Plan) quota.Period {
 }
 
 // SetHeaders writes what an admitted request's caller should see: the IETF
-// RateLimit-Policy and RateLimit headers
-// (draft-ietf-httpapi-ratelimit-headers) for the tighter of the key's and
-// the organization's quotas. Unlimited principals, and requests admitted
-// uncounted, get none.
+// RateLimit-Policy header (draft-ietf-httpapi-ratelimit-headers) listing
+// every policy that applies — the key's and the organization's quotas and
+// rate limits, shadow ones included — and RateLimit for the enforced one
+// closest to refusing (the fewest units left). Unlimited principals, and
+// requests admitted uncounted, get none.
 func (v *Verdict) SetHeaders(h http.Header, now time.Time) {
 	if !v.Counted {
 		return
 	}
 	p, res := &v.Principal, v.Result
+	var policy, closest []byte
+	best := int64(-1)
+	add := func(name string, q, window int64, remaining int64, reset time.Duration, enforced bool) {
+		if len(policy) > 0 {
+			policy = append(policy, ", "...)
+		}
+		policy = appendPolicy(policy, name, q, window)
+		if enforced && (best < 0 || remaining < best) {
+			best = remaining
+			closest = appendState(closest[:0], name, remaining, reset)
+		}
+	}
 	orgMax, _ := p.Org.RequestQuota(p.Plan)
 	keyMax := p.Key.KeyMax()
-	name, limit, used := "", int64(-1), int64(0)
+	w := res.Window
+	var window int64
+	var reset time.Duration
+	if !w.End.IsZero() {
+		window = int64(w.End.Sub(w.Start) / time.Second)
+		reset = w.Remaining(now)
+	}
+	if keyMax >= 0 {
+		add("key", keyMax, window, max(keyMax-res.KeyUsed, 0), reset, true)
+	}
 	if orgMax >= 0 {
-		name, limit, used = "org", orgMax, res.OrgUsed
+		add("org", orgMax, window, max(orgMax-res.OrgUsed, 0), reset, true)
 	}
-	if keyMax >= 0 && (limit < 0 || keyMax-res.KeyUsed < limit-used) {
-		name, limit, used = "key", keyMax, res.KeyUsed
+	for _, st := range res.RateLimits {
+		add(st.Limit.Name, st.Limit.Requests, int64(st.Limit.Per/time.Second), st.Remaining, st.Reset, !st.Limit.Shadow)
 	}
-	if limit < 0 {
+	if len(policy) == 0 {
 		return
-	}
-	policy := `"` + name + `";q=` + strconv.FormatInt(limit, 10)
-	state := `"` + name + `";r=` + strconv.FormatInt(max(limit-used, 0), 10)
-	if w := res.Window; !w.End.IsZero() {
-		policy += ";w=" + strconv.FormatInt(int64(w.End.Sub(w.Start)/time.Second), 10)
-		state += ";t=" + strconv.FormatInt(int64((w.Remaining(now)+time.Second-1)/time.Second), 10)
 	}
 	// Canonical names, set directly: Header.Set would canonicalise them on
 	// every request.
-	h["Ratelimit-Policy"] = []string{policy}
-	h["Ratelimit"] = []string{state}
+	h["Ratelimit-Policy"] = []string{string(policy)}
+	if len(closest) > 0 {
+		h["Ratelimit"] = []string{string(closest)}
+	}
+}
+
+// WouldLimit names the shadow limits that would have refused the request
+// (for the access log and metrics); empty when none.
+func (v *Verdict) WouldLimit() string {
+	var out string
+	for _, st := range v.Result.RateLimits {
+		if st.WouldLimit {
+			if out != "" {
+				out += ","
+			}
+			out += st.Limit.Name
+		}
+	}
+	return out
+}
+
+// appendPolicy appends `"name";q=Q;w=W` (no w for a window that never ends).
+func appendPolicy(b []byte, name string, q, window int64) []byte {
+	b = append(b, '"')
+	b = append(b, name...)
+	b = append(b, `";q=`...)
+	b = strconv.AppendInt(b, q, 10)
+	if window > 0 {
+		b = append(b, ";w="...)
+		b = strconv.AppendInt(b, window, 10)
+	}
+	return b
+}
+
+// appendState appends `"name";r=R;t=T`, T in whole seconds rounded up.
+func appendState(b []byte, name string, remaining int64, reset time.Duration) []byte {
+	b = append(b, '"')
+	b = append(b, name...)
+	b = append(b, `";r=`...)
+	b = strconv.AppendInt(b, remaining, 10)
+	if reset > 0 {
+		b = append(b, ";t="...)
+		b = strconv.AppendInt(b, int64((reset+time.Second-1)/time.Second), 10)
+	}
+	return b
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keygate/keygate/keys"
@@ -64,6 +65,7 @@ func Classify(err error, now time.Time) Problem {
 		tooBig   *http.MaxBytesError
 		ts       *TSError
 		fails    *TooManyFailuresError
+		limited  *quota.RateLimitedError
 	)
 	switch {
 	case errors.Is(err, keys.ErrNoCredential):
@@ -83,6 +85,12 @@ func Classify(err error, now time.Time) Problem {
 			Message: exceededMessage(exceeded)}
 		if d := exceeded.Window.Remaining(now); d > 0 {
 			p.RetryAfter = d
+		}
+		return p
+	case errors.As(err, &limited):
+		p := Problem{Status: http.StatusTooManyRequests, Outcome: metrics.OutcomeRateLimited, Message: rateLimitedMessage(limited)}
+		if !limited.CostAboveBurst {
+			p.RetryAfter = max(limited.RetryAfter, time.Second)
 		}
 		return p
 	case errors.Is(err, quota.ErrReplay):
@@ -129,6 +137,17 @@ func exceededMessage(e *quota.ExceededError) string {
 		return fmt.Sprintf("API key quota exceeded: %d of %d requests used", e.Used, e.Limit)
 	}
 	return fmt.Sprintf("Organization quota exceeded: %d of %d requests used", e.Used, e.Limit)
+}
+
+func rateLimitedMessage(e *quota.RateLimitedError) string {
+	who := "Organization"
+	if e.Scope == quota.ScopeKey {
+		who = "API key"
+	}
+	if e.CostAboveBurst {
+		return fmt.Sprintf("Rate limit exceeded: the request costs more than the %s rate limit's burst of %d", strings.ToLower(who), e.Limit.EffectiveBurst())
+	}
+	return fmt.Sprintf("Rate limit exceeded: %s rate limit of %d requests per %s", strings.ToLower(who), e.Limit.Requests, e.Limit.Per)
 }
 
 // SetRetryAfter writes Retry-After in whole seconds, rounded up.

@@ -179,8 +179,11 @@ func Finish(access *zap.Logger, m *metrics.Metrics, r *http.Request, w *Writer, 
 		status = http.StatusOK
 	}
 	m.Request(w.Org, w.Outcome, status, d)
+	if w.WouldLimit != "" {
+		m.WouldLimit(w.WouldLimit)
+	}
 	if ce := access.Check(zap.InfoLevel, "request"); ce != nil {
-		ce.Write(
+		fields := [8]zap.Field{
 			zap.String("method", r.Method),
 			zap.String("path", r.URL.Path), // never the query: it may carry credentials
 			zap.Int("status", status),
@@ -188,7 +191,13 @@ func Finish(access *zap.Logger, m *metrics.Metrics, r *http.Request, w *Writer, 
 			zap.String("org_id", w.Org),
 			zap.String("key_uid", w.Key),
 			zap.String("outcome", w.Outcome),
-		)
+		}
+		n := 7
+		if w.WouldLimit != "" {
+			fields[n] = zap.String("would_limit", w.WouldLimit)
+			n++
+		}
+		ce.Write(fields[:n]...)
 	}
 }
 
@@ -232,6 +241,9 @@ type Writer struct {
 	// Org, Key and Outcome are what the access log line and the request
 	// metrics say of the request; fronts fill them.
 	Org, Key, Outcome string
+	// WouldLimit names the shadow rate limits that would have refused the
+	// request (comma-separated); logged when set.
+	WouldLimit string
 	// CountEgress makes Write add to Egress, the bytes of the upstream's
 	// response body; the data path books them once, when it is done.
 	CountEgress bool

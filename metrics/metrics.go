@@ -6,6 +6,7 @@ package metrics
 
 import (
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,7 @@ const (
 	OutcomeInvalidCredential = "invalid_credential"
 	OutcomeForbidden         = "forbidden"
 	OutcomeQuotaExceeded     = "quota_exceeded"
+	OutcomeRateLimited       = "rate_limited"
 	OutcomeStoreUnavailable  = "store_unavailable"
 	OutcomeUpstreamError     = "upstream_error"
 	OutcomeUpstreamTimeout   = "upstream_timeout"
@@ -50,7 +52,7 @@ const (
 var Outcomes = []string{
 	OutcomeAdmitted, OutcomeNoCredential, OutcomeInvalidCredential, OutcomeForbidden,
 	OutcomeQuotaExceeded, OutcomeStoreUnavailable, OutcomeUpstreamError, OutcomeUpstreamTimeout,
-	OutcomeBadRequest, OutcomeInternal, OutcomeClientClosed,
+	OutcomeBadRequest, OutcomeInternal, OutcomeClientClosed, OutcomeRateLimited,
 }
 
 // meterRequests is the meter name of the request quota in the usage gauges.
@@ -75,6 +77,7 @@ type Metrics struct {
 	quotaLimit       *prometheus.GaugeVec
 	quotaRatio       *prometheus.GaugeVec
 	failOpenAdmits   prometheus.Counter
+	wouldLimit       *prometheus.CounterVec
 	authCache        *prometheus.CounterVec
 	revocations      prometheus.Counter
 	revocationLag    prometheus.Histogram
@@ -135,6 +138,10 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 			Name: "keygate_fail_open_admits_total",
 			Help: "Requests admitted without being counted because the store was unreachable (KEYGATE_FAILURE_MODE=open).",
 		}),
+		wouldLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_rate_limit_would_limit_total",
+			Help: "Requests a shadow rate limit would have refused (admitted all the same), by policy.",
+		}, []string{"policy"}),
 		authCache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keygate_auth_cache_lookups_total",
 			Help: "Credential lookups by result: hit (local cache), miss (store read), stale (cache used during a store outage).",
@@ -168,7 +175,7 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 		m.authCache.WithLabelValues(r)
 	}
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamDuration, m.storeDuration, m.storeErrors,
-		quotaCollector{m}, m.quotaLimit, m.failOpenAdmits, m.authCache, m.revocations, m.revocationLag, build)
+		quotaCollector{m}, m.quotaLimit, m.failOpenAdmits, m.wouldLimit, m.authCache, m.revocations, m.revocationLag, build)
 	return m
 }
 
@@ -423,6 +430,17 @@ func collectLabelled(v *prometheus.GaugeVec, f func(prometheus.Metric, map[strin
 			lv[l.GetName()] = l.GetValue()
 		}
 		f(mt, lv)
+	}
+}
+
+// WouldLimit counts a request that shadow rate limits (comma-separated
+// policy names) would have refused.
+func (m *Metrics) WouldLimit(policies string) {
+	if m == nil {
+		return
+	}
+	for _, p := range strings.Split(policies, ",") {
+		m.wouldLimit.WithLabelValues(p).Inc()
 	}
 }
 

@@ -90,7 +90,7 @@ func TestQuotaGaugesResetWithTheWindow(t *testing.T) {
 // dashboard and the alert rules select on.
 func TestOutcomesMatchIssue(t *testing.T) {
 	want := []string{"admitted", "no_credential", "invalid_credential", "forbidden", "quota_exceeded",
-		"store_unavailable", "upstream_error", "upstream_timeout", "bad_request", "internal_error", "client_closed"}
+		"store_unavailable", "upstream_error", "upstream_timeout", "bad_request", "internal_error", "client_closed", "rate_limited"}
 	if !slices.Equal(Outcomes, want) {
 		t.Errorf("outcomes = %v, want %v", Outcomes, want)
 	}

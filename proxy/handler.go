@@ -91,6 +91,7 @@ func (h *Handler) Serve(w *listener.Writer, r *http.Request) {
 	}
 	v.SetHeaders(w.Header(), now)
 	w.Outcome = metrics.OutcomeAdmitted
+	w.WouldLimit = v.WouldLimit()
 	info := &forwardInfo{v: &v, at: now}
 	p := &v.Principal
 	org := p.Key.OrgID

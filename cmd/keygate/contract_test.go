@@ -151,10 +151,22 @@ func TestHealthAndReady(t *testing.T) {
 // (-1 when a parameter is absent). It fails on any other syntax.
 func rateLimit(t *testing.T, h http.Header) (name string, q, w, r, tt int64) {
 	t.Helper()
-	policyRE := regexp.MustCompile(`^"([a-z]+)";q=(\d+)(?:;w=(\d+))?$`)
-	stateRE := regexp.MustCompile(`^"([a-z]+)";r=(\d+)(?:;t=(\d+))?$`)
-	pm := policyRE.FindStringSubmatch(h.Get("RateLimit-Policy"))
+	// RateLimit-Policy lists every policy that applies; RateLimit names
+	// the one closest to refusing, which must be among them.
+	policyRE := regexp.MustCompile(`^"([a-z-]+)";q=(\d+)(?:;w=(\d+))?$`)
+	stateRE := regexp.MustCompile(`^"([a-z-]+)";r=(\d+)(?:;t=(\d+))?$`)
 	sm := stateRE.FindStringSubmatch(h.Get("RateLimit"))
+	var pm []string
+	for _, item := range strings.Split(h.Get("RateLimit-Policy"), ", ") {
+		m := policyRE.FindStringSubmatch(item)
+		if m == nil {
+			pm = nil
+			break
+		}
+		if sm != nil && m[1] == sm[1] {
+			pm = m
+		}
+	}
 	if pm == nil || sm == nil || pm[1] != sm[1] {
 		t.Fatalf("RateLimit-Policy %q / RateLimit %q: want `\"name\";q=N;w=S` and `\"name\";r=N;t=S`", h.Get("RateLimit-Policy"), h.Get("RateLimit"))
 	}
@@ -170,7 +182,7 @@ func rateLimit(t *testing.T, h http.Header) (name string, q, w, r, tt int64) {
 
 // TestRouteRulesCostsAndHeaders: a routes file sets permission and cost on
 // the data path; self-served routes cost nothing; the rate-limit headers
-// describe the tighter quota in the draft's syntax.
+// list every quota and report the tighter one in the draft's syntax.
 func TestRouteRulesCostsAndHeaders(t *testing.T) {
 	eachStore(t, func(t *testing.T, env map[string]string) {
 		rec := &recorder{}

@@ -92,7 +92,7 @@ func TestKeyMaxAndWindow(t *testing.T) {
 		for i := range 3 {
 			status, h, _ := call(t, "GET", data, map[string]string{"X-API-Key": capped.AccessSecret}, "")
 			want := fmt.Sprintf(`"key";r=%d;t=`, 2-i)
-			if status != 200 || h.Get("RateLimit-Policy") != `"key";q=3;w=2` || len(h.Get("RateLimit")) < len(want) || h.Get("RateLimit")[:len(want)] != want {
+			if status != 200 || h.Get("RateLimit-Policy") != `"key";q=3;w=2, "org";q=10;w=2` || len(h.Get("RateLimit")) < len(want) || h.Get("RateLimit")[:len(want)] != want {
 				t.Fatalf("capped request %d: %d policy %q state %q", i, status, h.Get("RateLimit-Policy"), h.Get("RateLimit"))
 			}
 		}

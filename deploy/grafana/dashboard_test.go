@@ -124,7 +124,7 @@ func TestDashboardDecodesStrictly(t *testing.T) {
 		"org_meter:keygate_quota_usage:ratio", "predict_linear(", "deriv1h",
 		`outcome="no_credential"`, `outcome="quota_exceeded"`, `outcome="store_unavailable"`,
 		`outcome="upstream_error"`, `outcome="upstream_timeout"`, `outcome=~"invalid_credential|forbidden"`,
-		`outcome="client_closed"`,
+		`outcome="client_closed"`, `outcome="rate_limited"`,
 		"keygate_upstream_duration_seconds", "keygate:request_added_seconds:mean5m",
 		"keygate_store_duration_seconds", "keygate_store_errors_total", "keygate_fail_open_admits_total",
 		"keygate_revocation_lag_seconds_bucket",

@@ -176,10 +176,11 @@ func buildDashboard() (dashboard.Dashboard, error) {
 			query(`org_meter:keygate_quota_limit:max{`+sel+`}`, "{{org}} {{meter}} limit"))).
 		// Requests.
 		WithRow(dashboard.NewRowBuilder("Requests")).
-		WithPanel(series("Refusals and errors by status", "401 no credential, 403 invalid credential or missing permission, 429 quota exhausted, 503 store unavailable, 502 upstream unreachable, 504 upstream timeout; 499 the client went away before the answer (no response sent; a rise often means a slow upstream whose callers give up before KEYGATE_UPSTREAM_TIMEOUT).", "reqps", 12,
+		WithPanel(series("Refusals and errors by status", "401 no credential, 403 invalid credential or missing permission, 429 quota exhausted or rate limited, 503 store unavailable, 502 upstream unreachable, 504 upstream timeout; 499 the client went away before the answer (no response sent; a rise often means a slow upstream whose callers give up before KEYGATE_UPSTREAM_TIMEOUT).", "reqps", 12,
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="no_credential", `+sel+`})`, "401 no credential"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome=~"invalid_credential|forbidden", status_class="4xx", `+sel+`})`, "403 invalid credential / forbidden"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="quota_exceeded", `+sel+`})`, "429 quota exceeded"),
+			query(`sum(org_outcome:keygate_requests:rate5m{outcome="rate_limited", `+sel+`})`, "429 rate limited"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="store_unavailable", `+sel+`})`, "503 store unavailable"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="upstream_error", `+sel+`})`, "502 upstream error"),
 			query(`sum(org_outcome:keygate_requests:rate5m{outcome="upstream_timeout", `+sel+`})`, "504 upstream timeout"),
