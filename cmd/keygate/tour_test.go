@@ -41,7 +41,8 @@ const (
 
 // tourOrder is the order in which the marked blocks run: the README's tour
 // first, then the pages that continue from its shell.
-var tourOrder = []string{"README.md", "docs/account-api.md", "docs/user-api.md", "docs/partner-api.md"}
+var tourOrder = []string{"README.md", "docs/account-api.md", "docs/user-api.md", "docs/partner-api.md",
+	"docs/rate-limits.md", "docs/key-lifecycle.md"}
 
 // docBlock is one fenced block of a Markdown document.
 type docBlock struct {
@@ -426,6 +427,17 @@ curl -s -H "X-API-Key: $SECRET" localhost:8000/hello
 				checkTourUser(t, s)
 			case "docs/partner-api.md":
 				checkTourPartner(t, s, out["probe after "+b.name()])
+			case "docs/rate-limits.md":
+				// A burst of 5: five admitted, the sixth refused at once.
+				if !strings.Contains(s.stdout, "200 200 200 200 200 429 \n") {
+					t.Errorf("%s: want 5 × 200 then 429\n%s", s.name, s.stdout)
+				}
+			case "docs/key-lifecycle.md":
+				for _, want := range []string{"false\n403\n", "[\"read\"]\n403\n", "200 200\n", `{"enabled":true,"expires_at":null}`} {
+					if !strings.Contains(s.stdout, want) {
+						t.Errorf("%s: output lacks %q\n%s", s.name, want, s.stdout)
+					}
+				}
 			}
 		}
 	})
