@@ -75,6 +75,11 @@ type Authenticator struct {
 	// gen grows with every revocation so a store read that raced with one
 	// does not re-insert what was just revoked.
 	gen uint64
+	// byOrg and signedByOrg index both caches by organization, so that a
+	// revocation of a key or an organization visits that organization's
+	// entries only, not the whole cache under the write lock.
+	byOrg       orgIndex[SecretHash]
+	signedByOrg orgIndex[string]
 }
 
 // NewAuthenticator returns an Authenticator over store.
@@ -88,7 +93,8 @@ func NewAuthenticator(store Store, opt AuthOptions) *Authenticator {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	return &Authenticator{store: store, opt: opt, entries: make(map[SecretHash]Principal), loading: make(map[SecretHash]*load)}
+	return &Authenticator{store: store, opt: opt, entries: make(map[SecretHash]Principal), loading: make(map[SecretHash]*load),
+		byOrg: orgIndex[SecretHash]{}, signedByOrg: orgIndex[string]{}}
 }
 
 // load is one store read in flight; done closes when p and err are set.
@@ -174,9 +180,11 @@ func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.T
 			delete(a.loading, h)
 			if err == nil && a.gen == gen {
 				if len(a.entries) >= a.opt.MaxEntries {
-					evictOne(a.entries, principalVerifiedAt, now, a.opt.StaleAuth)
+					if victim, ok := evictOne(a.entries, principalVerifiedAt, now, a.opt.StaleAuth); ok {
+						a.dropEntry(victim)
+					}
 				}
-				a.entries[h] = p
+				a.putEntry(h, p)
 			}
 			a.mu.Unlock()
 			l.p, l.err = p, err
@@ -273,12 +281,60 @@ func (a *Authenticator) Revoke(r Revocation) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.gen++
-	for h, p := range a.entries {
-		if r.Covers(p) {
-			delete(a.entries, h)
+	if r.PlanID != 0 {
+		// A plan's organizations are not indexed: an operator's change of a
+		// plan visits the whole cache.
+		for h, p := range a.entries {
+			if r.Covers(p) {
+				a.dropEntry(h)
+			}
+		}
+	} else {
+		for h := range a.byOrg[r.OrgID] {
+			if r.Covers(a.entries[h]) {
+				a.dropEntry(h)
+			}
 		}
 	}
 	a.revokeSigned(r)
+}
+
+// putEntry caches p under h. Called with mu held.
+func (a *Authenticator) putEntry(h SecretHash, p Principal) {
+	if old, ok := a.entries[h]; ok && old.Key.OrgID != p.Key.OrgID {
+		a.byOrg.remove(old.Key.OrgID, h)
+	}
+	a.entries[h] = p
+	a.byOrg.add(p.Key.OrgID, h)
+}
+
+// dropEntry forgets the entry under h. Called with mu held.
+func (a *Authenticator) dropEntry(h SecretHash) {
+	if p, ok := a.entries[h]; ok {
+		delete(a.entries, h)
+		a.byOrg.remove(p.Key.OrgID, h)
+	}
+}
+
+// orgIndex maps an organization to the cache keys of its entries.
+type orgIndex[K comparable] map[string]map[K]struct{}
+
+func (ix orgIndex[K]) add(org string, k K) {
+	set := ix[org]
+	if set == nil {
+		set = make(map[K]struct{})
+		ix[org] = set
+	}
+	set[k] = struct{}{}
+}
+
+func (ix orgIndex[K]) remove(org string, k K) {
+	if set := ix[org]; set != nil {
+		delete(set, k)
+		if len(set) == 0 {
+			delete(ix, org)
+		}
+	}
 }
 
 // Flush forgets every cached principal.
@@ -291,6 +347,8 @@ func (a *Authenticator) Flush() {
 	a.gen++
 	clear(a.entries)
 	clear(a.signed)
+	clear(a.byOrg)
+	clear(a.signedByOrg)
 }
 
 // Run applies revocations from the store until ctx is done. When the watch
@@ -337,24 +395,25 @@ func (a *Authenticator) expireAll() {
 
 func (a *Authenticator) forget(h SecretHash) {
 	a.mu.Lock()
-	delete(a.entries, h)
+	a.dropEntry(h)
 	a.mu.Unlock()
 }
 
-// evictOne drops an entry of a full cache: an expired one (verified more
-// than stale ago) if it finds one among the first few it visits, else an
-// arbitrary one. Called with mu held.
-func evictOne[K comparable, V any](m map[K]V, verifiedAt func(V) time.Time, now time.Time, stale time.Duration) {
+// evictOne picks the entry a full cache drops: an expired one (verified
+// more than stale ago) if it finds one among the first few it visits, else
+// an arbitrary one. Called with mu held; the caller drops it.
+func evictOne[K comparable, V any](m map[K]V, verifiedAt func(V) time.Time, now time.Time, stale time.Duration) (K, bool) {
 	n := 0
 	var victim K
+	found := false
 	for k, v := range m {
-		victim = k
+		victim, found = k, true
 		if now.Sub(verifiedAt(v)) >= stale || n >= 16 {
 			break
 		}
 		n++
 	}
-	delete(m, victim)
+	return victim, found
 }
 
 func principalVerifiedAt(p Principal) time.Time { return p.VerifiedAt }

@@ -76,9 +76,11 @@ func (a *Authenticator) AuthenticateSigned(ctx context.Context, accessKey string
 			a.signed = make(map[string]signedEntry)
 		}
 		if len(a.signed) >= a.opt.MaxEntries {
-			evictOne(a.signed, func(e signedEntry) time.Time { return e.p.VerifiedAt }, now, a.opt.StaleAuth)
+			if victim, ok := evictOne(a.signed, func(e signedEntry) time.Time { return e.p.VerifiedAt }, now, a.opt.StaleAuth); ok {
+				a.dropSigned(victim)
+			}
 		}
-		a.signed[accessKey] = e
+		a.putSigned(accessKey, e)
 	}
 	a.mu.Unlock()
 	return checkSignature(e, verify, now)
@@ -157,10 +159,35 @@ func CheckAccessKey(s string) bool {
 
 // revokeSigned applies r to the signed cache. Called with mu held.
 func (a *Authenticator) revokeSigned(r Revocation) {
-	for ak, e := range a.signed {
-		if r.Covers(e.p) {
-			delete(a.signed, ak)
+	if r.PlanID != 0 {
+		for ak, e := range a.signed {
+			if r.Covers(e.p) {
+				a.dropSigned(ak)
+			}
 		}
+		return
+	}
+	for ak := range a.signedByOrg[r.OrgID] {
+		if r.Covers(a.signed[ak].p) {
+			a.dropSigned(ak)
+		}
+	}
+}
+
+// putSigned caches e under its access key. Called with mu held.
+func (a *Authenticator) putSigned(ak string, e signedEntry) {
+	if old, ok := a.signed[ak]; ok && old.p.Key.OrgID != e.p.Key.OrgID {
+		a.signedByOrg.remove(old.p.Key.OrgID, ak)
+	}
+	a.signed[ak] = e
+	a.signedByOrg.add(e.p.Key.OrgID, ak)
+}
+
+// dropSigned forgets the signed entry of an access key. Called with mu held.
+func (a *Authenticator) dropSigned(ak string) {
+	if e, ok := a.signed[ak]; ok {
+		delete(a.signed, ak)
+		a.signedByOrg.remove(e.p.Key.OrgID, ak)
 	}
 }
 
@@ -175,6 +202,6 @@ func (a *Authenticator) expireSigned() {
 
 func (a *Authenticator) forgetSigned(accessKey string) {
 	a.mu.Lock()
-	delete(a.signed, accessKey)
+	a.dropSigned(accessKey)
 	a.mu.Unlock()
 }
