@@ -163,7 +163,7 @@ type forwardKey struct{}
 // forwardInfo is what Rewrite and ModifyResponse need to know of a request
 // the data path admitted.
 type forwardInfo struct {
-	v  *gate.Verdict
+	v  gate.Verdict
 	at time.Time
 }
 

@@ -92,13 +92,14 @@ func (h *Handler) Serve(w *listener.Writer, r *http.Request) {
 	v.SetHeaders(w.Header(), now)
 	w.Outcome = metrics.OutcomeAdmitted
 	w.WouldLimit = v.WouldLimit()
-	info := &forwardInfo{v: &v, at: now}
-	p := &v.Principal
+	// One allocation carries the verdict to Rewrite and ModifyResponse.
+	info := &forwardInfo{v: v, at: now}
+	p := &info.v.Principal
 	org := p.Key.OrgID
 	if r.Body != nil && r.Body != http.NoBody {
 		body := &requestBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: h.opt.WriteTimeout, info: info}
 		if r.ContentLength > 0 {
-			h.opt.Book.Add(org, quota.Meter{Name: meter.Ingress, Period: v.Period}, r.ContentLength, now, p.Plan.Limits)
+			h.opt.Book.Add(org, quota.Meter{Name: meter.Ingress, Period: info.v.Period}, r.ContentLength, now, p.Plan.Limits)
 		} else {
 			body.book = h.opt.Book // length unknown: count as it is read
 		}
@@ -107,6 +108,6 @@ func (h *Handler) Serve(w *listener.Writer, r *http.Request) {
 	w.CountEgress = true
 	h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, info)))
 	if w.Egress > 0 {
-		h.opt.Book.Add(org, quota.Meter{Name: meter.Egress, Period: v.Period}, w.Egress, now, p.Plan.Limits)
+		h.opt.Book.Add(org, quota.Meter{Name: meter.Egress, Period: info.v.Period}, w.Egress, now, p.Plan.Limits)
 	}
 }
