@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 )
@@ -20,9 +21,15 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		var tooBig *http.MaxBytesError
 		var syntax *json.SyntaxError
 		var typ *json.UnmarshalTypeError
+		var netErr net.Error
 		switch {
 		case errors.As(err, &tooBig):
 			return tooBig
+		case errors.As(err, &netErr) && netErr.Timeout():
+			// The body's read deadline passed (a trickled upload); the
+			// error's text names both socket addresses, which the client
+			// is not shown.
+			return &ClientError{Status: http.StatusRequestTimeout, Msg: "request body not received in time"}
 		case errors.Is(err, io.EOF):
 			return BadRequest("request body must be a JSON object")
 		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):

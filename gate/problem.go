@@ -28,6 +28,9 @@ var (
 	// ErrNonCanonicalPath refuses a path that is not canonical in reject
 	// mode, or cannot be made canonical (guard.CanonicalPath).
 	ErrNonCanonicalPath = errors.New("non-canonical request path")
+	// ErrBodyUnreadable: the client's request body could not be read
+	// while it was forwarded (malformed chunked encoding, a cut upload).
+	ErrBodyUnreadable = errors.New("request body could not be read")
 )
 
 // ClientError is a client mistake with the status and message the client
@@ -111,6 +114,8 @@ func Classify(err error, now time.Time) Problem {
 	case errors.As(err, &fails):
 		return Problem{Status: http.StatusTooManyRequests, Message: "Too many failed authentications", Outcome: metrics.OutcomeInvalidCredential,
 			RetryAfter: max(fails.RetryAfter, time.Second)}
+	case errors.Is(err, ErrBodyUnreadable):
+		return Problem{Status: http.StatusBadRequest, Message: "Request body could not be read", Outcome: metrics.OutcomeBadRequest}
 	case errors.Is(err, ErrNonCanonicalPath):
 		return Problem{Status: http.StatusBadRequest, Message: "Non-canonical request path", Outcome: metrics.OutcomeBadRequest}
 	case errors.As(err, &tooBig):

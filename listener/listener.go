@@ -9,6 +9,7 @@ package listener
 import (
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -336,16 +337,22 @@ func AuthenticateCredential(g *gate.Decider, w *Writer, r *http.Request, cred ga
 }
 
 // trackedBody is a request body that remembers whether it was read to its
-// end (or failed).
+// end (or failed), and whether it failed.
 type trackedBody struct {
 	io.ReadCloser
 	done bool
+	// failed is set by the reader, which may be the upstream transport's
+	// goroutine, and read by the handler's.
+	failed atomic.Bool
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
 		b.done = true
+		if err != io.EOF {
+			b.failed.Store(true)
+		}
 	}
 	return n, err
 }
@@ -355,6 +362,11 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 // the client reads the answer, not a reset), too short to hold a
 // connection for a client that never sends it.
 const drainWindow = 200 * time.Millisecond
+
+// BodyFailed reports whether reading the request body failed (a malformed
+// chunked body, a connection cut mid-body): forwarding it failed for the
+// client's sake, not the upstream's.
+func (w *Writer) BodyFailed() bool { return w.body.failed.Load() }
 
 // refuseUnreadBody makes a refusal not wait for a body nobody read: the
 // answer carries Connection: close, so net/http does not drain the body

@@ -89,7 +89,11 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 				return
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+			if sw, ok := w.(*listener.Writer); ok && sw.BodyFailed() {
+				// The client's body broke while it was sent on: not an
+				// upstream fault, and not the upstream's error metric.
+				err = errors.Join(gate.ErrBodyUnreadable, err)
+			} else if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
 				err = errors.Join(gate.ErrUpstreamTimeout, err)
 			} else {
 				err = errors.Join(gate.ErrUpstream, err)
@@ -99,7 +103,9 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 				sw.CountEgress = false // an error body is not the upstream's egress
 				sw.Outcome = p.Outcome
 			}
-			h.log.Warn("upstream failed", zap.String("path", r.URL.Path), zap.Error(err))
+			if p.Outcome == metrics.OutcomeUpstreamError || p.Outcome == metrics.OutcomeUpstreamTimeout {
+				h.log.Warn("upstream failed", zap.String("path", r.URL.Path), zap.Error(err))
+			}
 			gate.WriteDataProblem(w, p)
 		},
 	}
