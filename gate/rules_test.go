@@ -1,8 +1,11 @@
 package gate
 
 import (
+	"reflect"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/keygate/keygate/keys"
 )
@@ -83,5 +86,50 @@ func FuzzMatchPath(f *testing.F) {
 	f.Add("/a[", "/a")
 	f.Fuzz(func(t *testing.T, pattern, p string) {
 		_ = matchPath(pattern, p) // must not panic
+	})
+}
+
+// FuzzParseRules feeds arbitrary route-rule files to the parser: it must
+// not panic, every rule it accepts must pass validation again, the rules
+// must survive a YAML round trip unchanged, and matching any request with
+// them must not panic and must answer a known permission and a bounded
+// cost.
+func FuzzParseRules(f *testing.F) {
+	f.Add([]byte("- method: POST\n  path: /api/v0/pin/*\n  permission: pin\n  cost: 5\n"), "POST", "/api/v0/pin/add")
+	f.Add([]byte(`[{"method":"GET","path":"/free/*","cost":0}]`), "GET", "/free/a/b")
+	f.Fuzz(func(t *testing.T, file []byte, method, p string) {
+		rs, err := ParseRules(file)
+		if err != nil {
+			if len(rs.rules) != 0 {
+				t.Fatalf("error %v with %d rules", err, len(rs.rules))
+			}
+			return
+		}
+		for i, r := range rs.rules {
+			if err := r.validate(); err != nil {
+				t.Fatalf("accepted rule %d %+v does not validate: %v", i+1, r, err)
+			}
+		}
+		if len(rs.rules) > 0 {
+			again, err := yaml.Marshal(rs.rules)
+			if err != nil {
+				t.Fatalf("marshal accepted rules: %v", err)
+			}
+			rs2, err := ParseRules(again)
+			if err != nil {
+				t.Fatalf("accepted rules refused after a round trip: %v\n%s", err, again)
+			}
+			if !reflect.DeepEqual(rs.rules, rs2.rules) {
+				t.Fatalf("round trip changed the rules:\n%+v\n%+v", rs.rules, rs2.rules)
+			}
+		}
+		for _, m := range []string{method, "GET", "HEAD", "POST", "*"} {
+			for _, q := range []string{p, "/", "/api/v0/pin/add"} {
+				d := rs.Match(m, q)
+				if _, err := keys.ParsePermission(string(d.Permission)); err != nil || d.Cost < 0 || d.Cost > maxCost {
+					t.Fatalf("Match(%q, %q) = %+v", m, q, d)
+				}
+			}
+		}
 	})
 }
