@@ -70,6 +70,16 @@ func snapshot(t *testing.T, e *sidecartest.Env) storeState {
 	return s
 }
 
+// orgOf returns the organization id of s (zero when absent).
+func orgOf(s storeState, id string) keys.Org {
+	for _, o := range s.Orgs {
+		if o.ID == id {
+			return o
+		}
+	}
+	return keys.Org{}
+}
+
 // noUpstream fails every forwarded request: self-served routes never
 // reach the upstream.
 type noUpstream struct{}
@@ -102,9 +112,10 @@ func newGW3Env(tb testing.TB) (*sidecartest.Env, string) {
 // FuzzGW3Body sends arbitrary bodies and queries to every route of seeds
 // 000 and 001 with the partner's admin key ($TS in the query is a valid
 // ts). No answer may be a 5xx; every answer is the JSON envelope whose code
-// is the HTTP status; a refused request changes nothing in the store. The
-// sidecar is rebuilt only after a request that changed it, so each input
-// starts from the same state.
+// is the HTTP status; a refused request changes nothing in the store, and
+// no request changes org-2, which is not the partner's. The sidecar is
+// rebuilt only after a request that changed it, so each input starts from
+// the same state.
 func FuzzGW3Body(f *testing.F) {
 	f.Add(uint8(2), "", []byte(`{"name":"k9","permissions":["read"]}`))
 	f.Add(uint8(8), "ts=$TS", []byte(`{"uuid":"sub-1","name":"k9","permissions":["admin"]}`))
@@ -128,6 +139,11 @@ func FuzzGW3Body(f *testing.F) {
 		}
 		if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env.Code == nil || *env.Code != rec.Code {
 			t.Fatalf("%s %s: status %d, answer is not the envelope with that code: %q", rt.method, rt.path, rec.Code, rec.Body)
+		}
+		// The partner's routes reach its own sub-accounts only: org-2 is
+		// never touched.
+		if !reflect.DeepEqual(orgOf(before, "org-2"), orgOf(after, "org-2")) || !reflect.DeepEqual(before.Keys["org-2"], after.Keys["org-2"]) {
+			t.Fatalf("%s %s?%s: %d (%s) changed org-2", rt.method, rt.path, req.URL.RawQuery, rec.Code, rec.Body)
 		}
 		changed := !reflect.DeepEqual(before, after)
 		if changed && rec.Code != http.StatusOK {

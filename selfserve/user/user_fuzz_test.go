@@ -108,7 +108,7 @@ func newUserEnv(tb testing.TB, passwordHash string) *userEnv {
 // the body stand for org-1's admin secret, the access key of its key k2,
 // and org-2's access key and secret. No answer may be a 5xx; every answer
 // is seed 003's JSON envelope; a refused request changes nothing in the
-// store. The sidecar is rebuilt only after a request that changed it.
+// store, and none changes anything but org-1's keys. The sidecar is rebuilt only after a request that changed it.
 func FuzzUserBody(f *testing.F) {
 	f.Add(uint8(2), uint8(1), "", []byte("access_level=basic&comment=x"))
 	f.Add(uint8(3), uint8(3), "XyZ", []byte("--XyZ\r\nContent-Disposition: form-data; name=\"delete_key\"\r\n\r\n$UID\r\n--XyZ--\r\n"))
@@ -147,6 +147,12 @@ func FuzzUserBody(f *testing.F) {
 			(rec.Code == http.StatusOK) != (env.Status == "success") ||
 			env.Status != "success" && (env.Status != "error" || env.ErrorID == "" || env.Message == "") {
 			t.Fatalf("%s %s: status %d, answer is not seed 003's envelope: %q", rt.method, rt.path, rec.Code, rec.Body)
+		}
+		// Seed 003 manages the caller's keys only: no plan or organization
+		// changes, and org-2's keys are never touched.
+		if !reflect.DeepEqual(before.Plans, after.Plans) || !reflect.DeepEqual(before.Orgs, after.Orgs) ||
+			!reflect.DeepEqual(before.Keys["org-2"], after.Keys["org-2"]) {
+			t.Fatalf("%s %s: %d (%s) changed more than org-1's keys:\nbefore %+v\nafter  %+v", rt.method, rt.path, rec.Code, rec.Body, before, after)
 		}
 		changed := !reflect.DeepEqual(before, after)
 		if changed && rec.Code != http.StatusOK {
