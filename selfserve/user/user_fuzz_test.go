@@ -108,7 +108,9 @@ func newUserEnv(tb testing.TB, passwordHash string) *userEnv {
 // the body stand for org-1's admin secret, the access key of its key k2,
 // and org-2's access key and secret. No answer may be a 5xx; every answer
 // is seed 003's JSON envelope; a refused request changes nothing in the
-// store, and none changes anything but org-1's keys. The sidecar is rebuilt only after a request that changed it.
+// store, and none changes anything but org-1's keys. The sidecar is
+// rebuilt only after a request that changed it, so each input starts from
+// the same state.
 func FuzzUserBody(f *testing.F) {
 	f.Add(uint8(2), uint8(1), "", []byte("access_level=basic&comment=x"))
 	f.Add(uint8(3), uint8(3), "XyZ", []byte("--XyZ\r\nContent-Disposition: form-data; name=\"delete_key\"\r\n\r\n$UID\r\n--XyZ--\r\n"))
