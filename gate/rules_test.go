@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"path"
 	"reflect"
 	"strings"
 	"testing"
@@ -91,9 +92,10 @@ func FuzzMatchPath(f *testing.F) {
 
 // FuzzParseRules feeds arbitrary route-rule files to the parser: it must
 // not panic, every rule it accepts must pass validation again, the rules
-// must survive a YAML round trip unchanged, and matching any request with
-// them must not panic and must answer a known permission and a bounded
-// cost.
+// must survive a YAML round trip unchanged, a rule matches every path its
+// pattern matches as written (case folding and the trailing slash only
+// widen it), and matching any request with them must not panic and must
+// answer a known permission and a bounded cost.
 func FuzzParseRules(f *testing.F) {
 	f.Add([]byte("- method: POST\n  path: /api/v0/pin/*\n  permission: pin\n  cost: 5\n"), "POST", "/api/v0/pin/add")
 	f.Add([]byte(`[{"method":"GET","path":"/free/*","cost":0}]`), "GET", "/free/a/b")
@@ -123,6 +125,28 @@ func FuzzParseRules(f *testing.F) {
 				t.Fatalf("round trip changed the rules:\n%+v\n%+v", rs.rules, rs2.rules)
 			}
 		}
+		for i, r := range rs.rules {
+			// Folding case must only widen a rule: it still matches every
+			// path its pattern matches as written.
+			if _, err := path.Match(strings.TrimSuffix(rs.patterns[i], "/*"), "/"); err != nil {
+				t.Fatalf("rule %d path %q: its matching form %q is not a valid pattern: %v", i+1, r.Path, rs.patterns[i], err)
+			}
+			// The rule alone, with a cost no file may give, tells whether it
+			// matched.
+			const marker = -42
+			one := Rules{rules: []Rule{r}, patterns: rs.patterns[i : i+1]}
+			one.rules[0].Cost = new(int64)
+			*one.rules[0].Cost = marker
+			m := r.Method
+			if m == "" || m == "*" {
+				m = "PATCH"
+			}
+			for _, q := range []string{p, r.Path, strings.TrimSuffix(r.Path, "*") + "x"} {
+				if matchesAsWritten(r.Path, q) && one.Match(m, q).Cost != marker {
+					t.Fatalf("rule %d path %q does not match %q, which its pattern matches as written", i+1, r.Path, q)
+				}
+			}
+		}
 		for _, m := range []string{method, "GET", "HEAD", "POST", "*"} {
 			for _, q := range []string{p, "/", "/api/v0/pin/add"} {
 				d := rs.Match(m, q)
@@ -132,4 +156,14 @@ func FuzzParseRules(f *testing.F) {
 			}
 		}
 	})
+}
+
+// matchesAsWritten is a rule pattern's match without case folding or
+// slash trimming: the least a rule must match.
+func matchesAsWritten(pattern, p string) bool {
+	if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
+		return p == prefix || strings.HasPrefix(p, prefix+"/")
+	}
+	ok, err := path.Match(pattern, p)
+	return ok && err == nil
 }
