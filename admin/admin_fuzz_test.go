@@ -20,8 +20,9 @@ import (
 // fuzzNow is the fixed clock of the fuzz targets.
 var fuzzNow = time.Unix(1700000000, 0)
 
-// operatorRoutes are every route of the operator API; {id} and {name} are
-// filled from the fuzz input.
+// operatorRoutes are every route of the operator API; {id}, {name} and
+// {plan} are filled from the fuzz input. New routes go at the end, so the
+// seeds' route numbers keep their meaning.
 var operatorRoutes = []struct{ method, path string }{
 	{http.MethodPost, "/admin/v1/plans"},
 	{http.MethodGet, "/admin/v1/plans"},
@@ -34,6 +35,9 @@ var operatorRoutes = []struct{ method, path string }{
 	{http.MethodGet, "/admin/v1/orgs/{id}/keys"},
 	{http.MethodPatch, "/admin/v1/orgs/{id}/keys/{name}"},
 	{http.MethodDelete, "/admin/v1/orgs/{id}/keys/{name}"},
+	{http.MethodPatch, "/admin/v1/plans/{plan}"},
+	{http.MethodGet, "/admin/v1/orgs/{id}/keys/{name}"},
+	{http.MethodPost, "/admin/v1/orgs/{id}/keys/{name}/rotate"},
 }
 
 // storeState is everything an operator request may change: plans,
@@ -77,7 +81,7 @@ func newAdminEnv(tb testing.TB) *sidecartest.Env {
 }
 
 // FuzzOperatorBody sends arbitrary bodies to every operator route, with
-// arbitrary organization ids and key names in the path. No answer may be a
+// arbitrary organization ids (or plan ids) and key names in the path. No answer may be a
 // 5xx; every answer but 204 and the mux's redirects is JSON; a refused
 // request changes nothing in the store. The sidecar is built once and
 // rebuilt only after a request that changed it, so each input starts from
@@ -94,7 +98,11 @@ func FuzzOperatorBody(f *testing.F) {
 		if name == "" {
 			name = "k2"
 		}
-		p := strings.NewReplacer("{id}", id, "{name}", name).Replace(rt.path)
+		plan := "1"
+		if strings.Contains(rt.path, "{plan}") && id != "org-1" {
+			plan = id
+		}
+		p := strings.NewReplacer("{id}", id, "{name}", name, "{plan}", plan).Replace(rt.path)
 		req := httptest.NewRequest(rt.method, "/", bytes.NewReader(body))
 		req.URL.Path = p
 		req.Header.Set("Authorization", "Bearer "+sidecartest.AdminToken)
