@@ -57,7 +57,7 @@ type Route struct {
 // Match returns the permission and cost of a request.
 func (rs Rules) Match(method, p string) Route {
 	for i, r := range rs.rules {
-		if methodMatches(r.Method, method) && matchLowered(rs.patterns[i], p) {
+		if methodMatches(r.Method, method) && (matchLowered(rs.patterns[i], p) || matchAsWritten(r.Path, p)) {
 			d := defaultRoute(method)
 			if r.Permission != "" {
 				d.Permission = r.Permission
@@ -88,12 +88,32 @@ func methodMatches(rule, method string) bool {
 
 // matchPath reports whether p matches a rule's path pattern; see Rules.
 func matchPath(pattern, p string) bool {
-	return matchLowered(lowerPattern(pattern), p)
+	return matchLowered(lowerPattern(pattern), p) || matchAsWritten(pattern, p)
 }
 
-// lowerPattern is a pattern as matchLowered wants it.
+// matchAsWritten matches p against the pattern as written, unfolded:
+// folding must only widen a rule, and lower-casing can change what a
+// pattern says ("İ" becomes "i̇", "[^a]" no longer matches "A").
+func matchAsWritten(pattern, p string) bool {
+	if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
+		return p == prefix || len(p) > len(prefix) && p[len(prefix)] == '/' && p[:len(prefix)] == prefix
+	}
+	if !strings.ContainsAny(pattern, "*?[\\") {
+		return pattern == p
+	}
+	ok, _ := path.Match(pattern, p) // patterns are validated at load time
+	return ok
+}
+
+// lowerPattern is a pattern as matchLowered wants it. A trailing slash
+// escaped by a backslash is kept: without it the pattern would end in a
+// lone backslash and match nothing.
 func lowerPattern(pattern string) string {
-	return trimSlash(strings.ToLower(pattern))
+	lp := strings.ToLower(pattern)
+	if strings.HasSuffix(lp, `\/`) {
+		return lp
+	}
+	return trimSlash(lp)
 }
 
 // trimSlash drops one trailing slash, except from "/" and a prefix

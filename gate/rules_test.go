@@ -1,8 +1,12 @@
 package gate
 
 import (
+	"path"
+	"reflect"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/keygate/keygate/keys"
 )
@@ -84,4 +88,82 @@ func FuzzMatchPath(f *testing.F) {
 	f.Fuzz(func(t *testing.T, pattern, p string) {
 		_ = matchPath(pattern, p) // must not panic
 	})
+}
+
+// FuzzParseRules feeds arbitrary route-rule files to the parser: it must
+// not panic, every rule it accepts must pass validation again, the rules
+// must survive a YAML round trip unchanged, a rule matches every path its
+// pattern matches as written (case folding and the trailing slash only
+// widen it), and matching any request with them must not panic and must
+// answer a known permission and a bounded cost.
+func FuzzParseRules(f *testing.F) {
+	f.Add([]byte("- method: POST\n  path: /api/v0/pin/*\n  permission: pin\n  cost: 5\n"), "POST", "/api/v0/pin/add")
+	f.Add([]byte(`[{"method":"GET","path":"/free/*","cost":0}]`), "GET", "/free/a/b")
+	f.Fuzz(func(t *testing.T, file []byte, method, p string) {
+		rs, err := ParseRules(file)
+		if err != nil {
+			if len(rs.rules) != 0 {
+				t.Fatalf("error %v with %d rules", err, len(rs.rules))
+			}
+			return
+		}
+		for i, r := range rs.rules {
+			if err := r.validate(); err != nil {
+				t.Fatalf("accepted rule %d %+v does not validate: %v", i+1, r, err)
+			}
+		}
+		if len(rs.rules) > 0 {
+			again, err := yaml.Marshal(rs.rules)
+			if err != nil {
+				t.Fatalf("marshal accepted rules: %v", err)
+			}
+			rs2, err := ParseRules(again)
+			if err != nil {
+				t.Fatalf("accepted rules refused after a round trip: %v\n%s", err, again)
+			}
+			if !reflect.DeepEqual(rs.rules, rs2.rules) {
+				t.Fatalf("round trip changed the rules:\n%+v\n%+v", rs.rules, rs2.rules)
+			}
+		}
+		for i, r := range rs.rules {
+			// Folding case must only widen a rule: it still matches every
+			// path its pattern matches as written.
+			if _, err := path.Match(strings.TrimSuffix(rs.patterns[i], "/*"), "/"); err != nil {
+				t.Fatalf("rule %d path %q: its matching form %q is not a valid pattern: %v", i+1, r.Path, rs.patterns[i], err)
+			}
+			// The rule alone, with a cost no file may give, tells whether it
+			// matched.
+			const marker = -42
+			one := Rules{rules: []Rule{r}, patterns: rs.patterns[i : i+1]}
+			one.rules[0].Cost = new(int64)
+			*one.rules[0].Cost = marker
+			m := r.Method
+			if m == "" || m == "*" {
+				m = "PATCH"
+			}
+			for _, q := range []string{p, r.Path, strings.TrimSuffix(r.Path, "*") + "x"} {
+				if matchesAsWritten(r.Path, q) && one.Match(m, q).Cost != marker {
+					t.Fatalf("rule %d path %q does not match %q, which its pattern matches as written", i+1, r.Path, q)
+				}
+			}
+		}
+		for _, m := range []string{method, "GET", "HEAD", "POST", "*"} {
+			for _, q := range []string{p, "/", "/api/v0/pin/add"} {
+				d := rs.Match(m, q)
+				if _, err := keys.ParsePermission(string(d.Permission)); err != nil || d.Cost < 0 || d.Cost > maxCost {
+					t.Fatalf("Match(%q, %q) = %+v", m, q, d)
+				}
+			}
+		}
+	})
+}
+
+// matchesAsWritten is a rule pattern's match without case folding or
+// slash trimming: the least a rule must match.
+func matchesAsWritten(pattern, p string) bool {
+	if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
+		return p == prefix || strings.HasPrefix(p, prefix+"/")
+	}
+	ok, err := path.Match(pattern, p)
+	return ok && err == nil
 }

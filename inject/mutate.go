@@ -1,7 +1,6 @@
 package inject
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,6 +9,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	kjson "sigs.k8s.io/json"
 )
 
 // Op is one RFC 6902 JSON Patch operation, the only patch type AdmissionReview v1 accepts.
@@ -46,8 +46,11 @@ func Mutate(cfg Config, req *admissionv1.AdmissionRequest) ([]Op, error) {
 	if len(req.Object.Raw) == 0 {
 		return nil, errors.New("admission request carries no pod")
 	}
+	// Field names are matched case-sensitively, as the API server decodes
+	// objects and as the patch's paths are applied: encoding/json would read
+	// "Metadata" as metadata and patch a path the object does not have.
 	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &pod); err != nil {
 		return nil, fmt.Errorf("decode pod: %w", err)
 	}
 	if pod.Labels[LabelInject] != "true" {

@@ -20,7 +20,11 @@ func TestOrgRateLimitAcrossSidecars(t *testing.T) {
 	up := httptest.NewServer(rec)
 	defer up.Close()
 	srv := redistest.Start(t)
-	env := map[string]string{"KEYGATE_UPSTREAM_URL": up.URL, "KEYGATE_REDIS_URL": srv.URL(), "KEYGATE_LOG_LEVEL": "warn"}
+	// Closed and with a generous store deadline: on a loaded machine a
+	// charge past the default 250ms would be admitted uncounted (open mode),
+	// which is not what this test is about.
+	env := map[string]string{"KEYGATE_UPSTREAM_URL": up.URL, "KEYGATE_REDIS_URL": srv.URL(), "KEYGATE_LOG_LEVEL": "warn",
+		"KEYGATE_FAILURE_MODE": "closed", "KEYGATE_REDIS_TIMEOUT": "5s"}
 	a := startGate(t, env)
 	b := startGate(t, env)
 	a.admin("POST", "/admin/v1/plans", map[string]any{"id": 1, "name": "rated", "period": "month", "max_api_requests": 1000,
