@@ -2,7 +2,6 @@ package admin_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -12,8 +11,6 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/sidecartest"
-	"github.com/keygate/keygate/keys"
-	"github.com/keygate/keygate/quota"
 	"github.com/keygate/keygate/sidecar"
 )
 
@@ -40,36 +37,10 @@ var operatorRoutes = []struct{ method, path string }{
 	{http.MethodPost, "/admin/v1/orgs/{id}/keys/{name}/rotate"},
 }
 
-// storeState is everything an operator request may change: plans,
-// organizations, their keys and request usage.
-type storeState struct {
-	Plans []keys.Plan
-	Orgs  []keys.Org
-	Keys  map[string][]keys.Key
-	Usage map[string]quota.Usage
-}
+// storeState is everything a request may change (sidecartest.State).
+type storeState = sidecartest.State
 
-func snapshot(t *testing.T, e *sidecartest.Env) storeState {
-	t.Helper()
-	ctx := context.Background()
-	s := storeState{Keys: map[string][]keys.Key{}, Usage: map[string]quota.Usage{}}
-	var err error
-	if s.Plans, err = e.Store.Plans(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if s.Orgs, err = e.Store.Orgs(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range s.Orgs {
-		if s.Keys[o.ID], err = e.Store.Keys(ctx, o.ID); err != nil {
-			t.Fatal(err)
-		}
-		if s.Usage[o.ID], err = e.Manage.Counter().Usage(ctx, o.ID, "", quota.PeriodMonth, fuzzNow); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return s
-}
+func snapshot(t *testing.T, e *sidecartest.Env) storeState { return e.Snapshot(t, fuzzNow) }
 
 // newAdminEnv is a sidecar with plan 1, organization org-1 and its admin
 // key k1, and a second key k2 with a per-key maximum.

@@ -5,6 +5,7 @@
 package sidecartest
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -12,9 +13,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/keys/memstore"
+	"github.com/keygate/keygate/quota"
 	"github.com/keygate/keygate/quota/memcounter"
 	"github.com/keygate/keygate/sidecar"
 )
@@ -106,4 +109,36 @@ func Get(h http.Handler, secret string) int {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	return rec.Code
+}
+
+// State is everything a request may change: plans, organizations, their
+// keys and request usage (monthly windows).
+type State struct {
+	Plans []keys.Plan
+	Orgs  []keys.Org
+	Keys  map[string][]keys.Key
+	Usage map[string]quota.Usage
+}
+
+// Snapshot reads the State at at, so a test can tell what a request changed.
+func (e *Env) Snapshot(tb testing.TB, at time.Time) State {
+	tb.Helper()
+	ctx := context.Background()
+	s := State{Keys: map[string][]keys.Key{}, Usage: map[string]quota.Usage{}}
+	var err error
+	if s.Plans, err = e.Store.Plans(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	if s.Orgs, err = e.Store.Orgs(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	for _, o := range s.Orgs {
+		if s.Keys[o.ID], err = e.Store.Keys(ctx, o.ID); err != nil {
+			tb.Fatal(err)
+		}
+		if s.Usage[o.ID], err = e.Manage.Counter().Usage(ctx, o.ID, "", quota.PeriodMonth, at); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return s
 }
