@@ -147,6 +147,27 @@ func (d *Decider) settle(addr netip.Addr, c Credential, err error, now time.Time
 	}
 }
 
+// AdmitLogin applies the client address's failed-authentication limit to a
+// password login for username (seed 003), before the password is checked:
+// a password guess is a failed authentication like a guessed key. The
+// caller reports the outcome with settle: true proves the login from this
+// address, false counts a wrong password; errors of other kinds (the store,
+// a busy sidecar) are not reported.
+func (d *Decider) AdmitLogin(req *Request, username string) (settle func(ok bool), err error) {
+	c := Credential{Credential: keys.Credential{Secret: "login:" + username}}
+	addr, err := d.admit(req, c)
+	if err != nil {
+		return nil, err
+	}
+	return func(ok bool) {
+		var outcome error
+		if !ok {
+			outcome = keys.ErrInvalidCredential
+		}
+		d.settle(addr, c, outcome, req.Time)
+	}, nil
+}
+
 // credentialID names a credential for the limiter's memory of proved ones:
 // the access key of a signed request, else the secret (stored only as a
 // keyed fingerprint).

@@ -314,14 +314,12 @@ func (w *Writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // Flush lets pre-ResponseController code flush through the wrapper.
 func (w *Writer) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
 
-// Authenticate authenticates a self-served request from its headers and
-// records who it is.
+// Authenticate authenticates a self-served request from its headers
+// (gate.Decider.Authenticate) and records who it is.
 func Authenticate(g *gate.Decider, w *Writer, r *http.Request) (keys.Principal, error) {
-	cred, err := gate.ParseCredential(r.Header)
-	if err != nil {
-		return keys.Principal{}, err
-	}
-	return AuthenticateCredential(g, w, r, cred)
+	req := gate.RequestOf(r, g.Now())
+	p, err := g.Authenticate(r.Context(), &req)
+	return w.record(p, err)
 }
 
 // AuthenticateCredential is Authenticate for a credential found elsewhere
@@ -329,6 +327,11 @@ func Authenticate(g *gate.Decider, w *Writer, r *http.Request) (keys.Principal, 
 func AuthenticateCredential(g *gate.Decider, w *Writer, r *http.Request, cred gate.Credential) (keys.Principal, error) {
 	req := gate.RequestOf(r, g.Now())
 	p, err := g.AuthenticateCredential(r.Context(), &req, cred)
+	return w.record(p, err)
+}
+
+// record notes an authenticated principal for the access log.
+func (w *Writer) record(p keys.Principal, err error) (keys.Principal, error) {
 	if err != nil {
 		return keys.Principal{}, err
 	}

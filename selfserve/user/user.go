@@ -292,7 +292,7 @@ func (a *API) userLogin(ctx context.Context, w *listener.Writer, from netip.Addr
 		return keys.Org{}, gate.ErrBusy
 	}
 	if ok := keys.VerifyPassword(o.PasswordHash, password); !ok || o.Username == "" {
-		return keys.Org{}, withUserID(userErrUnauthorized, &gate.ClientError{Status: http.StatusForbidden, Msg: "Invalid username or password"})
+		return keys.Org{}, errBadLogin
 	}
 	if a.loginFails != nil && from.IsValid() {
 		a.loginFails.Prove(user, from)
@@ -300,6 +300,9 @@ func (a *API) userLogin(ctx context.Context, w *listener.Writer, from netip.Addr
 	w.Org = o.ID
 	return o, nil
 }
+
+// errBadLogin is the one answer to an unknown user and a wrong password.
+var errBadLogin = withUserID(userErrUnauthorized, &gate.ClientError{Status: http.StatusForbidden, Msg: "Invalid username or password"})
 
 // admitLogin refuses a login for a username past its limit, unless from
 // logged in as that user before. Every other attempt counts against the
@@ -391,7 +394,18 @@ func (a *API) CreateAPIKey(w *listener.Writer, r *http.Request) {
 	if login {
 		req := gate.RequestOf(r, a.opt.Manage.Now())
 		from := guard.AddrKey(a.opt.Gate.ClientAddr(&req))
+		settle, err := a.opt.Gate.AdmitLogin(&req, form.Get("username"))
+		if err != nil {
+			fail(err)
+			return
+		}
 		o, err := a.userLogin(ctx, w, from, form.Get("username"), form.Get("password"))
+		switch {
+		case err == nil:
+			settle(true)
+		case errors.Is(err, errBadLogin):
+			settle(false)
+		}
 		if err != nil {
 			fail(err)
 			return
