@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/internal/sidecartest"
 	"github.com/keygate/keygate/metrics"
 	"github.com/keygate/keygate/sidecar"
@@ -43,12 +44,20 @@ func BenchmarkServeHTTP(b *testing.B) {
 	for _, bc := range []struct {
 		name    string
 		metrics func() *metrics.Metrics
+		// failLimit is KEYGATE_AUTH_FAIL_LIMIT (the default is on: every
+		// request then finds its client address and proves its key).
+		failLimit string
 	}{
-		{"metrics=off", func() *metrics.Metrics { return nil }},
-		{"metrics=on", func() *metrics.Metrics { return metrics.NewMetrics(prometheus.NewRegistry(), 1000) }},
+		{"metrics=off", func() *metrics.Metrics { return nil }, "off"},
+		{"metrics=on", func() *metrics.Metrics { return metrics.NewMetrics(prometheus.NewRegistry(), 1000) }, "off"},
+		{"metrics=on,faillimit=20/10s", func() *metrics.Metrics { return metrics.NewMetrics(prometheus.NewRegistry(), 1000) }, "20/10s"},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			e := sidecartest.New(b, sidecar.Options{Transport: benchUpstream{}, Metrics: bc.metrics()})
+			limit, err := guard.ParseFailLimit(bc.failLimit)
+			if err != nil {
+				b.Fatal(err)
+			}
+			e := sidecartest.New(b, sidecar.Options{Transport: benchUpstream{}, Metrics: bc.metrics(), FailLimit: limit})
 			h := e.Data
 			secret := e.SetupOrg(b, 1, 1<<62, map[string]int64{"egress": 1 << 40}, benchOrg)
 			if got := sidecartest.Get(h, secret); got != 200 { // warm the auth cache
