@@ -15,19 +15,13 @@ import (
 
 	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/guard"
-	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/listener"
 	"github.com/keygate/keygate/meter"
 	"github.com/keygate/keygate/metrics"
 	"github.com/keygate/keygate/quota"
 )
 
-// Identity headers keygate adds to forwarded requests.
 const (
-	headerOrgID       = "X-Keygate-Org-Id"
-	headerKeyID       = "X-Keygate-Key-Id"
-	headerKeyName     = "X-Keygate-Key-Name"
-	headerPermissions = "X-Keygate-Permissions"
 	// headerUsage is how the upstream reports metered usage; it never
 	// reaches the client.
 	headerUsage = "X-Keygate-Usage"
@@ -58,7 +52,7 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 			pr.SetURL(up)
 			pr.Out.Host = pr.In.Host // the backend sees the host the client asked for
 			info, _ := pr.In.Context().Value(forwardKey{}).(*forwardInfo)
-			stripInbound(pr.Out.Header, info != nil && info.v.Bearer)
+			gate.StripInbound(pr.Out.Header, info != nil && info.v.Bearer)
 			// X-Forwarded-Host and -Proto from the request itself; then
 			// X-Forwarded-For: the peer's address alone when it is not a
 			// trusted proxy (what it sent is its own invention), the chain
@@ -70,7 +64,7 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 				delete(pr.Out.Header, "X-Forwarded-For")
 			}
 			if info != nil {
-				setIdentity(pr.Out.Header, &info.v.Principal)
+				gate.SetIdentity(pr.Out.Header, &info.v.Principal)
 			}
 		},
 		Transport: &timedTransport{next: transport, m: h.opt.Metrics},
@@ -109,34 +103,6 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 			gate.WriteDataProblem(w, p)
 		},
 	}
-}
-
-// stripInbound removes the credential headers keygate reads and every
-// client-sent X-Keygate-* header (guard.IsIdentityHeader), so the upstream can trust the ones keygate
-// sets. Authorization goes only when keygate consumed its bearer token: next
-// to another credential form it is the backend's own.
-func stripInbound(h http.Header, bearerConsumed bool) {
-	delete(h, gate.HeaderAPIKey)
-	delete(h, gate.HeaderAccessKey)
-	delete(h, gate.HeaderAccessSecret)
-	delete(h, gate.HeaderAccessSignature)
-	if bearerConsumed {
-		delete(h, gate.HeaderAuthorization)
-	}
-	for name := range h {
-		// Every spelling a server may map onto ours: any case, and "_"
-		// for "-" (CGI, WSGI, nginx with underscores_in_headers).
-		if guard.IsIdentityHeader(name) {
-			delete(h, name)
-		}
-	}
-}
-
-func setIdentity(h http.Header, p *keys.Principal) {
-	h[headerOrgID] = []string{p.Key.OrgID}
-	h[headerKeyID] = []string{p.Key.UID}
-	h[headerKeyName] = []string{p.Key.Name}
-	h[headerPermissions] = []string{keys.JoinPermissions(p.Key.Permissions)}
 }
 
 // bufferPool recycles the copy buffers of ReverseProxy, which otherwise
