@@ -17,6 +17,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
 	stop()
+	var code exitCode
+	if errors.As(err, &code) {
+		os.Exit(int(code))
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "keygate:", err)
 		os.Exit(1)
@@ -30,6 +34,7 @@ commands:
   inject    run the Kubernetes mutating admission webhook
   sign      print the headers of a signed request (see keygate sign -h)
   rekey     re-encrypt stored signing secrets under KEYGATE_SECRET_KEY
+  admin     manage plans, organizations and keys through the operator API (see keygate admin -h)
   version   print the version
 `
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"runtime/debug"
 
+	"github.com/keygate/keygate/admincli"
 	"github.com/keygate/keygate/inject"
 )
 
@@ -18,10 +20,22 @@ func runOther(ctx context.Context, args []string, env map[string]string, stdout,
 		return runRekey(ctx, args[1:], env, stdout, stderr)
 	case "inject":
 		return runInject(ctx, env, stderr)
+	case "admin":
+		code := admincli.Run(ctx, args[1:], env, admincli.IO{Stdin: os.Stdin, Stdout: stdout, Stderr: stderr})
+		if code != admincli.ExitOK {
+			return exitCode(code)
+		}
+		return nil
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("unknown command %q", args[0])
 }
+
+// exitCode ends keygate with a code whose message was printed already
+// (keygate admin's exit codes).
+type exitCode int
+
+func (c exitCode) Error() string { return fmt.Sprintf("exit status %d", int(c)) }
 
 // runInject runs the Kubernetes mutating admission webhook, configured by
 // KEYGATE_INJECT_* variables, until ctx is done.

@@ -49,6 +49,9 @@ var Layers = []Layer{
 	{Name: "front account", Packages: []string{"selfserve/account"}, May: frontMay},
 	{Name: "front gw3", Packages: []string{"selfserve/gw3"}, May: frontMay},
 	{Name: "front user", Packages: []string{"selfserve/user"}, May: frontMay},
+	// The operator API's command-line client talks HTTP to it: no store,
+	// no front.
+	{Name: "admin client", Packages: []string{"admincli"}, May: []string{"domain", "standalone"}},
 	{Name: "wiring", Packages: []string{"sidecar"}, May: []string{"*"}},
 	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/layout"}, May: []string{"*"}},
 	{Name: "command", Packages: []string{"cmd/keygate"}, May: []string{"*"}},
