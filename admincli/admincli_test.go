@@ -6,9 +6,12 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -371,5 +374,66 @@ func TestTables(t *testing.T) {
 		if err := showNewKey(io.Discard, inv, []byte(raw)); err == nil {
 			t.Errorf("showNewKey(%s): no error", raw)
 		}
+	}
+}
+
+// TestSendBounds: an answer larger than the bound, a server whose
+// certificate is not trusted, a redirect and an answer that is not the
+// operator API's all end with exit 3 and say so; the token never follows
+// the redirect.
+func TestSendBounds(t *testing.T) {
+	var gotAuth []string
+	var mu sync.Mutex
+	mux := http.NewServeMux()
+	mux.HandleFunc("/big/admin/v1/plans", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("[" + strings.Repeat(`{"id":1},`, 200) + `{"id":2}]`))
+	})
+	mux.HandleFunc("/redirect/admin/v1/plans", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/elsewhere", http.StatusFound)
+	})
+	mux.HandleFunc("/elsewhere", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		gotAuth = append(gotAuth, r.Header.Get("Authorization"))
+		mu.Unlock()
+	})
+	mux.HandleFunc("/html/admin/v1/plans", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("<html>hello</html>"))
+	})
+	mux.HandleFunc("/teapot/admin/v1/plans", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	tlsSrv := httptest.NewTLSServer(mux)
+	defer tlsSrv.Close()
+
+	for _, tc := range []struct {
+		url, want string
+		max       int64
+	}{
+		{srv.URL + "/big", "the answer is larger than 1000 bytes", 1000},
+		{srv.URL + "/redirect", "redirected to " + srv.URL + "/elsewhere", 0},
+		{srv.URL + "/html", "answered 200 OK with something other than JSON (GET /admin/v1/plans): is KEYGATE_ADMIN_URL keygate's admin listener?", 0},
+		{srv.URL + "/teapot", "answered 418 I'm a teapot with no operator API error", 0},
+		{tlsSrv.URL + "/big", "cannot reach keygate at " + tlsSrv.URL + "/big: TLS: ", 0},
+	} {
+		var stdout, stderr bytes.Buffer
+		inv, err := prepare([]string{"--url", tc.url, "plans", "list"}, testEnv, testIO("", &stdout, &stderr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.max > 0 {
+			inv.maxResponse = tc.max
+		}
+		err = execute(t.Context(), inv, testIO("", &stdout, &stderr))
+		var ex *exitError
+		if !errors.As(err, &ex) || ex.code != ExitUnreachable || !strings.Contains(ex.msg, tc.want) || stdout.Len() != 0 {
+			t.Errorf("%s: %v, stdout %q; want exit 3 with %q", tc.url, err, stdout.String(), tc.want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(gotAuth) != 0 {
+		t.Errorf("the redirect was followed, with Authorization %q", gotAuth)
 	}
 }

@@ -115,12 +115,12 @@ func send(ctx context.Context, inv *invocation) (int, []byte, error) {
 		return 0, nil, &exitError{code: ExitUnreachable, msg: reachError(ctx, inv, err)}
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponse+1))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, inv.maxResponse+1))
 	if err != nil {
 		return 0, nil, &exitError{code: ExitUnreachable, msg: fmt.Sprintf("%s: reading the answer: %v", inv.where(), stripURLError(err))}
 	}
-	if len(raw) > MaxResponse {
-		return 0, nil, &exitError{code: ExitUnreachable, msg: fmt.Sprintf("%s: the answer is larger than %d MiB", inv.where(), MaxResponse>>20)}
+	if int64(len(raw)) > inv.maxResponse {
+		return 0, nil, &exitError{code: ExitUnreachable, msg: fmt.Sprintf("%s: the answer is larger than %d bytes", inv.where(), inv.maxResponse)}
 	}
 	return resp.StatusCode, raw, nil
 }

@@ -23,6 +23,8 @@ type invocation struct {
 	token        string
 	json         bool
 	g            *globals
+	// maxResponse bounds the answer (MaxResponse).
+	maxResponse int64
 }
 
 // parse reads a command's arguments and flags and builds its request. It
@@ -55,7 +57,7 @@ func parse(c *command, g *globals, argv []string, o IO) (*invocation, error) {
 			return nil, usageErr(c.shortUsage(), "%s: %s: %v", c.name(), strings.ToUpper(c.args[i]), err)
 		}
 	}
-	inv := &invocation{cmd: c, args: pos, method: c.method, g: g}
+	inv := &invocation{cmd: c, args: pos, method: c.method, g: g, maxResponse: MaxResponse}
 	switch g.output {
 	case "table":
 	case "json":

@@ -42,7 +42,7 @@ const (
 // tourOrder is the order in which the marked blocks run: the README's tour
 // first, then the pages that continue from its shell.
 var tourOrder = []string{"README.md", "docs/account-api.md", "docs/user-api.md", "docs/partner-api.md",
-	"docs/rate-limits.md", "docs/key-lifecycle.md"}
+	"docs/rate-limits.md", "docs/key-lifecycle.md", "docs/cli.md"}
 
 // docBlock is one fenced block of a Markdown document.
 type docBlock struct {
@@ -359,6 +359,8 @@ func TestTour(t *testing.T) {
 	}
 	tools := tourTools(t)
 	up := startDemoUpstream(t, tools["go"])
+	// docs/cli.md runs `keygate admin`: the binary, on the tour's PATH.
+	keygateDir := filepath.Dir(buildKeygate(t))
 	eachStore(t, func(t *testing.T, env map[string]string) {
 		env["KEYGATE_UPSTREAM_URL"] = "http://" + up
 		env["KEYGATE_ADMIN_TOKEN"] = docToken
@@ -387,7 +389,7 @@ curl -s -H "X-API-Key: $SECRET" localhost:8000/hello
 			}
 		}
 		env2 := []string{
-			"PATH=" + os.Getenv("PATH"),
+			"PATH=" + keygateDir + string(os.PathListSeparator) + os.Getenv("PATH"),
 			"HOME=" + t.TempDir(), // no ~/.curlrc
 			"no_proxy=*", "NO_PROXY=*",
 		}
@@ -432,6 +434,8 @@ curl -s -H "X-API-Key: $SECRET" localhost:8000/hello
 				if !strings.Contains(s.stdout, "200 200 200 200 200 429 \n") {
 					t.Errorf("%s: want 5 × 200 then 429\n%s", s.name, s.stdout)
 				}
+			case "docs/cli.md":
+				checkTourCLI(t, s)
 			case "docs/key-lifecycle.md":
 				for _, want := range []string{"false\n403\n", "[\"read\"]\n403\n", "200 200\n", `{"enabled":true,"expires_at":null}`} {
 					if !strings.Contains(s.stdout, want) {
@@ -613,6 +617,25 @@ func checkTourPartner(t *testing.T, s, probe tourSection) {
 	wantField(t, s.name+" patch", v[9], false, "partner")
 	// The deleted sub-account key is refused.
 	wantStatuses(t, probe, 403)
+}
+
+// checkTourCLI: keygate admin lists the tour's plan and usage, creates a
+// key showing its secret once, lists it as JSON and deletes it.
+func checkTourCLI(t *testing.T, s tourSection) {
+	t.Helper()
+	for _, re := range []string{
+		`(?m)^ID +NAME +PRICE +PERIOD +QUOTA +LIMITS +KEY RATE LIMIT +ORG RATE LIMIT$`,
+		`(?m)^1 +Free +0\.00 +month +1000 +egress=5368709120 +- +-$`,
+		`(?m)^ORG +USED +QUOTA +SOURCE +ALLOCATED TO KEYS +AVAILABLE TO KEYS$`,
+		`(?m)^SECRET: +kg_\S+$`,
+		`(?m)^The secret is shown only this once`,
+		`(?m)^cli-demo$`,
+		`(?m)^deleted key cli-demo of organization \S+$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(s.stdout) {
+			t.Errorf("%s: output lacks %s\n%s", s.name, re, s.stdout)
+		}
+	}
 }
 
 // splitPath turns "data.name" into a field path.
