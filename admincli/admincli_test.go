@@ -19,44 +19,115 @@ import (
 )
 
 // TestEveryOperatorRouteHasACommand walks the OpenAPI document: every
-// operation on the admin listener has a command, and every command calls a
-// documented operation. A route added to the operator API fails here until
-// the CLI covers it.
+// operator operation (tag "operator", on the admin listener) has a command,
+// and every command calls an operation the document lists on the admin
+// listener. A route added to the operator API fails here until the CLI
+// covers it.
 func TestEveryOperatorRouteHasACommand(t *testing.T) {
 	var doc struct {
-		Paths map[string]map[string]json.RawMessage `json:"paths"`
+		Paths      map[string]map[string]json.RawMessage `json:"paths"`
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]json.RawMessage `json:"properties"`
+			} `json:"schemas"`
+			Parameters map[string]struct {
+				In string `json:"in"`
+			} `json:"parameters"`
+		} `json:"components"`
 	}
 	if err := json.Unmarshal(openapi.Document(), &doc); err != nil {
 		t.Fatal(err)
 	}
-	documented := map[string]bool{}
+	// bodyFields and queryParams: what each operator operation takes.
+	bodyFields, queryParams := map[string][]string{}, map[string][]string{}
+	onAdmin, operator := map[string]bool{}, map[string]bool{}
 	for path, item := range doc.Paths {
 		var listener string
 		_ = json.Unmarshal(item["x-keygate-listener"], &listener)
 		if listener != "admin" {
 			continue
 		}
-		for method := range item {
+		for method, raw := range item {
 			switch method {
 			case "get", "post", "put", "patch", "delete":
-				documented[strings.ToUpper(method)+" "+path] = true
+			default:
+				continue
+			}
+			op := strings.ToUpper(method) + " " + path
+			onAdmin[op] = true
+			var o struct {
+				Tags       []string `json:"tags"`
+				Parameters []struct {
+					Ref  string `json:"$ref"`
+					In   string `json:"in"`
+					Name string `json:"name"`
+				} `json:"parameters"`
+				RequestBody struct {
+					Content map[string]struct {
+						Schema struct {
+							Ref string `json:"$ref"`
+						} `json:"schema"`
+					} `json:"content"`
+				} `json:"requestBody"`
+			}
+			if err := json.Unmarshal(raw, &o); err != nil {
+				t.Fatalf("%s: %v", op, err)
+			}
+			if !slices.Contains(o.Tags, "operator") {
+				continue
+			}
+			operator[op] = true
+			for _, p := range o.Parameters {
+				if p.Ref != "" {
+					p.In = doc.Components.Parameters[strings.TrimPrefix(p.Ref, "#/components/parameters/")].In
+				}
+				if p.In == "query" {
+					queryParams[op] = append(queryParams[op], p.Name+p.Ref)
+				}
+			}
+			if ref := o.RequestBody.Content["application/json"].Schema.Ref; ref != "" {
+				schema, ok := doc.Components.Schemas[strings.TrimPrefix(ref, "#/components/schemas/")]
+				if !ok || len(schema.Properties) == 0 {
+					t.Fatalf("%s: body schema %s has no properties", op, ref)
+				}
+				for name := range schema.Properties {
+					bodyFields[op] = append(bodyFields[op], name)
+				}
 			}
 		}
 	}
-	if len(documented) < 15 {
-		t.Fatalf("found %d operations on the admin listener; is the document read right?", len(documented))
+	if len(operator) < 14 {
+		t.Fatalf("found %d operator operations; is the document read right?", len(operator))
 	}
 	covered := map[string][]string{}
-	for _, c := range Commands() {
-		op := c.Method + " " + c.Route
-		covered[op] = append(covered[op], c.Name)
-		if !documented[op] {
-			t.Errorf("command %q calls %s, which the OpenAPI document does not list on the admin listener", c.Name, op)
+	flags := map[string]map[string]bool{} // operation → body fields a flag or argument sets
+	for _, c := range commands {
+		op := c.method + " " + c.route
+		covered[op] = append(covered[op], c.name())
+		if !onAdmin[op] {
+			t.Errorf("command %q calls %s, which the OpenAPI document does not list on the admin listener", c.name(), op)
+		}
+		if flags[op] == nil {
+			flags[op] = map[string]bool{}
+		}
+		for _, f := range c.fields {
+			flags[op][f.json] = true
+		}
+		if c.bodyName {
+			flags[op]["name"] = true
 		}
 	}
-	for op := range documented {
+	for op := range operator {
 		if len(covered[op]) == 0 {
 			t.Errorf("operator route %s has no keygate admin command: add one to admincli/commands.go (and docs/cli.md)", op)
+		}
+		for _, f := range bodyFields[op] {
+			if !flags[op][f] {
+				t.Errorf("%s: the body field %q has no flag in %v", op, f, covered[op])
+			}
+		}
+		for _, q := range queryParams[op] {
+			t.Errorf("%s: the query parameter %q has no flag in %v (the client sends no query yet)", op, q, covered[op])
 		}
 	}
 }

@@ -134,6 +134,8 @@ func reachError(ctx context.Context, inv *invocation, err error) string {
 	var opErr *net.OpError
 	var dnsErr *net.DNSError
 	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		return fmt.Sprintf("%s: interrupted", inv.where())
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return fmt.Sprintf("%s: no answer from %s within %s (--timeout)", inv.where(), base, inv.g.timeout)
 	case errors.As(err, &unknownCA), errors.As(err, &hostname):
