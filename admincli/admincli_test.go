@@ -282,7 +282,9 @@ func TestPrepare(t *testing.T) {
 		{args: []string{"plans", "create", "-f", "list.json"}, code: ExitUsage, message: "want one JSON object"},
 		{args: []string{"plans", "create", "-f", "two.json"}, code: ExitUsage, message: "found more after it"},
 		{args: []string{"plans", "create", "-f", "-"}, stdin: strings.Repeat(" ", MaxBodyFile+1), code: ExitUsage, message: "larger than 1048576 bytes"},
-		{args: []string{"plans", "create", "-f", "-", "--token-file", "-"}, code: ExitUsage, message: "cannot both read stdin"},
+		{args: []string{"plans", "create", "-f", "-", "--token-file", "-"}, code: ExitUsage, message: "-f, --token-file cannot all read stdin"},
+		{args: []string{"orgs", "create", "--password-file", "-", "--token-file", "-"}, code: ExitUsage, message: "--token-file, --password-file cannot all read stdin"},
+		{args: []string{"orgs", "create", "--name", "A", "--password-file", "-"}, stdin: "pw\n", method: "POST", path: "/admin/v1/orgs", body: `{"name":"A","password":"pw"}`},
 		{args: []string{"orgs", "create", "--password-file", "empty"}, code: ExitUsage, message: "--password-file: empty is empty"},
 		// the URL (3) and the token (4)
 		{args: []string{"--url", "ftp://x", "plans", "list"}, code: ExitUnreachable, message: "want an http:// or https:// URL"},

@@ -68,8 +68,8 @@ func parse(c *command, g *globals, argv []string, o IO) (*invocation, error) {
 	if g.timeout <= 0 {
 		return nil, usageErr(c.shortUsage(), "%s: --timeout must be positive", c.name())
 	}
-	if file == "-" && g.tokenFile == "-" {
-		return nil, usageErr(c.shortUsage(), "%s: -f - and --token-file - cannot both read stdin", c.name())
+	if readers := stdinReaders(file, g, bf); len(readers) > 1 {
+		return nil, usageErr(c.shortUsage(), "%s: %s cannot all read stdin (-)", c.name(), strings.Join(readers, ", "))
 	}
 	if inv.path, err = fillRoute(c, pos); err != nil {
 		return nil, usageErr(c.shortUsage(), "%s: %v", c.name(), err)
@@ -86,6 +86,23 @@ func parse(c *command, g *globals, argv []string, o IO) (*invocation, error) {
 		}
 	}
 	return inv, nil
+}
+
+// stdinReaders names the flags that would read stdin: at most one may.
+func stdinReaders(file string, g *globals, bf *bodyFlags) []string {
+	var out []string
+	if file == "-" {
+		out = append(out, "-f")
+	}
+	if g.tokenFile == "-" {
+		out = append(out, "--token-file")
+	}
+	for _, v := range bf.set() {
+		if v.f.kind == kSecretFile && strings.Join(v.vals, ",") == "-" {
+			out = append(out, "--"+v.f.flag)
+		}
+	}
+	return out
 }
 
 // parseInterspersed parses flags wherever they are among the positional
@@ -169,9 +186,6 @@ func buildBody(c *command, bf *bodyFlags, file string, pos []string, o IO) ([]by
 	for _, v := range bf.set() {
 		text := strings.Join(v.vals, ",")
 		if v.f.kind == kSecretFile {
-			if text == "-" && file == "-" {
-				return nil, fmt.Errorf("--%s - and -f - cannot both read stdin", v.f.flag)
-			}
 			s, err := readSecretFile(text, o)
 			if err != nil {
 				return nil, fmt.Errorf("--%s: %w", v.f.flag, err)
