@@ -1,6 +1,7 @@
 package admincli
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -161,6 +162,7 @@ func showPlans(w io.Writer, _ *invocation, raw []byte) error {
 	if err := decode(raw, &ps); err != nil {
 		return err
 	}
+	slices.SortStableFunc(ps, func(a, b plan) int { return cmp.Compare(a.ID, b.ID) })
 	rows := make([][]string, len(ps))
 	for i, p := range ps {
 		rows[i] = planRow(p)
@@ -226,6 +228,9 @@ func showOrgs(w io.Writer, _ *invocation, raw []byte) error {
 	if err := decode(raw, &os); err != nil {
 		return err
 	}
+	// Oldest first, as a reader expects of a list that grows; the API's
+	// order depends on the store.
+	slices.SortStableFunc(os, func(a, b org) int { return cmp.Or(cmp.Compare(a.CreatedAt, b.CreatedAt), cmp.Compare(a.ID, b.ID)) })
 	rows := make([][]string, len(os))
 	for i, o := range os {
 		rows[i] = []string{cell(o.ID), cell(o.Name), cell(o.Email), orgPlan(o), orgKind(o), orgQuota(o), rate(o.RateLimit, "plan's"), cell(o.CreatedAt)}
@@ -291,6 +296,9 @@ func showKeys(w io.Writer, _ *invocation, raw []byte) error {
 	if err := decode(raw, &ks); err != nil {
 		return err
 	}
+	slices.SortStableFunc(ks, func(a, b apiKey) int {
+		return cmp.Or(cmp.Compare(a.CreatedAt, b.CreatedAt), cmp.Compare(a.Name, b.Name))
+	})
 	rows := make([][]string, len(ks))
 	for i, k := range ks {
 		rows[i] = []string{cell(k.Name), cell(k.AccessKey), cell(strings.Join(k.Permissions, ",")), enabledText(k),
