@@ -12,6 +12,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/keygate/keygate/internal/browsertest"
 )
@@ -246,6 +247,16 @@ func TestPortalInBrowser(t *testing.T) {
 			del := chromedp.CSS(`button[aria-label="Delete key reader"]`)
 			p.do("asking to delete", chromedp.Click(del), chromedp.WaitVisible(chromedp.ID("confirm")))
 			p.do("cancelling", chromedp.Click(chromedp.ID("confirm-cancel")), chromedp.WaitNotVisible(chromedp.ID("confirm")))
+			// With the keyboard: the dialog opens with the focus on Cancel,
+			// Escape closes it, and the focus goes back to the button.
+			p.do("asking with the keyboard", chromedp.Focus(del), chromedp.KeyEvent(kb.Enter), chromedp.WaitVisible(chromedp.ID("confirm")))
+			if f := eval[string](p, `document.activeElement.id`); f != "confirm-cancel" {
+				t.Errorf("the dialog opened with the focus on %q, want Cancel", f)
+			}
+			p.do("escaping", chromedp.KeyEvent(kb.Escape), chromedp.WaitNotVisible(chromedp.ID("confirm")))
+			if f := eval[string](p, `document.activeElement.getAttribute("aria-label") || ""`); f != "Delete key reader" {
+				t.Errorf("after Escape the focus is on %q", f)
+			}
 			if status, _, _ := call(t, "GET", data+"/v1/things", apiKey(reader.AccessSecret), ""); status != 200 {
 				t.Fatalf("cancelled, yet the key is refused: %d", status)
 			}

@@ -181,6 +181,10 @@
         del.addEventListener("click", () => confirmDelete(k.name, del));
         act.append(del);
       }
+      // Labels for the stacked layout of narrow screens (portal.css).
+      name.dataset.label = "Name";
+      ak.dataset.label = "Access key";
+      perms.dataset.label = "Permissions";
       tr.append(name, ak, perms, act);
       tbody.append(tr);
     }
