@@ -15,6 +15,7 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/keygate/keygate/internal/browsertest"
+	"github.com/keygate/keygate/internal/redistest"
 )
 
 // The customer portal (/portal/ on the data listener) in a real headless
@@ -97,11 +98,21 @@ func (p page) signOut() {
 }
 
 func TestPortalInBrowser(t *testing.T) {
-	eachStore(t, func(t *testing.T, env map[string]string) {
+	t.Run("memory", func(t *testing.T) { testPortal(t, map[string]string{}, nil) })
+	t.Run("redis", func(t *testing.T) {
+		srv := redistest.Start(t)
+		testPortal(t, map[string]string{"KEYGATE_REDIS_URL": srv.URL()}, srv)
+	})
+}
+
+// testPortal runs the browser test on the store of env; srv, when not
+// nil, is its Redis, which the test pauses at the end.
+func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
+	{
 		up := &meteringUpstream{}
-		srv := httptest.NewServer(up)
-		defer srv.Close()
-		g := startGate(t, withUpstream(env, srv.URL))
+		upSrv := httptest.NewServer(up)
+		defer upSrv.Close()
+		g := startGate(t, withUpstream(env, upSrv.URL))
 		g.seedPlans()
 		org := g.createOrg(map[string]any{"name": "John Doe", "email": "example@example.com", "plan_id": 1, "username": "john", "password": "correct horse"})
 		owner := g.createKey(org, "owner", "admin")
@@ -314,12 +325,14 @@ func TestPortalInBrowser(t *testing.T) {
 
 		t.Run("seed 003 username and password", func(t *testing.T) {
 			p := page{t: t, ctx: ctx}
-			p.do("a wrong password",
-				chromedp.SendKeys(chromedp.ID("username"), "john"),
-				chromedp.SendKeys(chromedp.ID("password"), "wrong"),
-				chromedp.Click(chromedp.CSS("#login-form button[type=submit]")),
-			)
-			p.waitText("#error", "Sign-in failed")
+			if srv == nil { // once is enough: each password check costs 32 MiB and a fair share of a core
+				p.do("a wrong password",
+					chromedp.SendKeys(chromedp.ID("username"), "john"),
+					chromedp.SendKeys(chromedp.ID("password"), "wrong"),
+					chromedp.Click(chromedp.CSS("#login-form button[type=submit]")),
+				)
+				p.waitText("#error", "Sign-in failed")
+			}
 			before := len(g.keyNames(org))
 			p.clear("username")
 			p.do("the right password",
@@ -340,5 +353,24 @@ func TestPortalInBrowser(t *testing.T) {
 				t.Errorf("%d keys after signing out, want %d: the session's key outlived it", n, before)
 			}
 		})
-	})
+
+		if srv == nil {
+			return
+		}
+		t.Run("a store outage shows in the page", func(t *testing.T) {
+			p := page{t: t, ctx: ctx}
+			p.signInWithKey(owner.AccessSecret)
+			p.waitText(`#usage li[data-meter="requests"] .figures`, "of 1,000")
+			srv.Pause()
+			defer srv.Resume()
+			p.do("refreshing", chromedp.Click(chromedp.ID("refresh")))
+			p.waitText("#error", "HTTP 503")
+			if !p.visible("account") {
+				t.Errorf("the account went blank during the outage:\n%s", p.text())
+			}
+			srv.Resume()
+			p.do("refreshing", chromedp.Click(chromedp.ID("refresh")))
+			p.waitFor("the error to go", `document.getElementById("error").hidden`)
+		})
+	}
 }
