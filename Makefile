@@ -1,5 +1,5 @@
 # keygate — `make run` tries it, `make test` proves it.
-.PHONY: run build test unit deploy-test e2e-k8s fmt-check vet lint bench fuzz dashboard
+.PHONY: run build test unit deploy-test e2e-k8s fmt-check vet lint bench fuzz dashboard screenshots
 
 GO ?= go
 STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -21,7 +21,7 @@ test:
 	./scripts/test.sh
 
 unit:
-	KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require $(GO) test -race -count=1 -p 1 ./...
+	KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require KEYGATE_TEST_BROWSER=require $(GO) test -race -count=1 -p 1 ./...
 
 deploy-test:
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
@@ -69,3 +69,11 @@ fuzz:
 
 dashboard:
 	cd deploy && $(GO) run ./grafana > grafana/keygate-quota.json
+
+# Regenerates the screenshots of the web pages in docs/images: every test
+# runs with KEYGATE_SCREENSHOTS set, and the browser tests write their
+# screenshots there (internal/browsertest.Screenshot). SCREENSHOT_TESTS
+# narrows the run, e.g. make screenshots SCREENSHOT_TESTS=Portal.
+SCREENSHOT_TESTS ?= .
+screenshots:
+	KEYGATE_SCREENSHOTS=$(CURDIR)/docs/images KEYGATE_TEST_BROWSER=require $(GO) test -count=1 -p 1 -run '$(SCREENSHOT_TESTS)' ./...

@@ -9,6 +9,7 @@ package listener
 import (
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -32,9 +33,19 @@ type HandlerFunc func(w *Writer, r *http.Request)
 func (f HandlerFunc) Serve(w *Writer, r *http.Request) { f(w, r) }
 
 // Routes maps path → method → handler. Paths match exactly: keygate's own
-// routes never shadow an upstream path below them.
+// routes never shadow an upstream path below them. The one exception is a
+// tree (AddTree): every path below its prefix, with every method, is
+// keygate's (the customer portal's pages), so that an unknown page or a
+// wrong method is answered by keygate rather than forwarded.
 type Routes struct {
-	m map[string]map[string]Handler
+	m     map[string]map[string]Handler
+	trees []tree
+}
+
+// tree is a handler owning every path below prefix (which ends in "/").
+type tree struct {
+	prefix string
+	h      Handler
 }
 
 // NewRoutes returns an empty table.
@@ -48,15 +59,30 @@ func (t *Routes) Add(method, path string, h HandlerFunc) {
 	t.m[path][method] = h
 }
 
-// Lookup returns the handler of a self-served route. A self-served path
-// asked with another method goes to the data path like any other request.
-func (t *Routes) Lookup(method, path string) (Handler, bool) {
-	m, ok := t.m[path]
-	if !ok {
-		return nil, false
+// AddTree registers h for every method and every path starting with
+// prefix, which must end in "/". Exact routes are tried first.
+func (t *Routes) AddTree(prefix string, h HandlerFunc) {
+	if !strings.HasSuffix(prefix, "/") {
+		panic("listener.Routes.AddTree: prefix must end in /: " + prefix)
 	}
-	h, ok := m[method]
-	return h, ok
+	t.trees = append(t.trees, tree{prefix: prefix, h: h})
+}
+
+// Lookup returns the handler of a self-served route. A self-served path
+// asked with another method goes to the data path like any other request,
+// except below a tree, which answers every method itself.
+func (t *Routes) Lookup(method, path string) (Handler, bool) {
+	if m, ok := t.m[path]; ok {
+		if h, ok := m[method]; ok {
+			return h, true
+		}
+	}
+	for _, tr := range t.trees {
+		if strings.HasPrefix(path, tr.prefix) {
+			return tr.h, true
+		}
+	}
+	return nil, false
 }
 
 // Options configure a Listener. Data is required.

@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/keygate/keygate/listener"
+	"github.com/keygate/keygate/portal"
 	"github.com/keygate/keygate/selfserve/account"
 	"github.com/keygate/keygate/selfserve/gw3"
 	"github.com/keygate/keygate/selfserve/user"
@@ -12,7 +13,7 @@ import (
 // dataRoutes lists every route keygate answers itself on the data
 // listener; every other request is the data path's (proxy). The operator
 // API is on its own listener (admin).
-func dataRoutes(acct *account.API, gw *gw3.API, usr *user.API) *listener.Routes {
+func dataRoutes(acct *account.API, gw *gw3.API, usr *user.API, pt *portal.Portal) *listener.Routes {
 	t := listener.NewRoutes()
 	// seed 002
 	t.Add(http.MethodGet, "/api/v1/account", acct.Account)
@@ -34,5 +35,11 @@ func dataRoutes(acct *account.API, gw *gw3.API, usr *user.API) *listener.Routes 
 	t.Add(http.MethodGet, "/user/apikeys", usr.APIKeys)
 	t.Add(http.MethodPost, "/user/create_apikey", usr.CreateAPIKey)
 	t.Add(http.MethodPost, "/user/delete_apikey", usr.DeleteAPIKey)
+	// the customer portal: static pages calling the routes above from the
+	// browser; every path and method below /portal/ is its own (404, 405),
+	// never the upstream's, and never charged
+	t.Add(http.MethodGet, "/portal", pt.Redirect)
+	t.Add(http.MethodHead, "/portal", pt.Redirect)
+	t.AddTree(portal.Prefix, pt.Serve)
 	return t
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/keygate/keygate/manage"
 	"github.com/keygate/keygate/meter"
 	"github.com/keygate/keygate/metrics"
+	"github.com/keygate/keygate/portal"
 	"github.com/keygate/keygate/proxy"
 	"github.com/keygate/keygate/quota"
 	"github.com/keygate/keygate/selfserve/account"
@@ -145,6 +146,7 @@ func New(o Options) *Sidecar {
 		account.New(account.Options{Gate: g, Manage: m, Log: o.Log}),
 		gw3.New(gw3.Options{Gate: g, Manage: m, Provider: o.Provider, Log: o.Log}),
 		user.New(user.Options{Gate: g, Manage: m, LoginFailLimit: o.LoginFailLimit, Log: o.Log}),
+		portal.New(),
 	)
 	s := &Sidecar{
 		Data: listener.New(listener.Options{

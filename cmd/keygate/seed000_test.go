@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -181,9 +182,12 @@ func TestSeed000(t *testing.T) {
 		}
 		t.Run("stats of a fresh account", func(t *testing.T) {
 			status, _, raw := stats(t)
+			now := time.Now().UTC()
+			nextMonth := time.Date(now.Year(), now.Month()+1, 1, 0, 0, 0, 0, time.UTC).Unix()
 			want := `{"code":200,"msg":"ok","data":{"name":"John Doe","provider":"gw3","email":"example@example.com","email_verified":true,"plan":"Free",` +
 				`"pinned_count":0,"pinned_count_limit":100,"pinned_bytes":0,"pinned_bytes_limit":1073741824,"ingress":0,"ingress_limit":5368709120,` +
-				`"egress":0,"egress_limit":5368709120,"ipns":0,"ipns_limit":3,"requests":0,"requests_limit":1000}}`
+				`"egress":0,"egress_limit":5368709120,"ipns":0,"ipns_limit":3,"requests":0,"requests_limit":1000,` +
+				fmt.Sprintf(`"period_resets_at":%d}}`, nextMonth)
 			if status != 200 || raw != want {
 				t.Errorf("got %d\n%s\nwant\n%s", status, raw, want)
 			}

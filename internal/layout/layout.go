@@ -52,8 +52,9 @@ var Layers = []Layer{
 	// The operator API's command-line client talks HTTP to it: no store,
 	// no front.
 	{Name: "admin client", Packages: []string{"admincli"}, May: []string{"domain", "standalone"}},
+	{Name: "front portal", Packages: []string{"portal"}, May: frontMay},
 	{Name: "wiring", Packages: []string{"sidecar"}, May: []string{"*"}},
-	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/layout"}, May: []string{"*"}},
+	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/layout", "internal/browsertest"}, May: []string{"*"}},
 	{Name: "command", Packages: []string{"cmd/keygate"}, May: []string{"*"}},
 }
 

@@ -258,7 +258,15 @@ func (a *API) Stats(w *listener.Writer, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	ok(w, "ok", stats)
+	// period_resets_at: when the current period's counts start again (Unix
+	// seconds; null for a plan that never resets), so a customer can read
+	// usage against its limit in time.
+	var resetsAt *int64
+	if end := gate.PlanPeriod(p.Plan).Window(a.opt.Manage.Now()).End; !end.IsZero() {
+		s := end.Unix()
+		resetsAt = &s
+	}
+	ok(w, "ok", append(stats, field{"period_resets_at", resetsAt}))
 }
 
 // Plans answers the seed 000 route of that name.
