@@ -509,18 +509,28 @@ func testRateLimitChanged(t *testing.T, s *suite) {
 	ch.RateLimits = []quota.RateLimit{orgRate(10, time.Minute, 0)} // every 6s
 	ch.Cost = 8
 	s.admit(t, ch) // debt 48s
-	// Lowered below what was spent: nothing left, and the wait says so.
+	// Lowered below what was spent: an empty bucket of the new limit (its
+	// window is 24s), refilling at the new rate.
 	lower := orgRate(10, time.Minute, 4)
 	ch.RateLimits = []quota.RateLimit{lower}
 	ch.Cost = 1
-	wantLimited(t, s.limited(t, ch), lower, 30*time.Second, 48*time.Second)
-	wantRate(t, s.rates(t, ch)[0], 0, 30*time.Second, 48*time.Second, false)
-	// Raised: the debt carries over, in time.
+	wantLimited(t, s.limited(t, ch), lower, 6*time.Second, 24*time.Second)
+	wantRate(t, s.rates(t, ch)[0], 0, 6*time.Second, 24*time.Second, false)
+	// Raised: the debt carries over, in time (the refusal above stored the
+	// empty bucket of the lower limit: 24s).
 	higher := orgRate(60, time.Minute, 60) // every 1s
 	ch.RateLimits = []quota.RateLimit{higher}
 	res := s.admit(t, ch)
-	wantRate(t, res.RateLimits[0], 11, 0, 49*time.Second, false)
-	s.wantUsage(t, "org1", "k1", ch.Period, rateBase, 9, 9)
+	wantRate(t, res.RateLimits[0], 35, 0, 25*time.Second, false)
+	// Raised to a window shorter than the debt: it does not keep the old
+	// wait (100/min spent, then 1000/s refused for 30s), it starts empty.
+	fast := orgRate(10, time.Second, 10) // every 100ms, window 1s
+	ch.RateLimits = []quota.RateLimit{fast}
+	wantLimited(t, s.limited(t, ch), fast, 100*time.Millisecond, time.Second)
+	ch.At = ch.At.Add(100 * time.Millisecond)
+	res = s.admit(t, ch)
+	wantRate(t, res.RateLimits[0], 0, 100*time.Millisecond, time.Second, false)
+	s.wantUsage(t, "org1", "k1", ch.Period, rateBase, 10, 10)
 }
 
 // RunShared runs the cases of two counters on one store (two sidecars on

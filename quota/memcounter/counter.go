@@ -146,6 +146,7 @@ func (c *Counter) charge(ch quota.Charge, w quota.Window) tokenReply {
 		}
 	}
 	rates := c.rates(ch)
+	c.storeCapped(ch, rates)
 	if rates.refused {
 		return reply(statusRefusedRate, org, key, rates)
 	}
@@ -182,6 +183,24 @@ type rateCheck struct {
 	tats    []int64
 	limited []bool
 	refused bool
+	// capped are the limits whose stored debt exceeded their window.
+	capped []int
+}
+
+// storeCapped stores the capped debt of the limits a charge of cost > 0
+// does not advance, as charge.lua does: it lowers a debt, it counts nothing.
+func (c *Counter) storeCapped(ch quota.Charge, rc rateCheck) {
+	if ch.Cost == 0 {
+		return
+	}
+	for _, i := range rc.capped {
+		if !rc.refused && !rc.limited[i] {
+			continue // advanced by the charge
+		}
+		debt := rc.debts[i]
+		ttl := time.Duration((debt+999)/1000)*time.Millisecond + rateGrace
+		c.counts[rc.keys[i]] = count{n: ch.At.UnixMicro() + debt, expireAt: ch.At.Add(ttl)}
+	}
 }
 
 // rates evaluates the charge's rate limits (GCRA, as in charge.lua): a limit
@@ -200,15 +219,21 @@ func (c *Counter) rates(ch quota.Charge) rateCheck {
 			k = countKey{ch.OrgID, kindKeyRate, ch.KeyID + ":" + l.Name, ""}
 		}
 		rc.keys[i] = k
+		interval, burst := l.Interval().Microseconds(), l.EffectiveBurst()
 		var debt int64 // a limit without state is full
 		if v, ok := c.counts[k]; ok && live(v.expireAt, ch.At) {
 			debt = max(v.n-now, 0)
+			// As in charge.lua: what a changed limit left is an empty
+			// bucket of this one, stored so by the charge (storeCapped).
+			if debt > burst*interval {
+				debt = burst * interval
+				rc.capped = append(rc.capped, i)
+			}
 		}
 		rc.debts[i] = debt
 		if ch.Cost == 0 {
 			continue
 		}
-		interval, burst := l.Interval().Microseconds(), l.EffectiveBurst()
 		if ch.Cost > burst || debt+ch.Cost*interval > burst*interval {
 			rc.limited[i] = true
 			rc.refused = rc.refused || !l.Shadow

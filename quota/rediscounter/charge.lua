@@ -45,6 +45,9 @@
 --
 -- GCRA: a limit with interval I and burst B admits cost c at instant t iff
 -- c <= B and max(TAT, t) + c*I - t <= B*I; then TAT = max(TAT, t) + c*I.
+-- A stored TAT more than B*I ahead (left by a limit since changed) counts as
+-- t + B*I, an empty bucket of the new limit, and is stored so by any charge
+-- of cost > 0, admitted or refused: it lowers a debt, it counts nothing.
 -- Every number stays an integer below 2^53, so the doubles of Lua are exact.
 
 local tokenTTL = tonumber(ARGV[5])
@@ -103,7 +106,19 @@ if cost > 0 then
 end
 
 local n = #KEYS - 4
-local rates, tats
+local rates, tats, capped
+
+-- storeCapped stores the capped state of the limits this charge does not
+-- advance (see the GCRA rule above).
+local function storeCapped()
+  if not capped or cost == 0 then return end
+  for i, tat in pairs(capped) do
+    if not tats[i] then
+      redis.call('SET', KEYS[4 + i], string.format('%d', tat),
+        'PX', math.floor((rates[2 * i - 1] + 999) / 1000) + 60000)
+    end
+  end
+end
 if n > 0 then
   local t = tonumber(ARGV[8])
   local refused = false
@@ -118,6 +133,15 @@ if n > 0 then
         return redis.error_reply('ERR keygate charge: malformed rate limit state')
       end
       debt = math.max(tat - t, 0)
+      -- A debt beyond a full window is what an earlier, different limit
+      -- left: it carries over as an empty bucket of this one, no more, and
+      -- is stored so (below) even if this charge is refused, else a raised
+      -- limit would keep the old wait.
+      if debt > burst * interval then
+        debt = burst * interval
+        capped = capped or {}
+        capped[i] = t + debt
+      end
     end
     local limited = 0
     if cost > 0 then
@@ -131,8 +155,10 @@ if n > 0 then
     rates[2 * i - 1], rates[2 * i] = debt, limited
   end
   if refused then
+    storeCapped()
     return reply(-3, org, key, rates)
   end
+  storeCapped()
   for i = 1, n do
     if tats[i] then rates[2 * i - 1] = tats[i] - t end
   end
