@@ -185,6 +185,45 @@ func (s *Store) Orgs(context.Context) ([]keys.Org, error) {
 	return s.listOrgs(func(keys.Org) bool { return true }), nil
 }
 
+// FindOrgs returns one page of organizations (see keys.Store). It looks at
+// every organization: O(n log n) in memory, a few milliseconds for 10,000.
+func (s *Store) FindOrgs(_ context.Context, q keys.OrgQuery) (keys.OrgPage, error) {
+	q, err := q.Normalize()
+	if err != nil {
+		return keys.OrgPage{}, err
+	}
+	type hit struct {
+		cursor string
+		org    keys.Org
+	}
+	s.mu.RLock()
+	hits := make([]hit, 0, min(len(s.orgs), 1024))
+	for _, o := range s.orgs {
+		c := o.ID
+		if q.Search != "" {
+			term, ok := o.SearchTerm(q.Search)
+			if !ok {
+				continue
+			}
+			c = keys.SearchCursor(term, o.ID)
+		}
+		if c > q.After {
+			hits = append(hits, hit{c, o})
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(hits, func(a, b hit) int { return strings.Compare(a.cursor, b.cursor) })
+	var page keys.OrgPage
+	for i, h := range hits {
+		if i == q.Limit {
+			page.Next = hits[i-1].cursor
+			break
+		}
+		page.Orgs = append(page.Orgs, copyOrg(h.org))
+	}
+	return page, nil
+}
+
 // SubOrgs lists the organizations created by partner, ordered by id.
 func (s *Store) SubOrgs(_ context.Context, partnerID string) ([]keys.Org, error) {
 	return s.listOrgs(func(o keys.Org) bool { return o.PartnerID == partnerID }), nil
