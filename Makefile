@@ -1,5 +1,5 @@
 # keygate — `make run` tries it, `make test` proves it.
-.PHONY: run build test unit deploy-test e2e-k8s fmt-check vet lint bench fuzz dashboard
+.PHONY: run build test unit deploy-test e2e-k8s fmt-check vet lint bench fuzz dashboard screenshots
 
 GO ?= go
 STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -66,6 +66,11 @@ fuzz:
 	    else exit 1; fi; \
 	  done; \
 	done
+
+# Regenerates the console screenshots of docs/console.md (docs/images/) by
+# running the browser test against a fresh keygate; needs chromium.
+screenshots:
+	KEYGATE_SCREENSHOTS=$(CURDIR)/docs/images KEYGATE_TEST_BROWSER=require $(GO) test -count=1 -run 'TestConsoleInBrowser/memory' ./cmd/keygate
 
 dashboard:
 	cd deploy && $(GO) run ./grafana > grafana/keygate-quota.json

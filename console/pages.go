@@ -376,6 +376,19 @@ func (b bar) Percent() int64 {
 	return min(b.Used*100 / *b.Limit, 100)
 }
 
+// Max is the meter element's maximum: the limit, at least 1 (a limit of
+// 0 shows any use as full).
+func (b bar) Max() int64 {
+	if b.Limit == nil || *b.Limit < 1 {
+		return 1
+	}
+	return *b.Limit
+}
+
+// Low and High are where the bar turns amber and red: 80% and 95%.
+func (b bar) Low() int64  { return b.Max() * 8 / 10 }
+func (b bar) High() int64 { return b.Max() * 95 / 100 }
+
 // orgData is one organization's page.
 type orgData struct {
 	Org      keys.Org
