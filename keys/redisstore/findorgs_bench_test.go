@@ -25,6 +25,15 @@ func BenchmarkFindOrgs10k(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	terms, err := rdb.ZCard(ctx, "kg:orgterms").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	mem, err := rdb.MemoryUsage(ctx, "kg:orgterms", 0).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("search index: %d terms, %d bytes (%.1f terms, %d bytes per organization)", terms, mem, float64(terms)/10000, mem/10000)
 	// What a page would cost without FindOrgs: every organization.
 	b.Run("Orgs-all", func(b *testing.B) {
 		for b.Loop() {
