@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole keygate test suite, as CI runs it. On a fresh Debian machine with
 # Go it first installs what the tests need (redis-server, prometheus for
-# promtool, etcd-server, chromium for the browser tests) with apt-get, as root or through sudo.
+# promtool, etcd-server, chromium for the browser tests) with apt-get, as
+# root or through sudo.
 #
 #   ./scripts/test.sh            everything
 #   ./scripts/test.sh --no-k8s   skip the end-to-end test against kube-apiserver
