@@ -306,7 +306,7 @@ func (c *Console) signOut(w http.ResponseWriter, r *http.Request, _ *session) er
 
 // safeNext keeps a redirect target inside the console.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, Prefix) || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") || len(next) > 2048 {
+	if !strings.HasPrefix(next, Prefix) || strings.Contains(next, "..") || strings.ContainsAny(next, "\\\r\n") || len(next) > 2048 {
 		return "/console/orgs"
 	}
 	return next

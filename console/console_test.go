@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/keygate/keygate/internal/sidecartest"
 	"github.com/keygate/keygate/keys"
+	"github.com/keygate/keygate/keys/memstore"
 	"github.com/keygate/keygate/sidecar"
 )
 
@@ -28,7 +30,12 @@ type browser struct {
 
 func newBrowser(t testing.TB) *browser {
 	t.Helper()
-	env := sidecartest.New(t, sidecar.Options{})
+	return newBrowserWith(t, sidecar.Options{})
+}
+
+func newBrowserWith(t testing.TB, o sidecar.Options) *browser {
+	t.Helper()
+	env := sidecartest.New(t, o)
 	srv := httptest.NewServer(env.Sidecar.Admin)
 	t.Cleanup(srv.Close)
 	jar, _ := cookiejar.New(nil)
@@ -266,5 +273,47 @@ func TestSecurityHeaders(t *testing.T) {
 	}
 	if resp, _ := b.do("GET", "/console", nil, nil); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/console/" {
 		t.Errorf("/console: %d to %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
+// TestSubAccounts: a partner's page lists its sub-accounts, and a
+// sub-account's page links its partner.
+func TestSubAccounts(t *testing.T) {
+	b := newBrowser(t)
+	b.signIn()
+	b.env.Admin(t, "POST", "/admin/v1/plans", map[string]any{"id": 1, "name": "Free", "period": "month"}, 201, nil)
+	b.env.Admin(t, "POST", "/admin/v1/orgs", map[string]any{"id": "hooli", "name": "Hooli", "plan_id": 1, "partner": true}, 201, nil)
+	if err := b.env.Store.CreateOrg(context.Background(), keys.Org{ID: "hooli-sub", Name: "Hooli Sub", PlanID: 1, PartnerID: "hooli", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, page := b.do("GET", "/console/orgs/hooli", nil, nil); !strings.Contains(page, `href="/console/orgs/hooli-sub">Hooli Sub</a>`) {
+		t.Errorf("the partner's page does not list its sub-account:\n%s", page)
+	}
+	if _, page := b.do("GET", "/console/orgs/hooli-sub", nil, nil); !strings.Contains(page, `Sub-account of</dt><dd><a href="/console/orgs/hooli">`) {
+		t.Errorf("the sub-account's page does not link its partner:\n%s", page)
+	}
+}
+
+// downStore is a store whose backend cannot be reached.
+type downStore struct{ keys.Store }
+
+func (downStore) FindOrgs(context.Context, keys.OrgQuery) (keys.OrgPage, error) {
+	return keys.OrgPage{}, fmt.Errorf("listing: %w", keys.ErrUnavailable)
+}
+
+func (downStore) Org(context.Context, string) (keys.Org, error) {
+	return keys.Org{}, fmt.Errorf("reading: %w", keys.ErrUnavailable)
+}
+
+// TestStoreOutageShownInPage: when the store cannot be reached the pages
+// say so with 503, never a blank page or a 500.
+func TestStoreOutageShownInPage(t *testing.T) {
+	b := newBrowserWith(t, sidecar.Options{Store: downStore{memstore.New()}})
+	b.signIn()
+	for _, path := range []string{"/console/orgs", "/console/orgs/acme"} {
+		resp, page := b.do("GET", path, nil, nil)
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(page, `role="alert"`) || !strings.Contains(page, "</html>") {
+			t.Errorf("%s with the store down: %d\n%s", path, resp.StatusCode, page)
+		}
 	}
 }

@@ -644,7 +644,7 @@ func (c *Console) setKeyLimits(w http.ResponseWriter, r *http.Request, s *sessio
 		if err != nil {
 			return err
 		}
-		return c.call(r, http.MethodPatch, apiKeyPath(r), map[string]any{"max_api_requests": max, "rate_limit": rl, "comment": g("comment")}, nil)
+		return c.call(r, http.MethodPatch, apiKeyPath(r), map[string]any{"max_api_requests": max, "rate_limit": rl}, nil)
 	}()
 	if err != nil {
 		r.PostForm.Set("back", "key")

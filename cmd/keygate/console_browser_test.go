@@ -97,7 +97,10 @@ func TestConsoleInBrowser(t *testing.T) {
 	eachStore(t, func(t *testing.T, env map[string]string) {
 		up := httptest.NewServer(&recorder{})
 		defer up.Close()
-		g := startGate(t, withUpstream(env, up.URL))
+		// A generous store deadline: the test checks what the console
+		// does, not latency, and shares the machine with the rest of the
+		// suite.
+		g := startGate(t, mergeEnv(withUpstream(env, up.URL), map[string]string{"KEYGATE_REDIS_TIMEOUT": "2s"}))
 		shots := os.Getenv("KEYGATE_SCREENSHOTS")
 		if _, redis := env["KEYGATE_REDIS_URL"]; redis {
 			shots = ""
@@ -116,6 +119,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		refused := func(status int) bool { return status == http.StatusUnauthorized || status == http.StatusForbidden }
 		p.open("/console/")
 		p.wantText("h1", "Sign in")
+		if !p.eval(`document.activeElement !== null && document.activeElement.id === "token"`) {
+			t.Error("the sign-in page does not put the keyboard in the token field")
+		}
 		p.shot("console-signin")
 		browsertest.Do(t, ctx, chromedp.SendKeys(chromedp.CSS("#token"), "not-the-token"))
 		if got := p.nav(chromedp.SendKeys(chromedp.CSS("#token"), "\r")); got != http.StatusUnauthorized {
@@ -235,8 +241,8 @@ func TestConsoleInBrowser(t *testing.T) {
 		p.open("/console/plans")
 		p.shot("console-plans")
 
-		// Readable at 400 px: nothing wider than the window (once: it does
-		// not depend on the store).
+		// Readable at 400 px: nothing wider than the window, and every
+		// control labelled (once: it does not depend on the store).
 		if _, redis := env["KEYGATE_REDIS_URL"]; redis {
 			return
 		}
@@ -245,6 +251,9 @@ func TestConsoleInBrowser(t *testing.T) {
 			p.open(path)
 			if !p.eval(`document.documentElement.scrollWidth <= window.innerWidth`) {
 				t.Errorf("%s is wider than 400 px", path)
+			}
+			if !p.eval(`[...document.querySelectorAll("input:not([type=hidden]), select, textarea")].every(e => e.labels && e.labels.length > 0)`) {
+				t.Errorf("%s has a form control without a label", path)
 			}
 		}
 		p.open("/console/orgs/acme")
