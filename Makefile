@@ -67,13 +67,13 @@ fuzz:
 	  done; \
 	done
 
+# Regenerates the screenshots of the web pages in docs/images (docs/console.md,
+# docs/portal.md) by running the browser tests against a fresh keygate on
+# the embedded store, with KEYGATE_SCREENSHOTS set (internal/browsertest.Shot);
+# needs chromium.
+screenshots:
+	KEYGATE_SCREENSHOTS=$(CURDIR)/docs/images KEYGATE_TEST_BROWSER=require $(GO) test -count=1 -run 'TestConsoleInBrowser/memory|TestPortalInBrowser/memory' ./cmd/keygate
+
 dashboard:
 	cd deploy && $(GO) run ./grafana > grafana/keygate-quota.json
 
-# Regenerates the screenshots of the web pages in docs/images: every test
-# runs with KEYGATE_SCREENSHOTS set, and the browser tests write their
-# screenshots there (internal/browsertest.Screenshot). SCREENSHOT_TESTS
-# narrows the run, e.g. make screenshots SCREENSHOT_TESTS=Portal.
-SCREENSHOT_TESTS ?= .
-screenshots:
-	KEYGATE_SCREENSHOTS=$(CURDIR)/docs/images KEYGATE_TEST_BROWSER=require $(GO) test -count=1 -p 1 -run '$(SCREENSHOT_TESTS)' ./...

@@ -35,6 +35,13 @@ type Store interface {
 	OrgByUsername(ctx context.Context, username string) (Org, error)
 	// Orgs lists every organization ordered by id.
 	Orgs(ctx context.Context) ([]Org, error)
+	// FindOrgs returns one page of organizations (q.Normalize first: a
+	// *InvalidError lists nothing). Without q.Search they are ordered by id
+	// and Next is the last id of the page; with it, the organizations that
+	// have a search term starting with it are listed once each, ordered by
+	// (SearchTerm, id), and Next is a SearchCursor. Next is empty on the last
+	// page. A page costs about its size, not the number of organizations.
+	FindOrgs(ctx context.Context, q OrgQuery) (OrgPage, error)
 	// SubOrgs lists the organizations created by partner, ordered by id.
 	SubOrgs(ctx context.Context, partnerID string) ([]Org, error)
 	// UpdateOrg replaces an existing organization (its id and username

@@ -9,11 +9,13 @@ package sidecar
 import (
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/admin"
+	"github.com/keygate/keygate/console"
 	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/keys"
@@ -86,7 +88,8 @@ type Options struct {
 type Sidecar struct {
 	// Data is the handler of the data listener.
 	Data http.Handler
-	// Admin is the handler of the operator listener; nil without a token.
+	// Admin is the handler of the operator listener (the operator API and
+	// the console at /console/); nil without a token.
 	Admin http.Handler
 	// Book is the meter book; run it (Book.Run) for usage to reach the
 	// store.
@@ -164,7 +167,21 @@ func New(o Options) *Sidecar {
 		Manage: m,
 	}
 	if o.AdminToken != "" {
-		s.Admin = admin.New(admin.Options{Manage: m, Token: o.AdminToken, Public: o.AdminPublic, Log: o.Log})
+		api := admin.New(admin.Options{Manage: m, Token: o.AdminToken, Public: o.AdminPublic, Log: o.Log})
+		// The operator console beside the API; it sends its changes to the
+		// API's handler in-process. Every other path is the API's, as it was
+		// (no ServeMux in front: the API answers unclean paths itself).
+		con := console.New(console.Options{Manage: m, API: api, Token: o.AdminToken, Log: o.Log})
+		s.Admin = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case strings.HasPrefix(r.URL.Path, console.Prefix):
+				con.ServeHTTP(w, r)
+			case r.URL.Path == strings.TrimSuffix(console.Prefix, "/"):
+				http.Redirect(w, r, console.Prefix, http.StatusSeeOther)
+			default:
+				api.ServeHTTP(w, r)
+			}
+		})
 	}
 	return s
 }

@@ -285,7 +285,10 @@ func checkOpenAPIRoute(t *testing.T, g *gate) {
 }
 
 // pathLiteral matches Go string literals that name a route of keygate's
-// path spaces, with an optional method ("GET /admin/v1/orgs/{id}");
+// API path spaces, with an optional method ("GET /admin/v1/orgs/{id}"); the
+// operator console's pages (/console/…) are HTML for a browser, not API,
+// and are not in the document (their own tests are in console and
+// TestConsoleInBrowser);
 // segmentLiteral a literal appended to a name (partnerPrefix+"create").
 var (
 	pathLiteral    = regexp.MustCompile(`"(?:(?:GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) )?(/(?:admin|api|user)/[A-Za-z0-9_.{}/-]*|/openapi\.json)"`)

@@ -24,13 +24,13 @@ import (
 // created (its secret shown once) and one deleted; a key without admin sees
 // usage only; seed 003 username/password sign-in.
 
-// page drives one browser tab.
-type page struct {
+// portalPage drives one browser tab on the portal.
+type portalPage struct {
 	t   *testing.T
 	ctx context.Context
 }
 
-func (p page) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+func (p portalPage) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	p.t.Helper()
 	if err := chromedp.Do(p.ctx, steps...); err != nil {
 		p.t.Fatalf("%s: %v\npage text:\n%s", what, err, p.text())
@@ -38,13 +38,13 @@ func (p page) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 }
 
 // text is the page's visible text, for failure messages.
-func (p page) text() string {
+func (p portalPage) text() string {
 	s, _ := chromedp.Run(p.ctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
 	return s
 }
 
 // eval returns a JavaScript expression's value.
-func eval[T any](p page, expr string) T {
+func eval[T any](p portalPage, expr string) T {
 	p.t.Helper()
 	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[T](expr))
 	if err != nil {
@@ -55,7 +55,7 @@ func eval[T any](p page, expr string) T {
 
 // waitFor waits (on DOM changes, at most 10 s) until the JavaScript
 // condition holds.
-func (p page) waitFor(what, cond string) {
+func (p portalPage) waitFor(what, cond string) {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 	defer cancel()
@@ -65,25 +65,25 @@ func (p page) waitFor(what, cond string) {
 }
 
 // waitText waits until the element of the CSS selector contains want.
-func (p page) waitText(sel, want string) {
+func (p portalPage) waitText(sel, want string) {
 	p.t.Helper()
 	p.waitFor(fmt.Sprintf("%s to show %q", sel, want),
 		fmt.Sprintf(`((document.querySelector(%q) || {}).textContent || "").includes(%q)`, sel, want))
 }
 
 // visible reports whether the element of id is shown.
-func (p page) visible(id string) bool {
+func (p portalPage) visible(id string) bool {
 	p.t.Helper()
 	return eval[bool](p, fmt.Sprintf(`(() => { const e = document.getElementById(%q); return !!e && e.offsetParent !== null; })()`, id))
 }
 
 // clear empties the input of id.
-func (p page) clear(id string) {
+func (p portalPage) clear(id string) {
 	p.t.Helper()
 	eval[chromedp.Void](p, fmt.Sprintf(`document.getElementById(%q).value = ""`, id))
 }
 
-func (p page) signInWithKey(secret string) {
+func (p portalPage) signInWithKey(secret string) {
 	p.t.Helper()
 	p.do("signing in with a key",
 		chromedp.WaitVisible(chromedp.ID("key-input")),
@@ -92,7 +92,7 @@ func (p page) signInWithKey(secret string) {
 	)
 }
 
-func (p page) signOut() {
+func (p portalPage) signOut() {
 	p.t.Helper()
 	p.do("signing out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("signin")))
 }
@@ -135,7 +135,7 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 		}
 
 		ctx := browsertest.New(t)
-		p := page{t: t, ctx: ctx}
+		p := portalPage{t: t, ctx: ctx}
 		// Every request the page makes goes to keygate's data listener;
 		// every script error is a failure.
 		var mu sync.Mutex
@@ -163,11 +163,11 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 		}()
 		p.do("opening the portal", chromedp.EmulateViewport(1000, 1300), chromedp.Navigate(data+"/portal"), chromedp.WaitVisible(chromedp.ID("signin")))
 		if shots {
-			browsertest.Screenshot(t, ctx, "portal-signin.png")
+			browsertest.Shot(t, ctx, "portal-signin.png")
 		}
 
 		t.Run("a wrong key is refused in the page", func(t *testing.T) {
-			p := page{t: t, ctx: ctx}
+			p := portalPage{t: t, ctx: ctx}
 			p.signInWithKey("kg_not-a-key")
 			p.waitText("#error", "Sign-in failed")
 			if !p.visible("signin") || p.visible("account") {
@@ -177,7 +177,7 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 		})
 
 		t.Run("an admin key sees usage move and manages keys", func(t *testing.T) {
-			p := page{t: t, ctx: ctx}
+			p := portalPage{t: t, ctx: ctx}
 			p.signInWithKey(owner.AccessSecret)
 			p.waitText(`#usage li[data-meter="requests"] .figures`, "0 of 1,000")
 			p.waitText(`#keys tbody`, "reader")
@@ -223,7 +223,7 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 			p.do("refreshing", chromedp.Click(chromedp.ID("refresh")))
 			p.waitText(`#usage li[data-meter="requests"] .figures`, "4 of 1,000")
 			if shots {
-				browsertest.Screenshot(t, ctx, "portal-usage.png")
+				browsertest.Shot(t, ctx, "portal-usage.png")
 			}
 
 			// Create a key: its secret is shown once, and works.
@@ -247,7 +247,7 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 			p.do("copying", chromedp.Click(chromedp.ID("copy")))
 			p.waitFor("the copy status", `document.getElementById("copy-status").textContent !== ""`)
 			if shots {
-				browsertest.Screenshot(t, ctx, "portal-new-key.png")
+				browsertest.Shot(t, ctx, "portal-new-key.png")
 			}
 			p.do("closing the secret", chromedp.Click(chromedp.ID("secret-done")), chromedp.WaitNotVisible(chromedp.ID("new-secret")))
 			if eval[bool](p, fmt.Sprintf(`document.documentElement.outerHTML.includes(%q) || document.getElementById("secret-value").value !== "" || JSON.stringify(sessionStorage).includes(%q)`, secret, secret)) {
@@ -274,7 +274,7 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 			p.do("asking again", chromedp.Click(del), chromedp.WaitVisible(chromedp.ID("confirm")))
 			p.waitText("#confirm-text", "Delete key reader?")
 			if shots {
-				browsertest.Screenshot(t, ctx, "portal-delete.png")
+				browsertest.Shot(t, ctx, "portal-delete.png")
 			}
 			p.do("confirming", chromedp.Click(chromedp.ID("confirm-delete")))
 			p.waitFor("the row to go", `!document.querySelector('#keys tr[data-name="reader"]')`)
@@ -300,7 +300,7 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 				t.Errorf("at 400 px the page is %d px wide", w)
 			}
 			if shots {
-				browsertest.Screenshot(t, ctx, "portal-narrow.png")
+				browsertest.Shot(t, ctx, "portal-narrow.png")
 			}
 			p.do("widening", chromedp.EmulateViewport(1000, 1300))
 			p.signOut()
@@ -310,7 +310,7 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 		})
 
 		t.Run("a key without admin sees usage, not keys", func(t *testing.T) {
-			p := page{t: t, ctx: ctx}
+			p := portalPage{t: t, ctx: ctx}
 			p.signInWithKey(viewer.AccessSecret)
 			p.waitText(`#usage li[data-meter="requests"] .figures`, "of 1,000")
 			p.waitFor("the read-only note", `!document.getElementById("keys-note").hidden`)
@@ -318,13 +318,13 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 				t.Error("a key without admin is offered key management")
 			}
 			if shots {
-				browsertest.Screenshot(t, ctx, "portal-read-only.png")
+				browsertest.Shot(t, ctx, "portal-read-only.png")
 			}
 			p.signOut()
 		})
 
 		t.Run("seed 003 username and password", func(t *testing.T) {
-			p := page{t: t, ctx: ctx}
+			p := portalPage{t: t, ctx: ctx}
 			if srv == nil { // once is enough: each password check costs 32 MiB and a fair share of a core
 				p.do("a wrong password",
 					chromedp.SendKeys(chromedp.ID("username"), "john"),
@@ -358,7 +358,7 @@ func testPortal(t *testing.T, env map[string]string, srv *redistest.Server) {
 			return
 		}
 		t.Run("a store outage shows in the page", func(t *testing.T) {
-			p := page{t: t, ctx: ctx}
+			p := portalPage{t: t, ctx: ctx}
 			p.signInWithKey(owner.AccessSecret)
 			p.waitText(`#usage li[data-meter="requests"] .figures`, "of 1,000")
 			srv.Pause()

@@ -1,7 +1,10 @@
-// Package browsertest starts a real headless Chromium (Debian's package,
-// /usr/bin/chromium) for tests of keygate's web pages, driven through
-// chromedp. Like the other real parts of the suite, a missing browser skips
-// the test locally and fails it when KEYGATE_TEST_BROWSER=require (CI).
+// Package browsertest starts Debian's headless Chromium for a test and hands
+// back a chromedp context driving one tab of it, so the console and portal
+// tests drive the real pages in a real browser.
+//
+// Chromium is /usr/bin/chromium (or $KEYGATE_CHROMIUM). When it is missing
+// the test is skipped, unless KEYGATE_TEST_BROWSER=require (as CI and
+// scripts/test.sh set), which fails it instead.
 package browsertest
 
 import (
@@ -15,71 +18,132 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// Path is where Debian's chromium package puts the browser.
-const Path = "/usr/bin/chromium"
+// DefaultTimeout bounds everything one test does in its browser.
+const DefaultTimeout = 40 * time.Second
 
-// budget bounds one test's whole use of the browser: a browser that hangs
-// fails the test instead of holding the suite.
-const budget = 90 * time.Second
+// Options tune New; the zero value is a 1280×900 window and DefaultTimeout.
+type Options struct {
+	Width, Height int
+	Timeout       time.Duration
+}
+
+// Path returns the Chromium binary the tests use, or "" when there is none.
+func Path() string {
+	if p := os.Getenv("KEYGATE_CHROMIUM"); p != "" {
+		return p
+	}
+	for _, p := range []string{"/usr/bin/chromium", "/usr/bin/chromium-browser"} {
+		if _, err := exec.LookPath(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
 
 // New starts a headless Chromium with a fresh profile and returns a
-// context for chromedp.Run on its first tab. The browser is killed and its
-// profile removed when the test ends.
+// chromedp context for one tab, bounded by DefaultTimeout. The browser is
+// stopped and its profile removed when the test ends.
 func New(t testing.TB) context.Context {
 	t.Helper()
-	if _, err := exec.LookPath(Path); err != nil {
+	return NewWith(t, Options{})
+}
+
+// NewWith is New with options.
+func NewWith(t testing.TB, o Options) context.Context {
+	t.Helper()
+	path := Path()
+	if path == "" {
 		if os.Getenv("KEYGATE_TEST_BROWSER") == "require" {
-			t.Fatalf("KEYGATE_TEST_BROWSER=require but %s is not there: apt-get install chromium", Path)
+			t.Fatal("KEYGATE_TEST_BROWSER=require but no chromium (apt-get install chromium)")
 		}
-		t.Skipf("no %s (apt-get install chromium; KEYGATE_TEST_BROWSER=require makes this a failure)", Path)
+		t.Skip("no chromium; set KEYGATE_TEST_BROWSER=require to fail instead")
 	}
+	if o.Width == 0 {
+		o.Width, o.Height = 1280, 900
+	}
+	if o.Timeout == 0 {
+		o.Timeout = DefaultTimeout
+	}
+	// Every flag that stops Chromium reaching out on its own: the machines
+	// the tests run on have no internet, and its background requests would
+	// only fail (or hang) there.
 	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(Path),
-		chromedp.Flag("headless", true),
+		chromedp.ExecPath(path),
+		chromedp.UserDataDir(filepath.Join(t.TempDir(), "profile")),
+		chromedp.Headless,
 		chromedp.NoSandbox,
-		chromedp.Flag("disable-gpu", true),
-		// Nothing leaves the machine: no QUIC, no background fetches, no
-		// component or sync traffic.
-		chromedp.Flag("disable-quic", true),
+		chromedp.DisableGPU,
 		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.WindowSize(o.Width, o.Height),
+		chromedp.Flag("disable-quic", true),
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-default-apps", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-features", "Translate,OptimizationHints,MediaRouter,AutofillServerCommunication"),
+		chromedp.Flag("metrics-recording-only", true),
+		chromedp.Flag("safebrowsing-disable-auto-update", true),
+		chromedp.Flag("password-store", "basic"),
+		chromedp.Flag("use-mock-keychain", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.Flag("force-color-profile", "srgb"),
 	}
-	ctx, cancelTimeout := context.WithTimeout(context.Background(), budget)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
-	tabCtx, cancelTab := chromedp.NewContext(allocCtx)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
+	ctx, cancelTimeout := context.WithTimeout(ctx, o.Timeout)
 	t.Cleanup(func() {
-		cancelTab()
-		cancelAlloc() // kills the browser and waits for it
 		cancelTimeout()
+		cancelTab()
+		cancelAlloc() // waits for the browser process to exit
 	})
-	if err := chromedp.Do(tabCtx); err != nil { // starts the browser
-		t.Fatalf("starting %s: %v", Path, err)
+	// Start the browser now, so a broken install fails here with its cause.
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting chromium (%s): %v", path, err)
 	}
-	return tabCtx
+	return ctx
 }
 
-// Screenshot writes a PNG of the whole current page to path, relative to
-// the directory named by KEYGATE_SCREENSHOTS (what `make screenshots`
-// sets); without that variable it does nothing, so tests can take their
-// screenshots unconditionally.
+// Do runs steps in the test's browser and fails the test on error.
+func Do(t testing.TB, ctx context.Context, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+}
+
+// Get runs one action that answers a value (Text, Value, Location, …) and
+// fails the test on error.
+func Get[T any](t testing.TB, ctx context.Context, a chromedp.Action[T]) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	return v
+}
+
+// Screenshot writes a PNG of the whole page to path (its directory is
+// created).
 func Screenshot(t testing.TB, ctx context.Context, path string) {
 	t.Helper()
-	dir := os.Getenv("KEYGATE_SCREENSHOTS")
-	if dir == "" {
-		return
-	}
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG, not JPEG
-	if err != nil {
-		t.Fatalf("screenshot %s: %v", path, err)
-	}
-	out := filepath.Join(dir, path)
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+	png := Get(t, ctx, chromedp.FullScreenshot(100))
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(out, png, 0o644); err != nil {
-		t.Fatalf("screenshot %s: %v", path, err)
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Shot is Screenshot into the directory KEYGATE_SCREENSHOTS names (what
+// `make screenshots` sets), under name; without that variable it does
+// nothing, so tests can take the docs' screenshots unconditionally.
+func Shot(t testing.TB, ctx context.Context, name string) {
+	t.Helper()
+	if dir := os.Getenv("KEYGATE_SCREENSHOTS"); dir != "" {
+		Screenshot(t, ctx, filepath.Join(dir, name))
 	}
 }

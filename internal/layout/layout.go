@@ -53,6 +53,7 @@ var Layers = []Layer{
 	// no front.
 	{Name: "admin client", Packages: []string{"admincli"}, May: []string{"domain", "standalone"}},
 	{Name: "front portal", Packages: []string{"portal"}, May: frontMay},
+	{Name: "front console", Packages: []string{"console"}, May: frontMay},
 	{Name: "wiring", Packages: []string{"sidecar"}, May: []string{"*"}},
 	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/layout", "internal/browsertest"}, May: []string{"*"}},
 	{Name: "command", Packages: []string{"cmd/keygate"}, May: []string{"*"}},

@@ -40,7 +40,12 @@ type Store struct {
 	keys      map[string]keys.Key          // uid → key
 	byHash    map[keys.SecretHash]string   // secret hash → uid
 	byName    map[string]map[string]string // org id → name → uid
-	watchers  map[*watcher]struct{}
+	// orgIDs are the organization ids in order and orgTerms the
+	// keys.SearchCursor of every search term of every organization, in
+	// order: FindOrgs reads a page from a binary search on.
+	orgIDs   []string
+	orgTerms []string
+	watchers map[*watcher]struct{}
 }
 
 // watcher is one running Watch. Revocations are queued on ch without ever
@@ -155,7 +160,28 @@ func (s *Store) CreateOrg(_ context.Context, o keys.Org) error {
 		s.usernames[o.Username] = o.ID
 	}
 	s.orgs[o.ID] = copyOrg(o)
+	s.orgIDs = insertSorted(s.orgIDs, o.ID)
+	for _, t := range o.SearchTerms() {
+		s.orgTerms = insertSorted(s.orgTerms, keys.SearchCursor(t, o.ID))
+	}
 	return nil
+}
+
+// insertSorted adds v to the sorted list (unless it is there).
+func insertSorted(list []string, v string) []string {
+	i, found := slices.BinarySearch(list, v)
+	if found {
+		return list
+	}
+	return slices.Insert(list, i, v)
+}
+
+// removeSorted removes v from the sorted list (if it is there).
+func removeSorted(list []string, v string) []string {
+	if i, found := slices.BinarySearch(list, v); found {
+		return slices.Delete(list, i, i+1)
+	}
+	return list
 }
 
 // Org returns the organization with the given id.
@@ -183,6 +209,58 @@ func (s *Store) OrgByUsername(_ context.Context, username string) (keys.Org, err
 // Orgs lists every organization ordered by id.
 func (s *Store) Orgs(context.Context) ([]keys.Org, error) {
 	return s.listOrgs(func(keys.Org) bool { return true }), nil
+}
+
+// FindOrgs returns one page of organizations (see keys.Store): a binary
+// search in the sorted ids or search terms, then the page; an organization
+// found by several terms is listed under its first (keys.Org.SearchTerm).
+func (s *Store) FindOrgs(_ context.Context, q keys.OrgQuery) (keys.OrgPage, error) {
+	q, err := q.Normalize()
+	if err != nil {
+		return keys.OrgPage{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var page keys.OrgPage
+	if q.Search == "" {
+		i, found := slices.BinarySearch(s.orgIDs, q.After)
+		if found {
+			i++
+		}
+		for _, id := range s.orgIDs[i:] {
+			if len(page.Orgs) == q.Limit {
+				page.Next = page.Orgs[len(page.Orgs)-1].ID
+				break
+			}
+			page.Orgs = append(page.Orgs, copyOrg(s.orgs[id]))
+		}
+		return page, nil
+	}
+	from := q.Search
+	if q.After != "" {
+		from = q.After
+	}
+	i, found := slices.BinarySearch(s.orgTerms, from)
+	if found && q.After != "" {
+		i++
+	}
+	var last string
+	for _, c := range s.orgTerms[i:] {
+		if !strings.HasPrefix(c, q.Search) {
+			break
+		}
+		term, id, _ := keys.SplitSearchCursor(c)
+		o := s.orgs[id]
+		if t, _ := o.SearchTerm(q.Search); t != term {
+			continue // listed under another of its terms
+		}
+		if len(page.Orgs) == q.Limit {
+			page.Next = last
+			break
+		}
+		page.Orgs, last = append(page.Orgs, copyOrg(o)), c
+	}
+	return page, nil
 }
 
 // SubOrgs lists the organizations created by partner, ordered by id.
@@ -223,6 +301,12 @@ func (s *Store) UpdateOrg(_ context.Context, o *keys.Org) error {
 	}
 	o.Revision++
 	s.orgs[o.ID] = copyOrg(*o)
+	for _, t := range old.SearchTerms() {
+		s.orgTerms = removeSorted(s.orgTerms, keys.SearchCursor(t, o.ID))
+	}
+	for _, t := range o.SearchTerms() {
+		s.orgTerms = insertSorted(s.orgTerms, keys.SearchCursor(t, o.ID))
+	}
 	s.publish(keys.Revocation{OrgID: o.ID})
 	return nil
 }

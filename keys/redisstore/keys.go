@@ -49,6 +49,15 @@ func planField(id int64) string { return strconv.FormatInt(id, 10) }
 // that ZRANGE returns them in byte order.
 func orgsKey() string { return prefix + "orgs" }
 
+// orgTermsKey is the sorted set of keys.SearchCursor(term, id) for every
+// search term of every organization (keys.Org.SearchTerms), all with score
+// 0: a prefix search is one ZRANGEBYLEX.
+func orgTermsKey() string { return prefix + "orgterms" }
+
+// orgTermsBuiltKey marks that orgTermsKey also holds the organizations
+// created before it existed (see indexOldOrgs).
+func orgTermsBuiltKey() string { return prefix + "orgterms:built" }
+
 // usernamesKey is the hash username → organization id.
 func usernamesKey() string { return prefix + "usernames" }
 

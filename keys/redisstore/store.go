@@ -43,6 +43,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,6 +60,8 @@ type Store struct {
 	rdb         redis.UniversalClient
 	now         func() time.Time
 	healthCheck time.Duration
+	// termsBuilt: indexOldOrgs found the search index complete.
+	termsBuilt atomic.Bool
 }
 
 // Option configures a Store.
@@ -234,6 +237,7 @@ func (s *Store) CreateOrg(ctx context.Context, o keys.Org) error {
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZAdd(ctx, orgsKey(), redis.Z{Score: 0, Member: o.ID})
+		p.ZAdd(ctx, orgTermsKey(), termMembers(o.ID, o.SearchTerms())...)
 		if o.PartnerID != "" {
 			p.SAdd(ctx, subOrgsKey(o.PartnerID), o.ID)
 		}
@@ -292,6 +296,143 @@ func (s *Store) SubOrgs(ctx context.Context, partnerID string) ([]keys.Org, erro
 		return nil, fail("listing sub-organizations", err)
 	}
 	return s.orgsByID(ctx, ids, func(o keys.Org) bool { return o.PartnerID == partnerID })
+}
+
+// termMembers are the orgTermsKey members of an organization's terms.
+func termMembers(id string, terms []string) []redis.Z {
+	out := make([]redis.Z, len(terms))
+	for i, t := range terms {
+		out[i] = redis.Z{Score: 0, Member: keys.SearchCursor(t, id)}
+	}
+	return out
+}
+
+// FindOrgs returns one page of organizations (see keys.Store). Without a
+// search it is one ZRANGEBYLEX on the id index (O(log n + page)) and one
+// pipelined GET per organization of the page. A search reads the term
+// index from the prefix on (O(log m + batch), m ≈ 4 terms per
+// organization) and the records of the hits in pipelines, until the page
+// is full: an organization found by several terms costs a record read per
+// term, and the first search after an upgrade indexes the organizations an
+// earlier version created (indexOldOrgs), once.
+func (s *Store) FindOrgs(ctx context.Context, q keys.OrgQuery) (keys.OrgPage, error) {
+	q, err := q.Normalize()
+	if err != nil {
+		return keys.OrgPage{}, err
+	}
+	if q.Search == "" {
+		from := "-"
+		if q.After != "" {
+			from = "(" + q.After
+		}
+		ids, err := s.rdb.ZRangeByLex(ctx, orgsKey(), &redis.ZRangeBy{Min: from, Max: "+", Count: int64(q.Limit + 1)}).Result()
+		if err != nil {
+			return keys.OrgPage{}, fail("listing organizations", err)
+		}
+		var page keys.OrgPage
+		if len(ids) > q.Limit {
+			ids = ids[:q.Limit]
+			page.Next = ids[len(ids)-1]
+		}
+		page.Orgs, err = s.orgsByID(ctx, ids, func(keys.Org) bool { return true })
+		return page, err
+	}
+	if err := s.indexOldOrgs(ctx); err != nil {
+		return keys.OrgPage{}, err
+	}
+	from, to := "["+q.Search, "["+q.Search+"\xff" // no UTF-8 byte is 0xff
+	if q.After != "" {
+		from = "(" + q.After
+	}
+	batch := min(2*q.Limit+2, 1000)
+	var page keys.OrgPage
+	var last string // the cursor of the page's last organization
+	for {
+		members, err := s.rdb.ZRangeByLex(ctx, orgTermsKey(), &redis.ZRangeBy{Min: from, Max: to, Count: int64(batch)}).Result()
+		if err != nil {
+			return keys.OrgPage{}, fail("searching organizations", err)
+		}
+		ids := make([]string, 0, len(members))
+		for _, m := range members {
+			if _, id, ok := keys.SplitSearchCursor(m); ok && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		recs, err := s.orgRecords(ctx, ids)
+		if err != nil {
+			return keys.OrgPage{}, err
+		}
+		for _, m := range members {
+			term, id, _ := keys.SplitSearchCursor(m)
+			o, ok := recs[id]
+			if t, found := o.SearchTerm(q.Search); !ok || !found || t != term {
+				continue // stale entry, or the organization is listed under another term
+			}
+			if len(page.Orgs) == q.Limit {
+				page.Next = last
+				return page, nil
+			}
+			page.Orgs, last = append(page.Orgs, o), m
+		}
+		if len(members) < batch {
+			return page, nil
+		}
+		from = "(" + members[len(members)-1]
+	}
+}
+
+// indexOldOrgs adds the search terms of every organization to orgTermsKey
+// unless orgTermsBuiltKey says it was done: organizations created by a
+// version before the term index have none. It reads every organization,
+// once per store (and once per process to learn that it was done).
+func (s *Store) indexOldOrgs(ctx context.Context) error {
+	if s.termsBuilt.Load() {
+		return nil
+	}
+	n, err := s.rdb.Exists(ctx, orgTermsBuiltKey()).Result()
+	if err != nil {
+		return fail("reading the search index marker", err)
+	}
+	if n == 0 {
+		ids, err := s.rdb.ZRange(ctx, orgsKey(), 0, -1).Result()
+		if err != nil {
+			return fail("listing organizations", err)
+		}
+		for chunk := range slices.Chunk(ids, 500) {
+			recs, err := s.orgRecords(ctx, chunk)
+			if err != nil {
+				return err
+			}
+			var members []redis.Z
+			for _, o := range recs {
+				members = append(members, termMembers(o.ID, o.SearchTerms())...)
+			}
+			if len(members) > 0 {
+				if err := s.rdb.ZAdd(ctx, orgTermsKey(), members...).Err(); err != nil {
+					return fail("indexing organizations", err)
+				}
+			}
+		}
+		if err := s.rdb.Set(ctx, orgTermsBuiltKey(), "1", 0).Err(); err != nil {
+			return fail("writing the search index marker", err)
+		}
+	}
+	s.termsBuilt.Store(true)
+	return nil
+}
+
+// orgRecords reads the records of ids in one pipeline; missing ones are
+// left out.
+func (s *Store) orgRecords(ctx context.Context, ids []string) (map[string]keys.Org, error) {
+	os, err := s.orgsByID(ctx, ids, func(keys.Org) bool { return true })
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]keys.Org, len(os))
+	for _, o := range os {
+		out[o.ID] = o
+	}
+	return out, nil
 }
 
 // orgsByID reads the records of ids in one pipeline, skipping those that are
@@ -381,13 +522,26 @@ func (s *Store) UpdateOrg(ctx context.Context, o *keys.Org) error {
 		return fail("updating organization", err)
 	}
 	o.Revision = next.Revision
-	if o.PartnerID != old.PartnerID {
+	oldTerms, newTerms := old.SearchTerms(), o.SearchTerms()
+	if o.PartnerID != old.PartnerID || !slices.Equal(oldTerms, newTerms) {
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			if old.PartnerID != "" {
+			if old.PartnerID != o.PartnerID && old.PartnerID != "" {
 				p.SRem(ctx, subOrgsKey(old.PartnerID), o.ID)
 			}
-			if o.PartnerID != "" {
+			if old.PartnerID != o.PartnerID && o.PartnerID != "" {
 				p.SAdd(ctx, subOrgsKey(o.PartnerID), o.ID)
+			}
+			// New terms first, stale ones after; FindOrgs checks every hit
+			// against the record, so a stale entry never lists it twice.
+			p.ZAdd(ctx, orgTermsKey(), termMembers(o.ID, newTerms)...)
+			var stale []any
+			for _, t := range oldTerms {
+				if !slices.Contains(newTerms, t) {
+					stale = append(stale, keys.SearchCursor(t, o.ID))
+				}
+			}
+			if len(stale) > 0 {
+				p.ZRem(ctx, orgTermsKey(), stale...)
 			}
 			return nil
 		})

@@ -169,3 +169,34 @@ func TestUpgradeFromV1(t *testing.T) {
 		t.Errorf("old revocation decodes as %+v, %v", r, err)
 	}
 }
+
+// TestSearchFindsOrgsOfEarlierVersion: organizations written before the
+// search index existed are found by a search after the upgrade (the first
+// search indexes them), alongside ones created since.
+func TestSearchFindsOrgsOfEarlierVersion(t *testing.T) {
+	ctx := ctxFor(t, 30*time.Second)
+	sealer, err := keys.NewSealer([]byte("0123456789abcdef0123456789abcdef"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redistest.Client(t)
+	writeV1(t, ctx, rdb, sealer)
+	s := redisstore.New(rdb)
+	if err := s.CreateOrg(ctx, keys.Org{ID: "org2", Name: "Org Two", Email: "two@example.com", PlanID: 1, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	for search, want := range map[string][]string{"org": {"org", "org2"}, "o@example": {"org"}, "example.com": {"org", "org2"}} {
+		page, err := s.FindOrgs(ctx, keys.OrgQuery{Search: search, Limit: 10})
+		var got []string
+		for _, o := range page.Orgs {
+			got = append(got, o.ID)
+		}
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("FindOrgs(%q) = %v, %v; want %v", search, got, err, want)
+		}
+	}
+	// A second store (another sidecar) finds the marker and indexes nothing again.
+	if n, err := rdb.Exists(ctx, "kg:orgterms:built").Result(); err != nil || n != 1 {
+		t.Errorf("index marker: %d, %v", n, err)
+	}
+}

@@ -29,6 +29,7 @@ func Run(t *testing.T, newStore func(t *testing.T, now func() time.Time) keys.St
 	}{
 		{"Plans", testPlans},
 		{"Orgs", testOrgs},
+		{"FindOrgs", testFindOrgs},
 		{"UpdateOrg", testUpdateOrg},
 		{"ConcurrentUpdateOrg", testConcurrentUpdateOrg},
 		{"InvalidInput", testInvalidInput},
