@@ -15,13 +15,13 @@ build:
 # redis-server processes and a local Redis Cluster; a real Prometheus and
 # promtool check the metrics and rules), the deploy checks (dashboard,
 # manifests, kustomize, Dockerfile lint), and the end-to-end test against a
-# real kube-apiserver. It installs redis-server, prometheus and etcd-server
-# with apt-get when they are missing.
+# real kube-apiserver. It installs redis-server, prometheus, etcd-server and
+# nginx (the authorization recipe's test) with apt-get when they are missing.
 test:
 	./scripts/test.sh
 
 unit:
-	KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require $(GO) test -race -count=1 -p 1 ./...
+	KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require KEYGATE_TEST_NGINX=require $(GO) test -race -count=1 -p 1 ./...
 
 deploy-test:
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
