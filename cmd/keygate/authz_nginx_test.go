@@ -133,6 +133,19 @@ func TestNginxAuthRequest(t *testing.T) {
 		t.Errorf("usage %d after the refusal, want 3", n)
 	}
 
+	// The checks are counted and logged as the authz_http front's, with the
+	// client's method and path.
+	m := g.scrapeMetrics()
+	for _, series := range []string{
+		`keygate_requests_total{front="authz_http",org="` + org + `",outcome="admitted",status_class="2xx"} 3`,
+		`keygate_requests_total{front="authz_http",org="` + org + `",outcome="quota_exceeded",status_class="4xx"} 1`,
+		`keygate_requests_total{front="authz_http",org="none",outcome="no_credential",status_class="4xx"} 1`,
+	} {
+		if !strings.Contains(m, series+"\n") {
+			t.Errorf("metrics lack %s", series)
+		}
+	}
+
 	// A rate limit's 429.
 	g.admin("POST", "/admin/v1/plans", map[string]any{"id": 2, "name": "big", "price": "0.00", "period": "month", "max_api_requests": 1000}, 201, nil)
 	limited := g.createOrg(map[string]any{"name": "Limited", "plan_id": 2, "rate_limit": map[string]any{"requests": 1, "per": "1h"}})
@@ -156,5 +169,19 @@ func TestNginxAuthRequest(t *testing.T) {
 	h, body = get("GET", "/v1/things", apiKey(lk.AccessSecret), 503, false)
 	if h.Get("Retry-After") != "1" || !strings.Contains(body, "Authorization service unavailable") {
 		t.Errorf("keygate gone: Retry-After %q, body %s", h.Get("Retry-After"), body)
+	}
+	// Stopped, keygate has flushed its access log.
+	var sawDelete bool
+	for _, line := range strings.Split(g.logs.String(), "\n") {
+		if strings.Contains(line, `"logger":"access"`) && strings.Contains(line, `"front":"authz_http"`) &&
+			strings.Contains(line, `"method":"DELETE"`) && strings.Contains(line, `"path":"/v1/things/1"`) && strings.Contains(line, `"status":403`) {
+			sawDelete = true
+		}
+		if strings.Contains(line, "page=2") {
+			t.Errorf("the access log has a query: %s", line)
+		}
+	}
+	if !sawDelete {
+		t.Errorf("no access log line for the refused DELETE through nginx:\n%s", g.logs)
 	}
 }
