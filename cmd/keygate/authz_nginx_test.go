@@ -146,6 +146,19 @@ func TestNginxAuthRequest(t *testing.T) {
 		}
 	}
 
+	// Without KEYGATE_UPSTREAM_URL the data listener serves the self-served
+	// routes, and refuses the rest without deciding or counting.
+	if status, _, body := call(t, "GET", "http://"+g.l.Data+"/api/v1/account", apiKey(good), ""); status != 200 {
+		t.Errorf("self-served route without an upstream: %d %s", status, body)
+	}
+	if status, _, body := call(t, "GET", "http://"+g.l.Data+"/v1/things", apiKey(good), ""); status != 404 ||
+		!strings.Contains(string(body), "No data path") {
+		t.Errorf("data path without an upstream: %d %s", status, body)
+	}
+	if n := usage(); n != 3 {
+		t.Errorf("usage %d after the data listener's answers, want 3", n)
+	}
+
 	// A rate limit's 429.
 	g.admin("POST", "/admin/v1/plans", map[string]any{"id": 2, "name": "big", "price": "0.00", "period": "month", "max_api_requests": 1000}, 201, nil)
 	limited := g.createOrg(map[string]any{"name": "Limited", "plan_id": 2, "rate_limit": map[string]any{"requests": 1, "per": "1h"}})
