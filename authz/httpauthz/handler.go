@@ -74,6 +74,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	listener.Finish(h.access, h.opt.Metrics, metrics.FrontAuthzHTTP, method, path, sw, h.opt.Now().Sub(now))
 }
 
+// Header values of every admitted answer, shared: net/http only reads them.
+var (
+	noStore    = []string{"no-store"}
+	zeroLength = []string{"0"}
+)
+
 // decide runs the decision for o and, when it admits, answers 200.
 func (h *Handler) decide(w *listener.Writer, r *http.Request, o *Original, now time.Time) error {
 	req := gate.Request{
@@ -95,8 +101,8 @@ func (h *Handler) decide(w *listener.Writer, r *http.Request, o *Original, now t
 	hdr := w.Header()
 	gate.SetIdentity(hdr, &v.Principal)
 	v.SetHeaders(hdr, now)
-	hdr["Cache-Control"] = []string{"no-store"}
-	hdr["Content-Length"] = []string{"0"}
+	hdr["Cache-Control"] = noStore
+	hdr["Content-Length"] = zeroLength
 	w.WriteHeader(http.StatusOK)
 	return nil
 }

@@ -73,12 +73,9 @@ func ParseOriginal(r *http.Request, rejectNonCanonical bool) (Original, error) {
 		decoded, escaped = r.URL.Path, r.URL.EscapedPath()
 		o.RawPath, o.RawQuery = gate.RequestPath(r), r.URL.RawQuery
 	} else {
-		u, raw, err := parseTarget(target)
-		if err != nil {
+		if decoded, escaped, o.RawPath, o.RawQuery, err = parseTarget(target); err != nil {
 			return o, err
 		}
-		decoded, escaped = u.Path, u.EscapedPath()
-		o.RawPath, o.RawQuery = raw, u.RawQuery
 	}
 	d, _, changed, err := guard.CanonicalPath(decoded, escaped)
 	if err != nil || changed && rejectNonCanonical {
@@ -131,40 +128,44 @@ func isTokenByte(c byte) bool {
 
 // parseTarget parses a request target as net/http parses a request line's:
 // origin form "/path?query" or absolute form "http(s)://host/path?query".
-// It returns the URL and the path as sent (signatures cover it; for the
-// absolute form, as on the data path, its escaped path).
-func parseTarget(t string) (*url.URL, string, error) {
+// It returns the decoded and escaped path, the path as sent (signatures
+// cover it; for the absolute form, as on the data path, its escaped path)
+// and the query.
+func parseTarget(t string) (decoded, escaped, raw, query string, err error) {
 	if t == "" || len(t) > MaxURI {
-		return nil, "", gate.BadRequest("Original request target is empty or longer than %d bytes", MaxURI)
+		return "", "", "", "", gate.BadRequest("Original request target is empty or longer than %d bytes", MaxURI)
 	}
 	for i := 0; i < len(t); i++ {
 		if c := t[i]; c <= ' ' || c >= 0x7f {
-			return nil, "", gate.BadRequest("Original request target has a byte outside printable ASCII")
+			return "", "", "", "", gate.BadRequest("Original request target has a byte outside printable ASCII")
 		}
 	}
 	switch {
 	case t[0] == '/':
+		if raw, query, _ := strings.Cut(t, "?"); strings.IndexByte(raw, '%') < 0 && strings.IndexByte(raw, '#') < 0 {
+			// Nothing to decode: the path as sent is the path, as
+			// url.ParseRequestURI would give it, without its allocation.
+			return raw, raw, raw, query, nil
+		}
 	case hasPrefixFold(t, "http://"), hasPrefixFold(t, "https://"):
 	default:
 		// "*" (OPTIONS *) and the like: no path to decide on, as on the
 		// data path.
-		return nil, "", gate.ErrNonCanonicalPath
+		return "", "", "", "", gate.ErrNonCanonicalPath
 	}
 	u, err := url.ParseRequestURI(t)
-	if err != nil {
-		return nil, "", gate.BadRequest("Original request target does not parse")
+	if err != nil || t[0] != '/' && u.Host == "" {
+		return "", "", "", "", gate.BadRequest("Original request target does not parse")
 	}
 	if t[0] == '/' {
-		raw, _, _ := strings.Cut(t, "?")
-		return u, raw, nil
+		raw, _, _ = strings.Cut(t, "?")
+	} else {
+		if u.Path == "" {
+			u.Path = "/"
+		}
+		raw = u.EscapedPath()
 	}
-	if u.Host == "" {
-		return nil, "", gate.BadRequest("Original request target does not parse")
-	}
-	if u.Path == "" {
-		u.Path = "/"
-	}
-	return u, u.EscapedPath(), nil
+	return u.Path, u.EscapedPath(), raw, u.RawQuery, nil
 }
 
 func hasPrefixFold(s, prefix string) bool {
