@@ -1,8 +1,10 @@
 package httpauthz_test
 
 import (
+	"cmp"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/keygate/keygate/authz/httpauthz"
 	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 )
 
 // FuzzParseOriginal: whatever a client or a proxy puts in the four headers,
@@ -50,6 +53,17 @@ func FuzzParseOriginal(f *testing.F) {
 		}
 		if fu == "" && ou == "" && (p != "/own" || o.RawQuery != "x") {
 			t.Fatalf("own path %q?%q", p, o.RawQuery)
+		}
+		// The same decision path as net/http's parse of that target, which
+		// the data listener decides on.
+		if target := cmp.Or(fu, ou); strings.HasPrefix(target, "/") {
+			u, err := url.ParseRequestURI(target)
+			if err != nil {
+				t.Fatalf("%q: accepted, but net/url refuses it: %v", target, err)
+			}
+			if d, _, _, _ := guard.CanonicalPath(u.Path, u.EscapedPath()); d != o.Path || u.RawQuery != o.RawQuery {
+				t.Fatalf("%q: path %q query %q, net/url gives %q %q", target, o.Path, o.RawQuery, d, u.RawQuery)
+			}
 		}
 		if len(o.RawPath) > httpauthz.MaxURI*3 || len(o.RawQuery) > httpauthz.MaxURI {
 			t.Fatalf("unbounded: %d %d", len(o.RawPath), len(o.RawQuery))
