@@ -15,13 +15,13 @@ build:
 # redis-server processes and a local Redis Cluster; a real Prometheus and
 # promtool check the metrics and rules), the deploy checks (dashboard,
 # manifests, kustomize, Dockerfile lint), and the end-to-end test against a
-# real kube-apiserver. It installs redis-server, prometheus and etcd-server
-# with apt-get when they are missing.
+# real kube-apiserver. It installs redis-server, prometheus, etcd-server and
+# nginx (the authorization recipe's test) with apt-get when they are missing.
 test:
 	./scripts/test.sh
 
 unit:
-	KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require KEYGATE_TEST_BROWSER=require $(GO) test -race -count=1 -p 1 ./...
+	KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require KEYGATE_TEST_BROWSER=require KEYGATE_TEST_NGINX=require $(GO) test -race -count=1 -p 1 ./...
 
 deploy-test:
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
@@ -43,7 +43,7 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 bench:
-	KEYGATE_TEST_REDIS=require $(GO) test -run='^$$' -bench=. -benchmem -benchtime=2s ./quota/... ./proxy/...
+	KEYGATE_TEST_REDIS=require $(GO) test -run='^$$' -bench=. -benchmem -benchtime=2s ./quota/... ./proxy/... ./authz/...
 	$(GO) run ./cmd/loadtest
 
 # Runs every fuzz target of the module for FUZZTIME each, one at a time (go

@@ -103,8 +103,11 @@ type Options struct {
 	// default). Paths that cannot be made canonical (a NUL, a backslash,
 	// an encoded slash) are refused either way.
 	RejectNonCanonical bool
-	Log                *zap.Logger
-	Metrics            *metrics.Metrics
+	// Front labels the listener's requests in the metrics and the access
+	// log (default metrics.FrontProxy).
+	Front   string
+	Log     *zap.Logger
+	Metrics *metrics.Metrics
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -134,6 +137,9 @@ func New(o Options) *Listener {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Front == "" {
+		o.Front = metrics.FrontProxy
 	}
 	return &Listener{opt: o, access: o.Log.Named("access")}
 }
@@ -165,7 +171,7 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		l.opt.Data.Serve(sw, r)
 	}
-	Finish(l.access, l.opt.Metrics, r, sw, l.opt.Now().Sub(start))
+	Finish(l.access, l.opt.Metrics, l.opt.Front, r.Method, r.URL.Path, sw, l.opt.Now().Sub(start))
 }
 
 // canonicalise rewrites r's path to its canonical form (guard.CanonicalPath),
@@ -199,27 +205,29 @@ func (l *Listener) serveSelf(route Handler, w *Writer, r *http.Request) {
 }
 
 // Finish writes the access log line and the request metrics of a request
-// that took d.
-func Finish(access *zap.Logger, m *metrics.Metrics, r *http.Request, w *Writer, d time.Duration) {
+// to front (metrics.Front*) that took d. method and path are the request's
+// as decided: an authorization front passes the original request's.
+func Finish(access *zap.Logger, m *metrics.Metrics, front, method, path string, w *Writer, d time.Duration) {
 	status := w.Status
 	if status == 0 {
 		status = http.StatusOK
 	}
-	m.Request(w.Org, w.Outcome, status, d)
+	m.Request(front, w.Org, w.Outcome, status, d)
 	if w.WouldLimit != "" {
 		m.WouldLimit(w.WouldLimit)
 	}
 	if ce := access.Check(zap.InfoLevel, "request"); ce != nil {
-		fields := [8]zap.Field{
-			zap.String("method", r.Method),
-			zap.String("path", r.URL.Path), // never the query: it may carry credentials
+		fields := [9]zap.Field{
+			zap.String("front", front),
+			zap.String("method", method),
+			zap.String("path", path), // never the query: it may carry credentials
 			zap.Int("status", status),
 			zap.Duration("duration", d),
 			zap.String("org_id", w.Org),
 			zap.String("key_uid", w.Key),
 			zap.String("outcome", w.Outcome),
 		}
-		n := 7
+		n := 8
 		if w.WouldLimit != "" {
 			fields[n] = zap.String("would_limit", w.WouldLimit)
 			n++

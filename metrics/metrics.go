@@ -55,6 +55,20 @@ var Outcomes = []string{
 	OutcomeBadRequest, OutcomeInternal, OutcomeClientClosed, OutcomeRateLimited,
 }
 
+// Fronts: the values of the front label of keygate_requests_total and of
+// the access log's front field, one per surface that decides requests.
+const (
+	// FrontProxy is the data listener: the proxy and the self-served routes.
+	FrontProxy = "proxy"
+	// FrontAuthzHTTP is the HTTP authorization endpoint (KEYGATE_AUTHZ_ADDR).
+	FrontAuthzHTTP = "authz_http"
+	// FrontAuthzGRPC is Envoy's ext_authz over gRPC (KEYGATE_AUTHZ_GRPC_ADDR).
+	FrontAuthzGRPC = "authz_grpc"
+)
+
+// Fronts lists every value of the front label.
+var Fronts = []string{FrontProxy, FrontAuthzHTTP, FrontAuthzGRPC}
+
 // meterRequests is the meter name of the request quota in the usage gauges.
 const meterRequests = "requests"
 
@@ -101,8 +115,8 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keygate_requests_total",
-			Help: "Requests handled, by organization, outcome and status class.",
-		}, []string{"org", "outcome", "status_class"}),
+			Help: "Requests handled, by front, organization, outcome and status class.",
+		}, []string{"front", "org", "outcome", "status_class"}),
 		requestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "keygate_request_duration_seconds",
 			Help:    "Time from receiving a request to the end of its response, upstream included.",
@@ -269,12 +283,12 @@ func statusClass(status int) string {
 	}
 }
 
-// Request counts a finished request and its duration.
-func (m *Metrics) Request(org, outcome string, status int, d time.Duration) {
+// Request counts a finished request of a front (Front*) and its duration.
+func (m *Metrics) Request(front, org, outcome string, status int, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(m.orgs.label(org), outcome, statusClass(status)).Inc()
+	m.requests.WithLabelValues(front, m.orgs.label(org), outcome, statusClass(status)).Inc()
 	m.requestDuration.Observe(d.Seconds())
 }
 

@@ -99,7 +99,7 @@ func TestOutcomesMatchIssue(t *testing.T) {
 // TestNilMetrics: a nil *Metrics records nothing and does not panic.
 func TestNilMetrics(t *testing.T) {
 	var m *Metrics
-	m.Request("o", OutcomeAdmitted, 200, 0)
+	m.Request(FrontProxy, "o", OutcomeAdmitted, 200, 0)
 	m.Upstream(0)
 	m.Store("charge", 0, true)
 	m.Quota("o", "month", 1, 2)

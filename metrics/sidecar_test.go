@@ -63,12 +63,12 @@ func TestMetricsGolden(t *testing.T) {
 	e.Book.Flush(context.Background())
 
 	golden := `
-# HELP keygate_requests_total Requests handled, by organization, outcome and status class.
+# HELP keygate_requests_total Requests handled, by front, organization, outcome and status class.
 # TYPE keygate_requests_total counter
-keygate_requests_total{org="0f3b8f0e-1111-4c6e-9a53-000000000001",outcome="admitted",status_class="2xx"} 3
-keygate_requests_total{org="0f3b8f0e-1111-4c6e-9a53-000000000001",outcome="quota_exceeded",status_class="4xx"} 1
-keygate_requests_total{org="none",outcome="invalid_credential",status_class="4xx"} 1
-keygate_requests_total{org="none",outcome="no_credential",status_class="4xx"} 1
+keygate_requests_total{front="proxy",org="0f3b8f0e-1111-4c6e-9a53-000000000001",outcome="admitted",status_class="2xx"} 3
+keygate_requests_total{front="proxy",org="0f3b8f0e-1111-4c6e-9a53-000000000001",outcome="quota_exceeded",status_class="4xx"} 1
+keygate_requests_total{front="proxy",org="none",outcome="invalid_credential",status_class="4xx"} 1
+keygate_requests_total{front="proxy",org="none",outcome="no_credential",status_class="4xx"} 1
 # HELP keygate_quota_usage Usage of a meter by an organization in the current window of its period, as last seen by this sidecar.
 # TYPE keygate_quota_usage gauge
 keygate_quota_usage{meter="egress",org="0f3b8f0e-1111-4c6e-9a53-000000000001",period="month"} 9
@@ -134,10 +134,10 @@ func TestOrgLabelCap(t *testing.T) {
 		}
 	}
 	golden := `
-# HELP keygate_requests_total Requests handled, by organization, outcome and status class.
+# HELP keygate_requests_total Requests handled, by front, organization, outcome and status class.
 # TYPE keygate_requests_total counter
-keygate_requests_total{org="0f3b8f0e-1111-4c6e-9a53-000000000001",outcome="admitted",status_class="2xx"} 1
-keygate_requests_total{org="other",outcome="admitted",status_class="2xx"} 2
+keygate_requests_total{front="proxy",org="0f3b8f0e-1111-4c6e-9a53-000000000001",outcome="admitted",status_class="2xx"} 1
+keygate_requests_total{front="proxy",org="other",outcome="admitted",status_class="2xx"} 2
 # HELP keygate_quota_usage_ratio Share of the organization's request quota used in the current window (0 to 1).
 # TYPE keygate_quota_usage_ratio gauge
 keygate_quota_usage_ratio{org="0f3b8f0e-1111-4c6e-9a53-000000000001"} 0.01

@@ -41,11 +41,14 @@ func TestDocumentValidates(t *testing.T) {
 	listeners := map[string]int{}
 	for path, item := range doc.Paths.Map() {
 		l, _ := item.Extensions["x-keygate-listener"].(string)
-		if l != "admin" && l != "data" {
-			t.Errorf("%s: x-keygate-listener = %q, want admin or data", path, l)
+		if l != "admin" && l != "data" && l != "authz" {
+			t.Errorf("%s: x-keygate-listener = %q, want admin, data or authz", path, l)
 		}
 		if l == "admin" && (len(item.Servers) != 1 || !strings.Contains(item.Servers[0].Description, "admin listener")) {
 			t.Errorf("%s: on the admin listener, but its servers do not say so", path)
+		}
+		if l == "authz" && (len(item.Servers) != 1 || !strings.Contains(item.Servers[0].Description, "authorization listener")) {
+			t.Errorf("%s: on the authorization listener, but its servers do not say so", path)
 		}
 		for method, op := range item.Operations() {
 			listeners[l]++
@@ -62,8 +65,9 @@ func TestDocumentValidates(t *testing.T) {
 	}
 	// routes.go's data-listener table and the operator API (plus this
 	// document); the end-to-end route test checks them against the code.
-	if listeners["data"] != 16 || listeners["admin"] != 15 {
-		t.Errorf("operations per listener %v, want data 16, admin 15", listeners)
+	// The authorization listener has one operation, on every path.
+	if listeners["data"] != 16 || listeners["admin"] != 15 || listeners["authz"] != 1 {
+		t.Errorf("operations per listener %v, want data 16, admin 15, authz 1", listeners)
 	}
 }
 

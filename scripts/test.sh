@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole keygate test suite, as CI runs it. On a fresh Debian machine with
 # Go it first installs what the tests need (redis-server, prometheus for
-# promtool, etcd-server, chromium for the browser tests) with apt-get, as
+# promtool, etcd-server, nginx, chromium for the browser tests) with apt-get, as
 # root or through sudo.
 #
 #   ./scripts/test.sh            everything
@@ -19,6 +19,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ "$k8s" = 1 ]; then command -v etcd >/dev/null 2>&1 || need+=(etcd-server); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}" >&2
@@ -29,7 +30,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq "${need[@]}" >/dev/null
   # Debian starts these as services on their default ports; the tests run
   # their own on free loopback ports and do not need them.
-  for svc in redis-server prometheus etcd; do
+  for svc in redis-server prometheus etcd nginx; do
     ($sudo systemctl stop "$svc" || $sudo service "$svc" stop) >/dev/null 2>&1 || true
   done
 fi
@@ -45,7 +46,7 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 # must not hold a request past its deadline + 50 ms) that a second package
 # competing for the two cores would blur.
 echo "== go test (race)" >&2
-KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require KEYGATE_TEST_BROWSER=require go test -race -count=1 -p 1 ./...
+KEYGATE_TEST_REDIS=require KEYGATE_TEST_PROMETHEUS=require KEYGATE_TEST_BROWSER=require KEYGATE_TEST_NGINX=require go test -race -count=1 -p 1 ./...
 echo "== deploy checks (dashboard, rules, manifests, kustomize, Dockerfile)" >&2
 (cd deploy && go vet ./... && go test -count=1 ./...)
 (cd tools/deploytest && go vet ./... && go vet -tags e2ek8s ./... && go test -race -count=1 ./...)

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/admin"
+	"github.com/keygate/keygate/authz/httpauthz"
 	"github.com/keygate/keygate/console"
 	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/guard"
@@ -31,10 +32,11 @@ import (
 	"github.com/keygate/keygate/selfserve/user"
 )
 
-// Options configure a Sidecar. Upstream, Store, Auth and Counter are
-// required.
+// Options configure a Sidecar. Store, Auth and Counter are required.
 type Options struct {
-	// Upstream is the backend requests are forwarded to.
+	// Upstream is the backend requests are forwarded to; nil when keygate
+	// runs as an authorization service only: the data listener then serves
+	// the self-served routes and refuses every other request (404).
 	Upstream *url.URL
 	Store    keys.Store
 	Auth     *keys.Authenticator
@@ -88,6 +90,9 @@ type Options struct {
 type Sidecar struct {
 	// Data is the handler of the data listener.
 	Data http.Handler
+	// Authz is the handler of the HTTP authorization endpoint
+	// (KEYGATE_AUTHZ_ADDR).
+	Authz http.Handler
 	// Admin is the handler of the operator listener (the operator API and
 	// the console at /console/); nil without a token.
 	Admin http.Handler
@@ -133,18 +138,21 @@ func New(o Options) *Sidecar {
 		Now:          o.Now,
 	})
 	book := meter.NewBook(meter.Options{Counter: o.Counter, StoreTimeout: o.StoreTimeout, Log: o.Log, Metrics: o.Metrics})
-	data := proxy.New(proxy.Options{
-		Upstream:        o.Upstream,
-		Gate:            g,
-		Book:            book,
-		UpstreamTimeout: o.UpstreamTimeout,
-		WriteTimeout:    o.WriteTimeout,
-		TrustedProxies:  o.TrustedProxies,
-		Transport:       o.Transport,
-		Log:             o.Log,
-		Metrics:         o.Metrics,
-		Now:             o.Now,
-	})
+	var data listener.Handler = listener.HandlerFunc(noDataPath)
+	if o.Upstream != nil {
+		data = proxy.New(proxy.Options{
+			Upstream:        o.Upstream,
+			Gate:            g,
+			Book:            book,
+			UpstreamTimeout: o.UpstreamTimeout,
+			WriteTimeout:    o.WriteTimeout,
+			TrustedProxies:  o.TrustedProxies,
+			Transport:       o.Transport,
+			Log:             o.Log,
+			Metrics:         o.Metrics,
+			Now:             o.Now,
+		})
+	}
 	routes := dataRoutes(
 		account.New(account.Options{Gate: g, Manage: m, Log: o.Log}),
 		gw3.New(gw3.Options{Gate: g, Manage: m, Provider: o.Provider, Log: o.Log}),
@@ -157,6 +165,13 @@ func New(o Options) *Sidecar {
 			Data:               data,
 			UpstreamTimeout:    o.UpstreamTimeout,
 			WriteTimeout:       o.WriteTimeout,
+			RejectNonCanonical: o.RejectNonCanonical,
+			Log:                o.Log,
+			Metrics:            o.Metrics,
+			Now:                o.Now,
+		}),
+		Authz: httpauthz.New(httpauthz.Options{
+			Gate:               g,
 			RejectNonCanonical: o.RejectNonCanonical,
 			Log:                o.Log,
 			Metrics:            o.Metrics,
@@ -184,4 +199,13 @@ func New(o Options) *Sidecar {
 		})
 	}
 	return s
+}
+
+// noDataPath answers a data-path request when there is no upstream
+// (keygate runs as an authorization service only): nothing is decided or
+// counted.
+func noDataPath(w *listener.Writer, r *http.Request) {
+	w.Outcome = metrics.OutcomeBadRequest
+	gate.WriteJSON(w, http.StatusNotFound, gate.DataError{Error: true, StatusCode: http.StatusNotFound,
+		Message: "No data path: keygate runs as an authorization service only (KEYGATE_UPSTREAM_URL is not set)"})
 }

@@ -25,8 +25,12 @@ const envPrefix = "KEYGATE_"
 type config struct {
 	// ListenAddr serves the data path and the self-served user routes.
 	ListenAddr string `env:"LISTEN_ADDR" envDefault:":8000"`
-	// UpstreamURL is the backend, e.g. http://127.0.0.1:8080.
-	UpstreamURL url.URL `env:"UPSTREAM_URL,required"`
+	// UpstreamURL is the backend, e.g. http://127.0.0.1:8080. Required
+	// unless keygate runs as an authorization service only (authzOnly).
+	UpstreamURL url.URL `env:"UPSTREAM_URL"`
+	// AuthzAddr serves the HTTP authorization endpoint (nginx auth_request,
+	// Traefik ForwardAuth, Envoy HTTP ext_authz); empty = off.
+	AuthzAddr string `env:"AUTHZ_ADDR"`
 	// RedisURL is a redis:// or rediss:// URL; empty means the embedded
 	// in-memory store. Extra addr= query parameters make it a cluster URL.
 	RedisURL string `env:"REDIS_URL"`
@@ -111,25 +115,42 @@ func loadConfig(environ map[string]string) (config, error) {
 	if err != nil {
 		return config{}, rewriteEnvError(err)
 	}
-	if err := cfg.validate(); err != nil {
+	// The upstream is optional when an authorization service is configured:
+	// this endpoint, or the gRPC one (KEYGATE_AUTHZ_GRPC_ADDR).
+	authz := cfg.AuthzAddr != "" || environ[envPrefix+"AUTHZ_GRPC_ADDR"] != ""
+	if err := cfg.validate(authz); err != nil {
 		return config{}, err
 	}
 	return cfg, nil
 }
 
-// validate collects every problem of an otherwise parsed configuration.
-func (c config) validate() error {
+// hasUpstream reports whether KEYGATE_UPSTREAM_URL was set: without it
+// keygate has no data path, only authorization services.
+func (c config) hasUpstream() bool { return c.UpstreamURL != (url.URL{}) }
+
+// validate collects every problem of an otherwise parsed configuration;
+// authz says an authorization service is configured, so the upstream may
+// be missing.
+func (c config) validate(authz bool) error {
 	var errs []error
 	bad := func(name, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s%s: %s", envPrefix, name, fmt.Sprintf(format, args...)))
 	}
-	if c.UpstreamURL.Scheme != "http" && c.UpstreamURL.Scheme != "https" || c.UpstreamURL.Host == "" {
+	switch {
+	case !c.hasUpstream():
+		if !authz {
+			bad("UPSTREAM_URL", "required but not set (it is optional only with KEYGATE_AUTHZ_ADDR or KEYGATE_AUTHZ_GRPC_ADDR)")
+		}
+	case c.UpstreamURL.Scheme != "http" && c.UpstreamURL.Scheme != "https" || c.UpstreamURL.Host == "":
 		bad("UPSTREAM_URL", "want an absolute http:// or https:// URL, got %q", c.UpstreamURL.String())
 	}
 	if c.RedisURL != "" {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
 			bad("REDIS_URL", "want a redis:// or rediss:// URL with a host")
 		}
+	}
+	if c.AuthzAddr != "" && !validListenAddr(c.AuthzAddr) {
+		bad("AUTHZ_ADDR", "want host:port or :port with a port from 0 to 65535, got %q", c.AuthzAddr)
 	}
 	for name, addr := range map[string]string{"LISTEN_ADDR": c.ListenAddr, "ADMIN_ADDR": c.AdminAddr, "METRICS_ADDR": c.MetricsAddr} {
 		if !validListenAddr(addr) {

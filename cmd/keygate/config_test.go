@@ -68,6 +68,8 @@ func TestConfigErrors(t *testing.T) {
 		{"several problems", map[string]string{"KEYGATE_UPSTREAM_URL": "http://127.0.0.1:1", "KEYGATE_FAILURE_MODE": "maybe", "KEYGATE_REDIS_URL": "http://x", "KEYGATE_SECRET_KEY": "c2hvcnQ="},
 			[]string{"KEYGATE_FAILURE_MODE: want open or closed", "KEYGATE_REDIS_URL: want a redis://", "KEYGATE_SECRET_KEY: want 32 bytes"}},
 		{"bad log format", map[string]string{"KEYGATE_UPSTREAM_URL": "http://127.0.0.1:1", "KEYGATE_LOG_FORMAT": "xml"}, []string{"KEYGATE_LOG_FORMAT: want json or console"}},
+		{"bad authz address", map[string]string{"KEYGATE_AUTHZ_ADDR": "8001"}, []string{"KEYGATE_AUTHZ_ADDR: want host:port"}},
+		{"authz with a bad upstream", map[string]string{"KEYGATE_AUTHZ_ADDR": ":8001", "KEYGATE_UPSTREAM_URL": "x"}, []string{"KEYGATE_UPSTREAM_URL: want an absolute"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -81,6 +83,12 @@ func TestConfigErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+	// An authorization service alone needs no upstream.
+	for _, env := range []map[string]string{{"KEYGATE_AUTHZ_ADDR": "127.0.0.1:8001"}, {"KEYGATE_AUTHZ_GRPC_ADDR": "127.0.0.1:8002"}} {
+		if cfg, err := loadConfig(env); err != nil || cfg.hasUpstream() {
+			t.Errorf("%v: %v (upstream %v)", env, err, cfg.hasUpstream())
+		}
 	}
 	cfg, err := loadConfig(map[string]string{"KEYGATE_UPSTREAM_URL": "http://127.0.0.1:8080"})
 	if err != nil {

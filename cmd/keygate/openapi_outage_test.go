@@ -24,7 +24,7 @@ func TestEveryRouteDuringStoreOutage(t *testing.T) {
 			up := httptest.NewServer(&recorder{})
 			defer up.Close()
 			srv := redistest.Start(t)
-			g := startGate(t, map[string]string{"KEYGATE_UPSTREAM_URL": up.URL, "KEYGATE_REDIS_URL": srv.URL(),
+			g := startGate(t, map[string]string{"KEYGATE_UPSTREAM_URL": up.URL, "KEYGATE_REDIS_URL": srv.URL(), "KEYGATE_AUTHZ_ADDR": "127.0.0.1:0",
 				"KEYGATE_FAILURE_MODE": mode, "KEYGATE_REDIS_TIMEOUT": "100ms", "KEYGATE_LOG_LEVEL": "error"})
 			g.admin("POST", "/admin/v1/plans", map[string]any{"id": 1, "name": "Free", "price": "0.00", "period": "month", "max_api_requests": 1000}, 201, nil)
 			// No login: the login of create_apikey fails at its store read,
@@ -78,6 +78,7 @@ func TestEveryRouteDuringStoreOutage(t *testing.T) {
 				"partnerDeleteKey":  {"/api/v0/partner/user/key" + ts, `{"uuid":"sub_001","name":"k4"}`, hdr},
 				"partnerKeys":       {"/api/v0/partner/user/keys" + ts + "&uuid=sub_001", "", hdr},
 				"userAPIKeysGet":    {"/user/apikeys", "", hdr},
+				"authorize":         {"/authz", "", map[string]string{"X-API-Key": owner.AccessSecret, "X-Original-URI": "/v1/things"}},
 			}
 			for op, fields := range map[string]string{
 				"userAPIKeys":      "apikey=" + owner.AccessSecret,
@@ -103,9 +104,15 @@ func TestEveryRouteDuringStoreOutage(t *testing.T) {
 						continue
 					}
 					base := "http://" + g.l.Data
-					if item.Extensions["x-keygate-listener"] == "admin" {
+					switch item.Extensions["x-keygate-listener"] {
+					case "admin":
 						base = "http://" + g.l.Admin
+					case "authz":
+						base = "http://" + g.l.Authz
 					}
+					// The one decision, like the data path's: in open mode
+					// a verified key is admitted uncounted.
+					admitted := op.OperationID == "authorize" && mode == "open"
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
@@ -114,6 +121,10 @@ func TestEveryRouteDuringStoreOutage(t *testing.T) {
 						switch {
 						case err != nil:
 							t.Errorf("%s %s: %v", method, path, err)
+						case admitted:
+							if status != 200 || h.Get("Ratelimit") != "" {
+								t.Errorf("%s %s (%s) during the outage in open mode: %d %v, want 200 uncounted", method, path, op.OperationID, status, h)
+							}
 						case status != 503 || h.Get("Retry-After") == "":
 							t.Errorf("%s %s (%s) during the outage: %d %v %s, want 503 with Retry-After",
 								method, path, op.OperationID, status, h, strings.TrimSpace(string(body)))

@@ -78,21 +78,29 @@ func loadContract(t *testing.T) contract {
 // answers are checked to a *listenerKind.
 var listenerKinds sync.Map
 
-// listenerKind is "admin" or "data", the values of the document's
+// listenerKind is "admin", "data" or "authz", the values of the document's
 // x-keygate-listener; a pointer, so a registration removes only itself.
 type listenerKind struct{ name string }
 
-// registerListeners makes the answers of a sidecar's data and admin
-// listeners checked against the document until the test ends.
+// registerListeners makes the answers of a sidecar's data, admin and
+// authorization listeners checked against the document until the test ends.
 func registerListeners(t *testing.T, l listeners) {
-	data, admin := &listenerKind{"data"}, &listenerKind{"admin"}
+	data, admin, authz := &listenerKind{"data"}, &listenerKind{"admin"}, &listenerKind{"authz"}
 	listenerKinds.Store(l.Data, data)
 	listenerKinds.Store(l.Admin, admin)
+	if l.Authz != "" {
+		listenerKinds.Store(l.Authz, authz)
+	}
 	t.Cleanup(func() {
 		listenerKinds.CompareAndDelete(l.Data, data)
 		listenerKinds.CompareAndDelete(l.Admin, admin)
+		listenerKinds.CompareAndDelete(l.Authz, authz)
 	})
 }
+
+// authzPath is where the document lists the authorization endpoint, which
+// answers on every path of its listener.
+const authzPath = "/authz"
 
 // documented returns the document's operation for a request to a sidecar
 // listener, and its path parameters; false for anything else (an upstream,
@@ -101,6 +109,16 @@ func (c contract) documented(req *http.Request) (*routers.Route, map[string]stri
 	kind, ok := listenerKinds.Load(req.URL.Host)
 	if !ok {
 		return nil, nil, false
+	}
+	if kind.(*listenerKind).name == "authz" {
+		// Every path is the one operation, listed for GET.
+		find := req.Clone(req.Context())
+		find.URL.Path, find.URL.RawPath = authzPath, ""
+		route, params, err := c.router.FindRoute(find)
+		if err != nil || route.PathItem.Extensions["x-keygate-listener"] != "authz" {
+			return nil, nil, false
+		}
+		return route, params, true
 	}
 	route, params, err := c.router.FindRoute(req)
 	if err != nil || route.PathItem.Extensions["x-keygate-listener"] != kind.(*listenerKind).name {
@@ -205,8 +223,20 @@ func TestEveryDocumentedRouteIsServed(t *testing.T) {
 	rec := &recorder{}
 	up := httptest.NewServer(rec)
 	defer up.Close()
-	g := startGate(t, map[string]string{"KEYGATE_UPSTREAM_URL": up.URL})
+	g := startGate(t, map[string]string{"KEYGATE_UPSTREAM_URL": up.URL, "KEYGATE_AUTHZ_ADDR": "127.0.0.1:0"})
 	_, ks := g.setupOrg(1, 1000, "month", map[string][]string{"owner": {"admin"}})
+	// The authorization listener answers its one operation on any path,
+	// and forwards nothing.
+	for _, path := range []string{authzPath, "/", "/api/v1/account", "/admin/v1/plans"} {
+		hdr := apiKey(ks["owner"].AccessSecret)
+		hdr["X-Original-URI"] = "/v1/things"
+		if status, h, _ := call(t, "GET", "http://"+g.l.Authz+path, hdr, ""); status != 200 || h.Get("X-Keygate-Key-Name") != "owner" {
+			t.Errorf("GET %s on the authorization listener: %d %v", path, status, h)
+		}
+	}
+	if rec.count() != 0 {
+		t.Errorf("the authorization listener forwarded %d requests", rec.count())
+	}
 	// A valid admin key: a forwarded request then reaches the upstream
 	// instead of being refused, and a self-served one gets past the
 	// credential check. Bodies are empty, so nothing is changed.

@@ -35,6 +35,8 @@ import (
 // listeners are the bound addresses of a running sidecar.
 type listeners struct {
 	Data, Admin, Metrics string
+	// Authz is the HTTP authorization endpoint's; empty when off.
+	Authz string
 }
 
 // serve runs the sidecar until ctx is done, then drains in-flight requests.
@@ -73,9 +75,13 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		Sealer:       sealer,
 	})
 	toucher := keys.NewToucher(st.keys, keys.ToucherOptions{Timeout: cfg.RedisTimeout * 4})
-	upstream := cfg.UpstreamURL
+	var upstream *url.URL // nil: no data path, authorization services only
+	if cfg.hasUpstream() {
+		u := cfg.UpstreamURL
+		upstream = &u
+	}
 	sc := sidecar.New(sidecar.Options{
-		Upstream:           &upstream,
+		Upstream:           upstream,
 		Store:              st.keys,
 		Auth:               auth,
 		Counter:            st.counter,
@@ -128,6 +134,19 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	} else {
 		log.Info("operator API off: KEYGATE_ADMIN_TOKEN is empty")
 	}
+	if cfg.AuthzAddr != "" {
+		// Checks carry headers only (proxies send no body), so the
+		// server-wide timeouts are short.
+		servers = append(servers, &namedServer{name: "authz", env: "KEYGATE_AUTHZ_ADDR", addr: cfg.AuthzAddr, maxConns: cfg.MaxConnections, srv: &http.Server{
+			Handler:           sc.Authz,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          zap.NewStdLog(log.Named("http")),
+		}})
+	}
 
 	for _, s := range servers {
 		if err := s.listen(); err != nil {
@@ -152,7 +171,11 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		go func() { errc <- s.serve() }()
 		log.Info("listening", zap.String("listener", s.name), zap.String("addr", s.ln.Addr().String()))
 	}
-	log.Info("keygate started", zap.String("upstream", redactURL(&upstream)), zap.String("store", st.kind),
+	upstreamField := "none (authorization services only)"
+	if upstream != nil {
+		upstreamField = redactURL(upstream)
+	}
+	log.Info("keygate started", zap.String("upstream", upstreamField), zap.String("store", st.kind),
 		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", sealer != nil))
 	logSigning(log, sealer)
 	if ready != nil {
@@ -165,6 +188,8 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 				l.Admin = s.ln.Addr().String()
 			case "metrics":
 				l.Metrics = s.ln.Addr().String()
+			case "authz":
+				l.Authz = s.ln.Addr().String()
 			}
 		}
 		ready(l)

@@ -1,9 +1,11 @@
 // Command loadtest measures keygate side by side on loopback: the upstream
 // alone, a bare httputil.ReverseProxy, keygate on the embedded store and
 // keygate on Redis, each in its own process, loaded by wrk (or a Go load
-// generator when wrk is missing). It prints requests/s, p50 and p99 latency
-// as ratios to the upstream alone, the latency keygate adds at one
-// connection, and keygate's RSS under load.
+// generator when wrk is missing); with nginx installed also nginx alone in
+// front of the upstream and nginx asking keygate (on Redis) through the
+// auth_request recipe, deploy/authz/nginx.conf. It prints requests/s, p50
+// and p99 latency as ratios to the upstream alone, the latency keygate adds
+// at one connection, and keygate's RSS under load.
 //
 //	go run ./cmd/loadtest [-c 64] [-d 5s]
 package main
@@ -30,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -105,9 +108,17 @@ func run(conns int, dur time.Duration, rounds int) error {
 	}
 	var procs []*exec.Cmd
 	defer func() {
+		// SIGTERM first: nginx's workers outlive a killed master.
 		for _, p := range procs {
-			_ = p.Process.Kill()
-			_ = p.Wait()
+			_ = p.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = p.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				_ = p.Process.Kill()
+				<-done
+			}
 		}
 	}()
 	start := func(env []string, name string, args ...string) (*exec.Cmd, error) {
@@ -144,10 +155,17 @@ func run(conns int, dur time.Duration, rounds int) error {
 		cmd                        *exec.Cmd
 	}
 	var gws []gw
+	// The Redis gateway also serves the authorization endpoint, for nginx:
+	// one process, one set of counters, measured in turns.
+	authzAddr := port()
 	for _, store := range []struct{ name, url string }{{"keygate (embedded)", ""}, {"keygate (redis)", "redis://" + redisAddr}} {
 		data, admin, metrics := port(), port(), port()
-		c, err := start([]string{"KEYGATE_UPSTREAM_URL=http://" + upAddr, "KEYGATE_LISTEN_ADDR=" + data, "KEYGATE_ADMIN_ADDR=" + admin,
-			"KEYGATE_METRICS_ADDR=" + metrics, "KEYGATE_ADMIN_TOKEN=bench", "KEYGATE_REDIS_URL=" + store.url, "KEYGATE_LOG_LEVEL=warn"}, kg, "serve")
+		env := []string{"KEYGATE_UPSTREAM_URL=http://" + upAddr, "KEYGATE_LISTEN_ADDR=" + data, "KEYGATE_ADMIN_ADDR=" + admin,
+			"KEYGATE_METRICS_ADDR=" + metrics, "KEYGATE_ADMIN_TOKEN=bench", "KEYGATE_REDIS_URL=" + store.url, "KEYGATE_LOG_LEVEL=warn"}
+		if store.url != "" {
+			env = append(env, "KEYGATE_AUTHZ_ADDR="+authzAddr, "KEYGATE_TRUSTED_PROXIES=127.0.0.1")
+		}
+		c, err := start(env, kg, "serve")
 		if err != nil {
 			return err
 		}
@@ -165,15 +183,40 @@ func run(conns int, dur time.Duration, rounds int) error {
 		}
 	}
 
-	targets := []struct {
+	type target struct {
 		name, addr string
 		header     string
 		pid        int
-	}{
+	}
+	targets := []target{
 		{"upstream direct", upAddr, "", 0},
 		{"bare ReverseProxy", bareAddr, "", 0},
 		{gws[0].name, gws[0].data, "X-API-Key: " + secrets[0], gws[0].cmd.Process.Pid},
 		{gws[1].name, gws[1].data, "X-API-Key: " + secrets[1], gws[1].cmd.Process.Pid},
+	}
+	withNginx := false
+	if bin, ok := nginxBinary(); ok {
+		alone, authz := port(), port()
+		if err := startNginx(start, bin, filepath.Join(dir, "nginx-alone"), nginxAlone(alone, upAddr)); err != nil {
+			return err
+		}
+		recipe, err := nginxRecipe(authz, authzAddr, upAddr)
+		if err != nil {
+			return err
+		}
+		if err := startNginx(start, bin, filepath.Join(dir, "nginx-authz"), recipe); err != nil {
+			return err
+		}
+		for _, a := range []string{alone, authz, authzAddr} {
+			if err := waitListen(a); err != nil {
+				return fmt.Errorf("nginx: %w", err)
+			}
+		}
+		targets = append(targets, target{"nginx alone", alone, "", 0},
+			target{"nginx + keygate authz", authz, "X-API-Key: " + secrets[1], gws[1].cmd.Process.Pid})
+		withNginx = true
+	} else {
+		fmt.Println("nginx not found: the authorization-service targets are left out (apt-get install nginx)")
 	}
 	_, haveWrk := exec.LookPath("wrk")
 	gen := "wrk"
@@ -241,6 +284,11 @@ func run(conns int, dur time.Duration, rounds int) error {
 	}
 	bare := results[1]
 	fmt.Printf("\nkeygate vs bare ReverseProxy: embedded %.2f×, redis %.2f× requests/s\n", results[2].rps/bare.rps, results[3].rps/bare.rps)
+	if withNginx {
+		alone, authz := results[4], results[5]
+		fmt.Printf("nginx + keygate authz (redis) vs nginx alone: %.2f× requests/s, p50 %s vs %s\n", authz.rps/alone.rps, authz.p50, alone.p50)
+		fmt.Printf("nginx + keygate authz (redis) vs keygate as the proxy (redis): %.2f× requests/s, p50 %s vs %s\n", authz.rps/results[3].rps, authz.p50, results[3].p50)
+	}
 	fmt.Printf("\nat one connection (p50):\n")
 	for _, s := range single {
 		fmt.Printf("%-22s %10s  (+%s over direct)\n", s.name, s.p50, s.p50-single[0].p50)
@@ -488,4 +536,83 @@ func rssKiB(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// nginxBinary finds Debian's nginx.
+func nginxBinary() (string, bool) {
+	if p, err := exec.LookPath("nginx"); err == nil {
+		return p, true
+	}
+	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+		return "/usr/sbin/nginx", true
+	}
+	return "", false
+}
+
+// nginxAlone is the http { } block of nginx proxying to the upstream with
+// nothing else: the baseline of the authorization recipe.
+func nginxAlone(listen, upstream string) string {
+	return fmt.Sprintf(`upstream backend {
+    server %s;
+    keepalive 64;
+}
+server {
+    listen %s;
+    location / {
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://backend;
+    }
+}
+`, upstream, listen)
+}
+
+// nginxRecipe is deploy/authz/nginx.conf (run from the repository root)
+// with its addresses replaced.
+func nginxRecipe(listen, authz, upstream string) (string, error) {
+	b, err := os.ReadFile("deploy/authz/nginx.conf")
+	if err != nil {
+		return "", fmt.Errorf("the nginx recipe: %w", err)
+	}
+	conf := string(b)
+	for from, to := range map[string]string{"listen 8000;": "listen " + listen + ";",
+		"server 127.0.0.1:8001;": "server " + authz + ";", "server 127.0.0.1:8080;": "server " + upstream + ";"} {
+		if !strings.Contains(conf, from) {
+			return "", fmt.Errorf("deploy/authz/nginx.conf has no %q", from)
+		}
+		conf = strings.ReplaceAll(conf, from, to)
+	}
+	return conf, nil
+}
+
+// startNginx runs nginx in the foreground with httpConf as its http { }
+// block, every file of its own under dir, and no access log (keygate's is
+// at warn level too).
+func startNginx(start func([]string, string, ...string) (*exec.Cmd, error), bin, dir, httpConf string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`daemon off;
+worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log crit;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+%[2]s
+}
+`, dir, httpConf)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	if _, err := start(nil, bin, "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log")); err != nil {
+		return fmt.Errorf("starting nginx: %w", err)
+	}
+	return nil
 }

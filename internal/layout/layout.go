@@ -54,8 +54,9 @@ var Layers = []Layer{
 	{Name: "admin client", Packages: []string{"admincli"}, May: []string{"domain", "standalone"}},
 	{Name: "front portal", Packages: []string{"portal"}, May: frontMay},
 	{Name: "front console", Packages: []string{"console"}, May: frontMay},
+	{Name: "front authz http", Packages: []string{"authz/httpauthz"}, May: frontMay},
 	{Name: "wiring", Packages: []string{"sidecar"}, May: []string{"*"}},
-	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/layout", "internal/browsertest"}, May: []string{"*"}},
+	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/nginxtest", "internal/layout", "internal/browsertest"}, May: []string{"*"}},
 	{Name: "command", Packages: []string{"cmd/keygate"}, May: []string{"*"}},
 }
 
