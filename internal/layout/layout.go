@@ -50,7 +50,7 @@ var Layers = []Layer{
 	{Name: "front gw3", Packages: []string{"selfserve/gw3"}, May: frontMay},
 	{Name: "front user", Packages: []string{"selfserve/user"}, May: frontMay},
 	{Name: "wiring", Packages: []string{"sidecar"}, May: []string{"*"}},
-	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/layout"}, May: []string{"*"}},
+	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/fleet", "internal/layout"}, May: []string{"*"}},
 	{Name: "command", Packages: []string{"cmd/keygate"}, May: []string{"*"}},
 }
 
