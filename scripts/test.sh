@@ -17,6 +17,7 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
+command -v wrk >/dev/null 2>&1 || need+=(wrk) # cmd/loadtest's generator and its test
 if [ "$k8s" = 1 ]; then command -v etcd >/dev/null 2>&1 || need+=(etcd-server); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}" >&2
