@@ -342,7 +342,7 @@ func (s *shooter) topUp(t *testing.T, ctx context.Context, prefix string, f *fle
 // refused while the quota has units left (beyond the lease mode's stated
 // bound), and the quota can be spent to its last unit.
 func TestChaosFleetExactQuota(t *testing.T) {
-	bin := fleet.Build(t)
+	bin := buildKeygate(t)
 	for _, mode := range chaosLeaseModes("auto", "off") {
 		t.Run("leases="+mode, func(t *testing.T) {
 			tol := toleranceOf(mode)
@@ -434,7 +434,7 @@ func checkForwarded(t *testing.T, up *idUpstream, prefix string, shots []shot, k
 // missing from 500 is at most the killed sidecar's lost requests (plus
 // the units a lease mode lets it hold).
 func TestChaosSidecarKilled(t *testing.T) {
-	bin := fleet.Build(t)
+	bin := buildKeygate(t)
 	for _, mode := range chaosLeaseModes("auto") {
 		t.Run("leases="+mode, func(t *testing.T) {
 			tol := toleranceOf(mode)
@@ -526,7 +526,7 @@ func TestChaosRedisKilled(t *testing.T) {
 		workers = 64
 		maxLoad = 20000 // requests, whatever the outage's length
 	)
-	bin := fleet.Build(t)
+	bin := buildKeygate(t)
 	for _, mode := range chaosLeaseModes("auto") {
 		for _, failure := range []string{"closed", "open"} {
 			t.Run("leases="+mode+"/failure="+failure, func(t *testing.T) {

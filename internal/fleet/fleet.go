@@ -39,21 +39,61 @@ const (
 
 // Build compiles cmd/keygate into a directory of t's and returns the
 // binary's path. The Go build cache makes a second build in one test run
-// a link step.
+// a link step; a package whose tests need the binary several times shares
+// one build with Binary.
 func Build(t testing.TB) string {
 	t.Helper()
+	bin, err := build(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+func build(dir string) (string, error) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		t.Fatalf("go not on PATH: %v", err)
+		return "", fmt.Errorf("go not on PATH: %w", err)
 	}
-	bin := filepath.Join(t.TempDir(), "keygate")
+	bin := filepath.Join(dir, "keygate")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/keygate/keygate/cmd/keygate").CombinedOutput()
 	if err != nil {
-		t.Fatalf("building keygate: %v\n%s", err, out)
+		return "", fmt.Errorf("building keygate: %w\n%s", err, out)
 	}
-	return bin
+	return bin, nil
+}
+
+// Binary is cmd/keygate built at most once for all the tests of a test
+// binary (a link step costs seconds on a loaded machine). Its zero value
+// is ready; Close, from TestMain, removes it.
+type Binary struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// Path builds the binary on first use and returns its path.
+func (b *Binary) Path(t testing.TB) string {
+	t.Helper()
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", "keygate-bin"); b.err == nil {
+			b.path, b.err = build(b.dir)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+// Close removes the binary, if it was built.
+func (b *Binary) Close() {
+	if b.dir != "" {
+		_ = os.RemoveAll(b.dir)
+	}
 }
 
 // Sidecar is one running keygate process.
