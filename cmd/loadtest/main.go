@@ -357,7 +357,7 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 	}
 
 	fmt.Printf("\n### %s\n\n", tr.title)
-	fmt.Println("| target | conns | req/s | × bare | p50 | p99 | RSS | keygate CPU µs/req | store lookups/req | Redis CPU µs/req | Redis cmds/req | failed |")
+	fmt.Println("| target | conns | req/s | × bare | p50 | p99 | RSS | keygate CPU µs/req | store lookups/req | Redis CPU µs/req | Redis cmds/req | failed (all rounds) |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, c := range o.conns {
 		bare := median(runs[targets[0].name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
@@ -756,7 +756,7 @@ func loadGo(addr string, keys []string, skew bool, conns int, dur time.Duration)
 }
 
 // median returns the result whose key is the median of rs, with the peak
-// RSS of all of them.
+// RSS of all of them and the failed requests of all of them.
 func median(rs []result, key func(result) float64) result {
 	if len(rs) == 0 {
 		return result{}
@@ -772,8 +772,10 @@ func median(rs []result, key func(result) float64) result {
 		return 0
 	})
 	m := sorted[len(sorted)/2]
+	m.failed = 0
 	for _, r := range rs {
 		m.rss = max(m.rss, r.rss)
+		m.failed += r.failed
 	}
 	return m
 }
