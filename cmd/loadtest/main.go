@@ -182,6 +182,9 @@ type result struct {
 	// failed counts non-2xx answers and socket errors: a loaded machine
 	// can push store calls past KEYGATE_REDIS_TIMEOUT (503).
 	failed float64
+	// uncounted counts admissions without a charge (store unreachable or
+	// timed out, KEYGATE_FAILURE_MODE=open): answered 200, but no result.
+	uncounted float64
 }
 
 // gateway is one keygate process.
@@ -357,7 +360,7 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 	}
 
 	fmt.Printf("\n### %s\n\n", tr.title)
-	fmt.Println("| target | conns | req/s | × bare | p50 | p99 | RSS | keygate CPU µs/req | store lookups/req | Redis CPU µs/req | Redis cmds/req | failed (all rounds) |")
+	fmt.Println("| target | conns | req/s | × bare | p50 | p99 | RSS | keygate CPU µs/req | store lookups/req | Redis CPU µs/req | Redis cmds/req | failed, uncounted (all rounds) |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, c := range o.conns {
 		bare := median(runs[targets[0].name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
@@ -372,7 +375,11 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 			default:
 				row += fmt.Sprintf(" %.1f MiB | %.1f | %.3f | — | — |", float64(r.rss)/1024, r.cpuUS, r.lookups)
 			}
-			row += fmt.Sprintf(" %.0f |", r.failed)
+			if t.gw == nil {
+				row += fmt.Sprintf(" %.0f |", r.failed)
+			} else {
+				row += fmt.Sprintf(" %.0f, %.0f |", r.failed, r.uncounted)
+			}
 			fmt.Println(row)
 		}
 	}
@@ -414,10 +421,11 @@ type meter struct {
 // cycled), and samples keygate and Redis around it.
 func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Duration) (result, error) {
 	var before redisStats
-	var cpu0, miss0 float64
+	var cpu0, miss0, open0 float64
 	if t.gw != nil {
 		cpu0 = cpuSeconds(t.gw.pid)
 		miss0 = metricSum(t.gw.metrics, "keygate_auth_cache_lookups_total", `result="miss"`)
+		open0 = metricSum(t.gw.metrics, "keygate_fail_open_admits_total", "")
 		if t.gw.redis {
 			before = m.redisStats()
 		}
@@ -456,6 +464,7 @@ func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Dur
 	r.rss = max(peak.Load(), rssKiB(t.gw.pid))
 	r.cpuUS = (cpuSeconds(t.gw.pid) - cpu0) * 1e6 / r.requests
 	r.lookups = (metricSum(t.gw.metrics, "keygate_auth_cache_lookups_total", `result="miss"`) - miss0) / r.requests
+	r.uncounted = metricSum(t.gw.metrics, "keygate_fail_open_admits_total", "") - open0
 	if t.gw.redis {
 		after := m.redisStats()
 		r.redisUS = (after.cpu - before.cpu) * 1e6 / r.requests
@@ -756,7 +765,7 @@ func loadGo(addr string, keys []string, skew bool, conns int, dur time.Duration)
 }
 
 // median returns the result whose key is the median of rs, with the peak
-// RSS of all of them and the failed requests of all of them.
+// RSS of all of them and their failed and uncounted requests summed.
 func median(rs []result, key func(result) float64) result {
 	if len(rs) == 0 {
 		return result{}
@@ -772,10 +781,11 @@ func median(rs []result, key func(result) float64) result {
 		return 0
 	})
 	m := sorted[len(sorted)/2]
-	m.failed = 0
+	m.failed, m.uncounted = 0, 0
 	for _, r := range rs {
 		m.rss = max(m.rss, r.rss)
 		m.failed += r.failed
+		m.uncounted += r.uncounted
 	}
 	return m
 }
