@@ -48,6 +48,12 @@ type chaosTolerance struct {
 	// heldByKilled bounds the units a SIGKILLed sidecar takes with it:
 	// reserved, never admitted, counted as used.
 	heldByKilled int
+	// admitsWhileDown: requests may be admitted counted while Redis is
+	// down (from a block reserved before the outage).
+	admitsWhileDown bool
+	// lostInOutage bounds the units a Redis crash may cost beyond one per
+	// charge whose reply it lost (a reservation whose reply was lost).
+	lostInOutage int
 	// settle is how long after traffic stops the charged usage must equal
 	// what was admitted (unflushed counts, outstanding blocks).
 	settle time.Duration
@@ -60,6 +66,8 @@ const (
 	leaseRefusedWhileHeld = 0
 	leaseHeldByKilled     = 0
 	leaseSettle           = time.Second // "exact within 1 s after traffic stops"
+	leaseAdmitsWhileDown  = false
+	leaseLostInOutage     = 0
 )
 
 // settleSlack covers a busy machine on top of any settle time: scrapes and
@@ -70,7 +78,8 @@ func toleranceOf(mode string) chaosTolerance {
 	if mode == "off" {
 		return chaosTolerance{settle: settleSlack}
 	}
-	return chaosTolerance{refusedWhileHeld: leaseRefusedWhileHeld, heldByKilled: leaseHeldByKilled, settle: leaseSettle + settleSlack}
+	return chaosTolerance{refusedWhileHeld: leaseRefusedWhileHeld, heldByKilled: leaseHeldByKilled, settle: leaseSettle + settleSlack,
+		admitsWhileDown: leaseAdmitsWhileDown, lostInOutage: leaseLostInOutage}
 }
 
 // chaosLeaseModes are the lease modes to run: KEYGATE_TEST_QUOTA_LEASES,
@@ -597,6 +606,7 @@ func TestChaosRedisKilled(t *testing.T) {
 				rs.Stop() // SIGKILL
 				killAt := time.Now()
 				time.Sleep(outage) // the outage's length is the test's choice
+				downUntil := time.Now()
 				rs.Restart()
 				upAt := time.Now()
 				restarted.Store(true)
@@ -614,9 +624,14 @@ func TestChaosRedisKilled(t *testing.T) {
 				c := tallyOf(shots)
 
 				inOutage := func(s shot) bool { return !s.end.Before(killAt) && s.start.Before(upAt.Add(reconnectGrace)) }
+				countedDown := 0 // sent after the kill, answered before the restart
 				for _, s := range shots {
 					switch {
-					case s.status == 200 && s.counted, s.status == 429:
+					case s.status == 200 && s.counted:
+						if s.start.After(killAt) && s.end.Before(downUntil) {
+							countedDown++
+						}
+					case s.status == 429:
 					case s.status == 200 && failure == "open", s.status == 503 && failure == "closed":
 						if !inOutage(s) {
 							t.Errorf("%s: %d (counted %v) outside the outage: sent %s after the kill, answered %s after it; Redis back %s after it",
@@ -628,6 +643,9 @@ func TestChaosRedisKilled(t *testing.T) {
 				}
 				if c.counted > chaosQuota {
 					t.Errorf("%d admitted counted, quota %d", c.counted, chaosQuota)
+				}
+				if countedDown > 0 && !tol.admitsWhileDown {
+					t.Errorf("%d admitted counted while Redis was down", countedDown)
 				}
 				var failOpen float64
 				for _, sc := range f.Sidecars {
@@ -642,11 +660,11 @@ func TestChaosRedisKilled(t *testing.T) {
 					if c.uncounted != 0 || failOpen != 0 {
 						t.Errorf("closed mode: %d admitted uncounted, keygate_fail_open_admits_total %v", c.uncounted, failOpen)
 					}
-					if c.unavailable == 0 {
+					if c.unavailable == 0 && countedDown == 0 {
 						t.Error("closed mode: no 503 during the outage: the outage was not seen")
 					}
 				case "open":
-					if c.uncounted == 0 {
+					if c.uncounted == 0 && countedDown == 0 {
 						t.Error("open mode: nothing admitted uncounted: the outage was not seen")
 					}
 					if failOpen != float64(c.uncounted) {
@@ -656,10 +674,12 @@ func TestChaosRedisKilled(t *testing.T) {
 				checkForwarded(t, up, prefix, shots, nil)
 				// A charge whose reply the crash lost was counted by Redis
 				// but answered 503 (closed) or admitted uncounted (open).
-				lostReplies := int64(c.unavailable + c.uncounted)
-				if u := orgUsage(t, g, org); u < int64(c.counted) || u > chaosQuota || u > int64(c.counted)+lostReplies {
+				lostReplies := int64(c.unavailable+c.uncounted) + int64(tol.lostInOutage)
+				u := orgUsage(t, g, org)
+				if u < int64(c.counted) || u > chaosQuota || u > int64(c.counted)+lostReplies {
 					t.Errorf("usage %d after recovery, want %d counted admissions (up to %d more for replies the crash lost) and at most %d", u, c.counted, lostReplies, chaosQuota)
 				}
+				t.Logf("%d counted in all (%d while Redis was down), %d units charged for lost replies", c.counted, countedDown, u-int64(c.counted))
 			})
 		}
 	}
