@@ -571,7 +571,16 @@ func provision(g *gateway, many bool, keys, orgs int) error {
 					errs <- nil
 					return
 				}
-				s, err := newKey(ids[i%orgs], "k"+strconv.Itoa(i))
+				// A create whose reply timed out may have been retried by
+				// go-redis and then answer 409 for a key it did create (its
+				// secret is lost): take another name.
+				var s string
+				var err error
+				for attempt := range 3 {
+					if s, err = newKey(ids[i%orgs], "k"+strconv.Itoa(i)+"-"+strconv.Itoa(attempt)); err == nil {
+						break
+					}
+				}
 				if err != nil {
 					errs <- err
 					return
