@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -167,6 +168,7 @@ func (u *idUpstream) ids(t *testing.T, prefix string) map[string]bool {
 type shot struct {
 	id         string
 	sidecar    int
+	secret     string
 	status     int // 0: transport error (connection reset by a killed sidecar)
 	counted    bool
 	retryAfter bool
@@ -187,7 +189,7 @@ func newShooter(t *testing.T) *shooter {
 }
 
 func (s *shooter) one(ctx context.Context, prefix string, sc *fleet.Sidecar, i int, secret string) shot {
-	sh := shot{id: prefix + strconv.FormatInt(s.seq.Add(1), 10), sidecar: i, start: time.Now()}
+	sh := shot{id: prefix + strconv.FormatInt(s.seq.Add(1), 10), sidecar: i, secret: secret, start: time.Now()}
 	defer func() { sh.end = time.Now() }()
 	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+sc.Data+"/chaos", nil)
 	if err != nil {
@@ -346,8 +348,9 @@ func (s *shooter) topUp(t *testing.T, ctx context.Context, prefix string, f *fle
 // TestChaosFleetExactQuota: four sidecars, 2,000 requests at once against
 // an org quota of 500, three rounds (a new org each). The upstream gets
 // exactly the requests whose clients got 200, never more than 500; every
-// other client gets 429 with Retry-After; the operator API never shows less
-// than was admitted and shows exactly that once traffic stops; nothing is
+// other client gets 429 with Retry-After; the operator API and each key's
+// account route (its own usage and the org's) never show less than was
+// admitted and show exactly that once traffic stops; nothing is
 // refused while the quota has units left (beyond the lease mode's stated
 // bound), and the quota can be spent to its last unit.
 func TestChaosFleetExactQuota(t *testing.T) {
@@ -395,8 +398,55 @@ func TestChaosFleetExactQuota(t *testing.T) {
 				if u := settledUsage(t, g, org, admitted, admitted, tol.settle); u != admitted {
 					t.Errorf("round %d: usage %d after %s, want %d admitted", round, u, tol.settle, admitted)
 				}
+				checkAccounts(t, f.Sidecars[len(f.Sidecars)-1], shots, secrets, tol.settle)
 			}
 		})
+	}
+}
+
+// checkAccounts: each key's account route (seed 002, on sc's data
+// listener) shows its own usage and the organization's; neither is ever
+// below what was admitted, and both equal it within settle.
+func checkAccounts(t *testing.T, sc *fleet.Sidecar, shots []shot, secrets []string, settle time.Duration) {
+	t.Helper()
+	admitted := map[string]int64{}
+	var total int64
+	for _, s := range shots {
+		if s.status == 200 {
+			admitted[s.secret]++
+			total++
+		}
+	}
+	deadline := time.Now().Add(settle)
+	for {
+		exact := true
+		for i, secret := range secrets {
+			var a struct {
+				APIKey struct {
+					CurrentUsage int64 `json:"current_usage"`
+				} `json:"api_key"`
+				Org struct {
+					CurrentUsage int64 `json:"current_usage"`
+				} `json:"organization_quota"`
+			}
+			status, _, body := call(t, "GET", "http://"+sc.Data+"/api/v1/account", map[string]string{"X-API-Key": secret}, "")
+			if status != 200 || json.Unmarshal(body, &a) != nil {
+				t.Fatalf("account of key %d: %d %s", i, status, body)
+			}
+			if a.APIKey.CurrentUsage < admitted[secret] || a.Org.CurrentUsage < total {
+				t.Errorf("account of key %d shows %d of its %d admitted and %d of the org's %d", i, a.APIKey.CurrentUsage, admitted[secret], a.Org.CurrentUsage, total)
+				return
+			}
+			exact = exact && a.APIKey.CurrentUsage == admitted[secret] && a.Org.CurrentUsage == total
+		}
+		if exact {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("account usage not exact %s after traffic stopped", settle)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
