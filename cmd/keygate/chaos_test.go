@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -101,7 +104,7 @@ func chaosEnv(upstream, redisURL, mode, failure string) map[string]string {
 		"KEYGATE_UPSTREAM_URL":  upstream,
 		"KEYGATE_REDIS_URL":     redisURL,
 		"KEYGATE_ADMIN_TOKEN":   testAdminToken,
-		"KEYGATE_REDIS_TIMEOUT": "2s",
+		"KEYGATE_REDIS_TIMEOUT": "5s",
 		"KEYGATE_FAILURE_MODE":  failure,
 		"KEYGATE_QUOTA_LEASES":  mode,
 	}
@@ -169,7 +172,8 @@ type shot struct {
 	id         string
 	sidecar    int
 	secret     string
-	status     int // 0: transport error (connection reset by a killed sidecar)
+	status     int    // 0: transport error (connection reset by a killed sidecar)
+	err        string // the transport error, or the body of an answer other than 200/429
 	counted    bool
 	retryAfter bool
 	start, end time.Time
@@ -190,32 +194,62 @@ func newShooter(t *testing.T) *shooter {
 
 func (s *shooter) one(ctx context.Context, prefix string, sc *fleet.Sidecar, i int, secret string) shot {
 	sh := shot{id: prefix + strconv.FormatInt(s.seq.Add(1), 10), sidecar: i, secret: secret, start: time.Now()}
-	defer func() { sh.end = time.Now() }()
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+sc.Data+"/chaos", nil)
-	if err != nil {
-		return sh
-	}
-	req.Header.Set("X-API-Key", secret)
-	req.Header.Set("X-Chaos-Id", sh.id)
-	resp, err := s.client.Do(req)
-	if err != nil {
-		sh.end = time.Now()
-		return sh
-	}
-	buf := make([]byte, 512)
-	for {
-		if _, err := resp.Body.Read(buf); err != nil {
+	var resp *http.Response
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, "GET", "http://"+sc.Data+"/chaos", nil)
+		if err != nil {
+			sh.err, sh.end = err.Error(), time.Now()
+			return sh
+		}
+		req.Header.Set("X-API-Key", secret)
+		req.Header.Set("X-Chaos-Id", sh.id)
+		if resp, err = s.client.Do(req); err == nil {
 			break
 		}
+		var op *net.OpError
+		if attempt < 2 && errors.As(err, &op) && op.Op == "dial" && ctx.Err() == nil {
+			continue // nothing was sent: the sidecar never saw it
+		}
+		sh.err, sh.end = err.Error(), time.Now()
+		return sh
 	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
 	sh.status = resp.StatusCode
 	// A counted admission of a limited org carries RateLimit headers; one
 	// admitted uncounted (store unreachable, open mode) carries none.
 	sh.counted = resp.StatusCode == 200 && resp.Header.Get("RateLimit") != ""
 	sh.retryAfter = resp.Header.Get("Retry-After") != ""
+	if resp.StatusCode != 200 && resp.StatusCode != 429 {
+		sh.err = string(body[:min(len(body), 200)])
+	}
 	sh.end = time.Now()
 	return sh
+}
+
+// oddities lists up to five distinct answers other than 200 and 429, for
+// failure messages.
+func oddities(shots []shot) string {
+	seen := map[string]int{}
+	var order []string
+	for _, s := range shots {
+		if s.status == 200 || s.status == 429 {
+			continue
+		}
+		k := fmt.Sprintf("sidecar %d: %d %s", s.sidecar, s.status, s.err)
+		if seen[k] == 0 {
+			order = append(order, k)
+		}
+		seen[k]++
+	}
+	var b strings.Builder
+	for i, k := range order {
+		if i == 5 {
+			break
+		}
+		fmt.Fprintf(&b, "\n  %d× %s", seen[k], k)
+	}
+	return b.String()
 }
 
 // burst sends n requests at once, round-robin over the sidecars and keys,
@@ -374,7 +408,7 @@ func TestChaosFleetExactQuota(t *testing.T) {
 				c := tallyOf(shots)
 				t.Logf("round %d: %+v", round, c)
 				if c.ok+c.refused != chaosRequests {
-					t.Errorf("round %d: %+v: want only 200 and 429", round, c)
+					t.Errorf("round %d: %+v: want only 200 and 429:%s", round, c, oddities(shots))
 				}
 				if c.uncounted != 0 {
 					t.Errorf("round %d: %d admitted uncounted with Redis up", round, c.uncounted)
@@ -529,7 +563,7 @@ func TestChaosSidecarKilled(t *testing.T) {
 					case s.sidecar == victim && s.status == 0:
 						lostOnVictim++
 					case s.status != 200 && s.status != 429:
-						t.Errorf("sidecar %d answered %d (victim %d)", s.sidecar, s.status, victim)
+						t.Errorf("sidecar %d answered %d %s (victim %d)", s.sidecar, s.status, s.err, victim)
 					}
 				}
 				t.Logf("round %d, sidecar %d killed: %+v", round, victim, c)
@@ -688,7 +722,7 @@ func TestChaosRedisKilled(t *testing.T) {
 								s.id, s.status, s.counted, s.start.Sub(killAt), s.end.Sub(killAt), upAt.Sub(killAt))
 						}
 					default:
-						t.Errorf("%s: status %d (counted %v) in %s mode", s.id, s.status, s.counted, failure)
+						t.Errorf("%s: status %d (counted %v) in %s mode: %s", s.id, s.status, s.counted, failure, s.err)
 					}
 				}
 				if c.counted > chaosQuota {
