@@ -42,9 +42,13 @@ vet:
 lint:
 	$(GO) run $(STATICCHECK) ./...
 
+# The load test (cmd/loadtest, docs/performance.md) takes about two minutes
+# with its defaults; LOADTEST_FLAGS passes flags, e.g. LOADTEST_FLAGS="-d 2s
+# -leases off".
+LOADTEST_FLAGS ?=
 bench:
 	KEYGATE_TEST_REDIS=require $(GO) test -run='^$$' -bench=. -benchmem -benchtime=2s ./quota/... ./proxy/... ./authz/...
-	$(GO) run ./cmd/loadtest
+	$(GO) run ./cmd/loadtest $(LOADTEST_FLAGS)
 
 # Runs every fuzz target of the module for FUZZTIME each, one at a time (go
 # test -fuzz takes one target of one package). Their seed corpora

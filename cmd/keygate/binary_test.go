@@ -12,27 +12,29 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/fleet"
 )
 
-// buildKeygate builds the keygate binary once per test.
+// keygateBinary is the keygate binary, built once for the package's tests
+// (TestMain removes it).
+var keygateBinary fleet.Binary
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	keygateBinary.Close()
+	os.Exit(code)
+}
+
+// buildKeygate returns the keygate binary, built on first use.
 func buildKeygate(t *testing.T) string {
 	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("go not on PATH: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "keygate")
-	build := exec.Command(goBin, "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building keygate: %v\n%s", err, out)
-	}
-	return bin
+	return keygateBinary.Path(t)
 }
 
 // cleanEnv is the test's environment without KEYGATE_* variables, plus

@@ -115,7 +115,7 @@ func TestErrorBodies(t *testing.T) {
 		data := "http://" + g.l.Data
 		reader := ks["reader"].AccessSecret
 		truncated := reader[:len(reader)-1]
-		flipped := reader[:len(reader)-2] + string(reader[len(reader)-1]^1) + string(reader[len(reader)-1])
+		flipped := reader[:len(reader)-2] + string(reader[len(reader)-2]^1) + string(reader[len(reader)-1])
 
 		cases := []struct {
 			name   string

@@ -1,13 +1,18 @@
-// Command loadtest measures keygate side by side on loopback: the upstream
-// alone, a bare httputil.ReverseProxy, keygate on the embedded store and
-// keygate on Redis, each in its own process, loaded by wrk (or a Go load
-// generator when wrk is missing); with nginx installed also nginx alone in
-// front of the upstream and nginx asking keygate (on Redis) through the
-// auth_request recipe, deploy/authz/nginx.conf. It prints requests/s, p50
-// and p99 latency as ratios to the upstream alone, the latency keygate adds
-// at one connection, and keygate's RSS under load.
+// Command loadtest measures keygate side by side on loopback: a bare
+// httputil.ReverseProxy, keygate on the embedded store and keygate on
+// Redis, each in its own process in front of the same upstream, loaded by
+// wrk (or a Go load generator when wrk is missing), in interleaved rounds.
 //
-//	go run ./cmd/loadtest [-c 64] [-d 5s]
+// Three kinds of traffic, each with its own keys: one key; many keys in
+// many organizations (20,000 in 100 by default) cycled evenly; and the same
+// keys skewed, 1 % of them carrying 80 % of the requests. For each it
+// prints requests/s and its ratio to the bare proxy at every connection
+// count, p50 and p99, keygate's RSS and CPU per request, the credential
+// lookups that went to the store, Redis's CPU and commands per request
+// (INFO cpu and INFO commandstats deltas), and the median latency at one
+// connection.
+//
+//	go run ./cmd/loadtest [-c 32,64] [-d 1s] [-rounds 3] [-cases one,many,skewed] [-leases auto|off]
 package main
 
 import (
@@ -19,6 +24,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -32,8 +38,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func main() {
@@ -47,14 +55,90 @@ func main() {
 			return
 		}
 	}
-	conns := flag.Int("c", 64, "connections")
-	dur := flag.Duration("d", 3*time.Second, "duration of each measurement")
-	rounds := flag.Int("rounds", 3, "rounds; each target reports its median round")
+	var o options
+	var conns, cases string
+	var env multiFlag
+	flag.StringVar(&conns, "c", "32,64", "connection counts, comma-separated")
+	flag.DurationVar(&o.dur, "d", time.Second, "duration of each measurement (one connection: half of it)")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; each figure is its target's median round")
+	flag.StringVar(&cases, "cases", "one,many,skewed", "traffic: one (one key), many (-keys keys in -orgs orgs, cycled evenly), skewed (the same keys, 1% carrying 80% of requests)")
+	flag.IntVar(&o.keys, "keys", 20000, "keys of the many and skewed cases")
+	flag.IntVar(&o.orgs, "orgs", 100, "organizations the keys are spread over")
+	flag.StringVar(&o.leases, "leases", "auto", "KEYGATE_QUOTA_LEASES of both gateways: auto or off (a keygate without leases ignores it)")
+	flag.Var(&env, "env", "extra KEYGATE_*=value for both gateways (repeatable), e.g. -env KEYGATE_AUTH_CACHE_TTL=120s")
 	flag.Parse()
-	if err := run(*conns, *dur, max(*rounds, 1)); err != nil {
+	for _, c := range strings.Split(conns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 || n > 4096 {
+			fmt.Fprintf(os.Stderr, "loadtest: -c: want connection counts from 1 to 4096, got %q\n", c)
+			os.Exit(2)
+		}
+		o.conns = append(o.conns, n)
+	}
+	for _, c := range strings.Split(cases, ",") {
+		if _, ok := trafficOf(strings.TrimSpace(c), 1); !ok {
+			fmt.Fprintf(os.Stderr, "loadtest: -cases: unknown case %q (one, many, skewed)\n", c)
+			os.Exit(2)
+		}
+		o.cases = append(o.cases, strings.TrimSpace(c))
+	}
+	if o.leases != "auto" && o.leases != "off" {
+		fmt.Fprintln(os.Stderr, "loadtest: -leases: want auto or off")
+		os.Exit(2)
+	}
+	if o.keys < 100 || o.keys > 1_000_000 || o.orgs < 1 || o.orgs > o.keys {
+		fmt.Fprintln(os.Stderr, "loadtest: want 100 <= -keys <= 1000000 and 1 <= -orgs <= -keys")
+		os.Exit(2)
+	}
+	o.rounds = max(o.rounds, 1)
+	o.dur = max(o.dur, 500*time.Millisecond)
+	o.env = env
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
+}
+
+type options struct {
+	conns      []int
+	dur        time.Duration
+	rounds     int
+	cases      []string
+	keys, orgs int
+	leases     string
+	env        []string
+}
+
+// multiFlag is a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string { return strings.Join(*m, " ") }
+func (m *multiFlag) Set(v string) error {
+	if !strings.HasPrefix(v, "KEYGATE_") || !strings.Contains(v, "=") {
+		return errors.New("want KEYGATE_NAME=value")
+	}
+	*m = append(*m, v)
+	return nil
+}
+
+// traffic is one kind of load: which keys, and how requests pick them.
+type traffic struct {
+	name  string
+	title string
+	many  bool // the many-keys set, not the one key
+	skew  bool // 1% of the keys carry 80% of the requests
+}
+
+func trafficOf(name string, keys int) (traffic, bool) {
+	switch name {
+	case "one":
+		return traffic{name: name, title: "one key"}, true
+	case "many":
+		return traffic{name: name, title: fmt.Sprintf("%d keys, cycled evenly", keys), many: true}, true
+	case "skewed":
+		return traffic{name: name, title: fmt.Sprintf("%d keys, 1%% of them carrying 80%% of requests", keys), many: true, skew: true}, true
+	}
+	return traffic{}, false
 }
 
 // serveUpstream is the backend: a small fixed body, like a typical API.
@@ -85,14 +169,42 @@ type bufferPool sync.Pool
 func (p *bufferPool) Get() []byte  { return *((*sync.Pool)(p).Get().(*[]byte)) }
 func (p *bufferPool) Put(b []byte) { (*sync.Pool)(p).Put(&b) }
 
+// result is one measurement of one target.
 type result struct {
-	name     string
 	rps      float64
+	requests float64
 	p50, p99 time.Duration
-	rss      int64 // KiB, keygate only
+	rss      int64   // KiB, peak; keygate only
+	cpuUS    float64 // keygate CPU µs per request
+	lookups  float64 // credential lookups that went to the store, per request
+	redisUS  float64 // Redis CPU µs per request; keygate on Redis only
+	redisCmd float64 // Redis commands per request
+	// failed counts non-2xx answers and socket errors: a loaded machine
+	// can push store calls past KEYGATE_REDIS_TIMEOUT (503).
+	failed float64
+	// uncounted counts admissions without a charge (store unreachable or
+	// timed out, KEYGATE_FAILURE_MODE=open): answered 200, but no result.
+	uncounted float64
 }
 
-func run(conns int, dur time.Duration, rounds int) error {
+// gateway is one keygate process.
+type gateway struct {
+	name, data, admin, metrics string
+	pid                        int
+	redis                      bool
+	// secrets: the one key, and the many keys (org i%orgs has key i).
+	one  string
+	many []string
+}
+
+// target is something to load: the bare proxy or a gateway.
+type target struct {
+	name string
+	addr string
+	gw   *gateway // nil for the bare proxy and the upstream
+}
+
+func run(o options) error {
 	dir, err := os.MkdirTemp("", "keygate-loadtest")
 	if err != nil {
 		return err
@@ -108,17 +220,9 @@ func run(conns int, dur time.Duration, rounds int) error {
 	}
 	var procs []*exec.Cmd
 	defer func() {
-		// SIGTERM first: nginx's workers outlive a killed master.
 		for _, p := range procs {
-			_ = p.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { _ = p.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				_ = p.Process.Kill()
-				<-done
-			}
+			_ = p.Process.Kill()
+			_ = p.Wait()
 		}
 	}()
 	start := func(env []string, name string, args ...string) (*exec.Cmd, error) {
@@ -149,166 +253,277 @@ func run(conns int, dur time.Duration, rounds int) error {
 	if _, err := start(nil, "redis-server", "--port", redisPort, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"); err != nil {
 		return fmt.Errorf("starting redis-server (apt-get install redis-server): %w", err)
 	}
+	rc := redis.NewClient(&redis.Options{Addr: redisAddr})
+	defer rc.Close()
 
-	type gw struct {
-		name, data, admin, metrics string
-		cmd                        *exec.Cmd
-	}
-	var gws []gw
-	// The Redis gateway also serves the authorization endpoint, for nginx:
-	// one process, one set of counters, measured in turns.
-	authzAddr := port()
+	var gws []*gateway
 	for _, store := range []struct{ name, url string }{{"keygate (embedded)", ""}, {"keygate (redis)", "redis://" + redisAddr}} {
 		data, admin, metrics := port(), port(), port()
 		env := []string{"KEYGATE_UPSTREAM_URL=http://" + upAddr, "KEYGATE_LISTEN_ADDR=" + data, "KEYGATE_ADMIN_ADDR=" + admin,
-			"KEYGATE_METRICS_ADDR=" + metrics, "KEYGATE_ADMIN_TOKEN=bench", "KEYGATE_REDIS_URL=" + store.url, "KEYGATE_LOG_LEVEL=warn"}
-		if store.url != "" {
-			env = append(env, "KEYGATE_AUTHZ_ADDR="+authzAddr, "KEYGATE_TRUSTED_PROXIES=127.0.0.1")
-		}
-		c, err := start(env, kg, "serve")
+			"KEYGATE_METRICS_ADDR=" + metrics, "KEYGATE_ADMIN_TOKEN=bench", "KEYGATE_REDIS_URL=" + store.url, "KEYGATE_LOG_LEVEL=warn",
+			"KEYGATE_QUOTA_LEASES=" + o.leases}
+		c, err := start(append(env, o.env...), kg, "serve")
 		if err != nil {
 			return err
 		}
-		gws = append(gws, gw{store.name, data, admin, metrics, c})
+		gws = append(gws, &gateway{name: store.name, data: data, admin: admin, metrics: metrics, pid: c.Process.Pid, redis: store.url != ""})
 	}
-	for _, a := range append([]string{upAddr, bareAddr, redisAddr}, gws[0].data, gws[1].data, gws[0].admin, gws[1].admin) {
+	for _, a := range []string{upAddr, bareAddr, redisAddr, gws[0].data, gws[1].data, gws[0].admin, gws[1].admin} {
 		if err := waitListen(a); err != nil {
 			return err
 		}
 	}
-	secrets := make([]string, len(gws))
-	for i, g := range gws {
-		if secrets[i], err = provision(g.admin); err != nil {
+	needMany := slices.ContainsFunc(o.cases, func(c string) bool { t, _ := trafficOf(c, o.keys); return t.many })
+	for _, g := range gws {
+		t0 := time.Now()
+		if err := provision(g, needMany, o.keys, o.orgs); err != nil {
 			return fmt.Errorf("%s: %w", g.name, err)
+		}
+		if needMany {
+			fmt.Printf("%s: %d keys in %d orgs created in %s\n", g.name, o.keys, o.orgs, time.Since(t0).Round(time.Millisecond))
 		}
 	}
 
-	type target struct {
-		name, addr string
-		header     string
-		pid        int
-	}
-	targets := []target{
-		{"upstream direct", upAddr, "", 0},
-		{"bare ReverseProxy", bareAddr, "", 0},
-		{gws[0].name, gws[0].data, "X-API-Key: " + secrets[0], gws[0].cmd.Process.Pid},
-		{gws[1].name, gws[1].data, "X-API-Key: " + secrets[1], gws[1].cmd.Process.Pid},
-	}
-	withNginx := false
-	if bin, ok := nginxBinary(); ok {
-		alone, authz := port(), port()
-		if err := startNginx(start, bin, filepath.Join(dir, "nginx-alone"), nginxAlone(alone, upAddr)); err != nil {
-			return err
-		}
-		recipe, err := nginxRecipe(authz, authzAddr, upAddr)
-		if err != nil {
-			return err
-		}
-		if err := startNginx(start, bin, filepath.Join(dir, "nginx-authz"), recipe); err != nil {
-			return err
-		}
-		for _, a := range []string{alone, authz, authzAddr} {
-			if err := waitListen(a); err != nil {
-				return fmt.Errorf("nginx: %w", err)
-			}
-		}
-		targets = append(targets, target{"nginx alone", alone, "", 0},
-			target{"nginx + keygate authz", authz, "X-API-Key: " + secrets[1], gws[1].cmd.Process.Pid})
-		withNginx = true
-	} else {
-		fmt.Println("nginx not found: the authorization-service targets are left out (apt-get install nginx)")
-	}
 	_, haveWrk := exec.LookPath("wrk")
 	gen := "wrk"
 	if haveWrk != nil {
 		gen = "Go load generator (install wrk for better figures)"
 	}
-	fmt.Printf("loopback, %d connections, %d rounds of %s per target (median round shown), generator: %s, %d cores\n\n", conns, rounds, dur, gen, numCPU())
-	cpuOf := func() map[string]float64 {
-		m := map[string]float64{}
-		for _, p := range procs {
-			m[filepath.Base(p.Path)+" "+strings.Join(p.Args[1:min(len(p.Args), 2)], "")+fmt.Sprint(p.Process.Pid)] = cpuSeconds(p.Process.Pid)
-		}
-		return m
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("loopback, %d cores, generator %s, %d rounds of %s per target and connection count (median round shown), KEYGATE_QUOTA_LEASES=%s %s\nload average before: %s\n",
+		runtime.NumCPU(), gen, o.rounds, o.dur, o.leases, strings.Join(o.env, " "), strings.TrimSpace(string(load)))
+
+	targets := []target{{name: "bare ReverseProxy", addr: bareAddr}}
+	for _, g := range gws {
+		targets = append(targets, target{name: g.name, addr: g.data, gw: g})
 	}
-	for _, tg := range targets { // warm-up: connections, caches, JIT-free but GC-sized heaps
-		if _, err := load(tg.addr, tg.header, conns, time.Second, haveWrk == nil, 0); err != nil {
-			return fmt.Errorf("%s: %w", tg.name, err)
+	m := &meter{dir: dir, useWrk: haveWrk == nil, redis: rc}
+	for _, name := range o.cases {
+		tr, _ := trafficOf(name, o.keys)
+		if err := runCase(m, tr, targets, upAddr, o); err != nil {
+			return fmt.Errorf("%s: %w", tr.title, err)
 		}
-	}
-	// Targets take turns, round after round, and each keeps its median
-	// round: a burst of noise on a shared machine then hits every target
-	// alike instead of deciding one ratio.
-	runs := make([][]result, len(targets))
-	singles := make([][]result, len(targets))
-	for range rounds {
-		for i, tg := range targets {
-			before := cpuOf()
-			r, err := load(tg.addr, tg.header, conns, dur, haveWrk == nil, tg.pid)
-			if err != nil {
-				return fmt.Errorf("%s: %w", tg.name, err)
-			}
-			if os.Getenv("LOADTEST_CPU") != "" {
-				for k, v := range cpuOf() {
-					if d := v - before[k]; d > 0.05 {
-						fmt.Printf("  %-22s cpu %-40s %.2fs\n", tg.name, k, d)
-					}
-				}
-			}
-			r.name = tg.name
-			runs[i] = append(runs[i], r)
-			s, err := load(tg.addr, tg.header, 1, dur/2, haveWrk == nil, 0)
-			if err != nil {
-				return fmt.Errorf("%s at one connection: %w", tg.name, err)
-			}
-			s.name = tg.name
-			singles[i] = append(singles[i], s)
-		}
-	}
-	var results, single []result
-	for i := range targets {
-		results = append(results, median(runs[i], func(r result) float64 { return r.rps }))
-		single = append(single, median(singles[i], func(r result) float64 { return float64(r.p50) }))
-	}
-	base := results[0]
-	fmt.Printf("%-22s %12s %8s %10s %10s %10s\n", "target", "req/s", "×direct", "p50", "p99", "RSS")
-	for _, r := range results {
-		rss := ""
-		if r.rss > 0 {
-			rss = fmt.Sprintf("%.1f MiB", float64(r.rss)/1024)
-		}
-		fmt.Printf("%-22s %12.0f %8.2f %10s %10s %10s\n", r.name, r.rps, r.rps/base.rps, r.p50, r.p99, rss)
 	}
 	for _, g := range gws {
 		fmt.Printf("%s: %s\n", g.name, storeHealth(g.metrics))
 	}
-	bare := results[1]
-	fmt.Printf("\nkeygate vs bare ReverseProxy: embedded %.2f×, redis %.2f× requests/s\n", results[2].rps/bare.rps, results[3].rps/bare.rps)
-	if withNginx {
-		alone, authz := results[4], results[5]
-		fmt.Printf("nginx + keygate authz (redis) vs nginx alone: %.2f× requests/s, p50 %s vs %s\n", authz.rps/alone.rps, authz.p50, alone.p50)
-		fmt.Printf("nginx + keygate authz (redis) vs keygate as the proxy (redis): %.2f× requests/s, p50 %s vs %s\n", authz.rps/results[3].rps, authz.p50, results[3].p50)
+	load, _ = os.ReadFile("/proc/loadavg")
+	fmt.Printf("load average after: %s\n", strings.TrimSpace(string(load)))
+	return nil
+}
+
+// runCase measures every target under one kind of traffic: rounds, and in
+// each round every target at every connection count, then at one.
+func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) error {
+	keysOf := func(t target) []string {
+		g := t.gw
+		if g == nil {
+			g = targets[len(targets)-1].gw // the bare proxy sends the same headers, unread
+		}
+		if tr.many {
+			return g.many
+		}
+		return []string{g.one}
 	}
-	fmt.Printf("\nat one connection (p50):\n")
-	for _, s := range single {
-		fmt.Printf("%-22s %10s  (+%s over direct)\n", s.name, s.p50, s.p50-single[0].p50)
+	// Warm-up: connections, heap sizes, and every key once through each
+	// gateway's credential cache.
+	for _, t := range targets {
+		ks := keysOf(t)
+		warm := max(time.Second, o.dur)
+		if _, err := m.load(t, ks, false, slices.Max(o.conns), warm); err != nil {
+			return fmt.Errorf("%s warm-up: %w", t.name, err)
+		}
+	}
+	runs := map[string][]result{}
+	single := map[string][]result{}
+	for range o.rounds {
+		for _, t := range targets {
+			for _, c := range o.conns {
+				r, err := m.load(t, keysOf(t), tr.skew, c, o.dur)
+				if err != nil {
+					return fmt.Errorf("%s at %d connections: %w", t.name, c, err)
+				}
+				k := t.name + "\x00" + strconv.Itoa(c)
+				runs[k] = append(runs[k], r)
+			}
+			s, err := m.load(t, keysOf(t), tr.skew, 1, o.dur/2)
+			if err != nil {
+				return fmt.Errorf("%s at one connection: %w", t.name, err)
+			}
+			single[t.name] = append(single[t.name], s)
+		}
+		s, err := m.load(target{name: "upstream direct", addr: upAddr}, []string{"x"}, false, 1, o.dur/2)
+		if err != nil {
+			return fmt.Errorf("upstream at one connection: %w", err)
+		}
+		single["upstream direct"] = append(single["upstream direct"], s)
+	}
+
+	fmt.Printf("\n### %s\n\n", tr.title)
+	fmt.Println("| target | conns | req/s | × bare | p50 | p99 | RSS | keygate CPU µs/req | store lookups/req | Redis CPU µs/req | Redis cmds/req | failed, uncounted (all rounds) |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, c := range o.conns {
+		bare := median(runs[targets[0].name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
+		for _, t := range targets {
+			r := median(runs[t.name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
+			row := fmt.Sprintf("| %s | %d | %.0f | %.2f | %s | %s |", t.name, c, r.rps, r.rps/bare.rps, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond))
+			switch {
+			case t.gw == nil:
+				row += " | | | | |"
+			case t.gw.redis:
+				row += fmt.Sprintf(" %.1f MiB | %.1f | %.3f | %.2f | %.2f |", float64(r.rss)/1024, r.cpuUS, r.lookups, r.redisUS, r.redisCmd)
+			default:
+				row += fmt.Sprintf(" %.1f MiB | %.1f | %.3f | — | — |", float64(r.rss)/1024, r.cpuUS, r.lookups)
+			}
+			if t.gw == nil {
+				row += fmt.Sprintf(" %.0f |", r.failed)
+			} else {
+				row += fmt.Sprintf(" %.0f, %.0f |", r.failed, r.uncounted)
+			}
+			fmt.Println(row)
+		}
+	}
+	fmt.Printf("\nat one connection (p50): ")
+	names := append([]string{"upstream direct"}, func() []string {
+		var out []string
+		for _, t := range targets {
+			out = append(out, t.name)
+		}
+		return out
+	}()...)
+	p50 := map[string]time.Duration{}
+	for i, n := range names {
+		p50[n] = median(single[n], func(r result) float64 { return float64(r.p50) }).p50
+		if i > 0 {
+			fmt.Print(", ")
+		}
+		fmt.Printf("%s %s", n, p50[n].Round(time.Microsecond))
+	}
+	bare := p50[targets[0].name]
+	fmt.Printf("\nkeygate over the bare proxy at one connection: embedded %+dµs, redis %+dµs\n",
+		(p50[targets[1].name] - bare).Microseconds(), (p50[targets[2].name] - bare).Microseconds())
+	if n, err := m.redis.DBSize(context.Background()).Result(); err == nil {
+		fmt.Printf("Redis keys after this case: %d\n", n)
 	}
 	return nil
 }
 
-func numCPU() int { return runtime.NumCPU() }
+// meter runs measurements and samples the processes around them.
+type meter struct {
+	dir     string
+	useWrk  bool
+	redis   *redis.Client
+	scripts map[string]string // wrk scripts by key list and mode
+	seq     int
+}
 
-// provision creates an effectively unlimited plan, an org and a key.
-func provision(admin string) (string, error) {
+// load runs one measurement of t with requests spread over keys (skewed or
+// cycled), and samples keygate and Redis around it.
+func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Duration) (result, error) {
+	var before redisStats
+	var cpu0, miss0, open0 float64
+	if t.gw != nil {
+		cpu0 = cpuSeconds(t.gw.pid)
+		miss0 = metricSum(t.gw.metrics, "keygate_auth_cache_lookups_total", `result="miss"`)
+		open0 = metricSum(t.gw.metrics, "keygate_fail_open_admits_total", "")
+		if t.gw.redis {
+			before = m.redisStats()
+		}
+	}
+	done := make(chan struct{})
+	var peak atomic.Int64
+	var wg sync.WaitGroup
+	if t.gw != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tk := time.NewTicker(200 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-tk.C:
+					peak.Store(max(peak.Load(), rssKiB(t.gw.pid)))
+				}
+			}
+		}()
+	}
+	var r result
+	var err error
+	if m.useWrk {
+		r, err = m.loadWrk(t.addr, keys, skew, conns, dur)
+	} else {
+		r, err = loadGo(t.addr, keys, skew, conns, dur)
+	}
+	close(done)
+	wg.Wait()
+	if err != nil || t.gw == nil || r.requests == 0 {
+		return r, err
+	}
+	r.rss = max(peak.Load(), rssKiB(t.gw.pid))
+	r.cpuUS = (cpuSeconds(t.gw.pid) - cpu0) * 1e6 / r.requests
+	r.lookups = (metricSum(t.gw.metrics, "keygate_auth_cache_lookups_total", `result="miss"`) - miss0) / r.requests
+	r.uncounted = metricSum(t.gw.metrics, "keygate_fail_open_admits_total", "") - open0
+	if t.gw.redis {
+		after := m.redisStats()
+		r.redisUS = (after.cpu - before.cpu) * 1e6 / r.requests
+		r.redisCmd = (after.calls - before.calls) / r.requests
+	}
+	return r, nil
+}
+
+// redisStats are the totals of INFO cpu and INFO commandstats.
+type redisStats struct {
+	cpu   float64 // seconds, user + system
+	calls float64 // commands, without the INFO calls that read them
+}
+
+func (m *meter) redisStats() redisStats {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := m.redis.Info(ctx, "cpu", "commandstats").Result()
+	if err != nil {
+		return redisStats{}
+	}
+	return parseRedisInfo(info)
+}
+
+// parseRedisInfo sums CPU and command calls from INFO cpu and commandstats.
+func parseRedisInfo(info string) redisStats {
+	var s redisStats
+	for _, line := range strings.Split(info, "\n") {
+		line = strings.TrimSpace(line)
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch {
+		case k == "used_cpu_sys" || k == "used_cpu_user":
+			f, _ := strconv.ParseFloat(v, 64)
+			s.cpu += f
+		case strings.HasPrefix(k, "cmdstat_") && k != "cmdstat_info":
+			calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
+			f, _ := strconv.ParseFloat(calls, 64)
+			s.calls += f
+		}
+	}
+	return s
+}
+
+// provision creates an effectively unlimited plan, one org with one key,
+// and, when many is set, keys keys spread over orgs organizations.
+func provision(g *gateway, many bool, keys, orgs int) error {
+	client := &http.Client{Timeout: 10 * time.Second}
 	post := func(path, body string, out any) error {
-		req, _ := http.NewRequest("POST", "http://"+admin+path, strings.NewReader(body))
+		req, _ := http.NewRequest("POST", "http://"+g.admin+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer bench")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if resp.StatusCode != 201 {
 			return fmt.Errorf("POST %s: %d %s", path, resp.StatusCode, b)
 		}
@@ -317,18 +532,70 @@ func provision(admin string) (string, error) {
 		}
 		return nil
 	}
+	newOrg := func(name string) (string, error) {
+		var org struct{ ID string }
+		err := post("/admin/v1/orgs", `{"name":"`+name+`","plan_id":1}`, &org)
+		return org.ID, err
+	}
+	newKey := func(org, name string) (string, error) {
+		var key struct {
+			AccessSecret string `json:"access_secret"`
+		}
+		err := post("/admin/v1/orgs/"+org+"/keys", `{"name":"`+name+`","permissions":["read"]}`, &key)
+		return key.AccessSecret, err
+	}
 	if err := post("/admin/v1/plans", `{"id":1,"name":"bench","period":"month","max_api_requests":1000000000000}`, nil); err != nil {
-		return "", err
+		return err
 	}
-	var org struct{ ID string }
-	if err := post("/admin/v1/orgs", `{"name":"bench","plan_id":1}`, &org); err != nil {
-		return "", err
+	org, err := newOrg("bench")
+	if err != nil {
+		return err
 	}
-	var key struct {
-		AccessSecret string `json:"access_secret"`
+	if g.one, err = newKey(org, "bench"); err != nil || !many {
+		return err
 	}
-	err := post("/admin/v1/orgs/"+org.ID+"/keys", `{"name":"bench","permissions":["read"]}`, &key)
-	return key.AccessSecret, err
+	ids := make([]string, orgs)
+	for i := range ids {
+		if ids[i], err = newOrg("bench-" + strconv.Itoa(i)); err != nil {
+			return err
+		}
+	}
+	g.many = make([]string, keys)
+	var next atomic.Int64
+	errs := make(chan error, 16)
+	for range 16 {
+		go func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= keys {
+					errs <- nil
+					return
+				}
+				// A create whose reply timed out may have been retried by
+				// go-redis and then answer 409 for a key it did create (its
+				// secret is lost): take another name.
+				var s string
+				var err error
+				for attempt := range 3 {
+					if s, err = newKey(ids[i%orgs], "k"+strconv.Itoa(i)+"-"+strconv.Itoa(attempt)); err == nil {
+						break
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				g.many[i] = s
+			}
+		}()
+	}
+	for range 16 {
+		if e := <-errs; e != nil && err == nil {
+			err = e
+			next.Store(int64(keys)) // stop the others
+		}
+	}
+	return err
 }
 
 func waitListen(addr string) error {
@@ -343,42 +610,74 @@ func waitListen(addr string) error {
 	return fmt.Errorf("%s not listening after 10s", addr)
 }
 
-// load runs one measurement; pid, when set, is sampled for RSS at the end.
-func load(addr, header string, conns int, dur time.Duration, useWrk bool, pid int) (result, error) {
-	var r result
-	var err error
-	done := make(chan struct{})
-	var peak int64
-	if pid > 0 {
-		go func() {
-			t := time.NewTicker(200 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-done:
-					return
-				case <-t.C:
-					peak = max(peak, rssKiB(pid))
-				}
-			}
-		}()
+// wrkScript is the Lua script that spreads wrk's requests over the keys in
+// keyFile: each thread cycles from its own offset, or, skewed, sends 80 %
+// of its requests to the first 1 % of the keys.
+const wrkScript = `local keys = {}
+for line in io.lines(%q) do keys[#keys + 1] = line end
+local n = #keys
+local hot = math.max(1, math.floor(n / 100))
+local skew = %t
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+local i = 0
+function init(args)
+  i = ((tid or 0) * 7919) %% n
+  math.randomseed((tid or 0) * 1000 + 7)
+end
+function request()
+  local k
+  if skew and n > hot then
+    if math.random() < 0.8 then k = keys[math.random(hot)] else k = keys[hot + math.random(n - hot)] end
+  else
+    i = i %% n + 1
+    k = keys[i]
+  end
+  return wrk.format("GET", "/", {["X-API-Key"] = k})
+end
+`
+
+// script returns a wrk script for the keys (written once per key list).
+func (m *meter) script(keys []string, skew bool) (string, error) {
+	id := fmt.Sprintf("%p-%d-%t", &keys[0], len(keys), skew)
+	if p, ok := m.scripts[id]; ok {
+		return p, nil
 	}
-	if useWrk {
-		r, err = loadWrk(addr, header, conns, dur)
-	} else {
-		r, err = loadGo(addr, header, conns, dur)
+	if m.scripts == nil {
+		m.scripts = map[string]string{}
 	}
-	close(done)
-	r.rss = peak
-	return r, err
+	m.seq++
+	keyFile := filepath.Join(m.dir, fmt.Sprintf("keys-%d.txt", m.seq))
+	if err := os.WriteFile(keyFile, []byte(strings.Join(keys, "\n")+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	p := filepath.Join(m.dir, fmt.Sprintf("wrk-%d.lua", m.seq))
+	if err := os.WriteFile(p, []byte(fmt.Sprintf(wrkScript, keyFile, skew)), 0o600); err != nil {
+		return "", err
+	}
+	m.scripts[id] = p
+	return p, nil
 }
 
-var wrkLine = regexp.MustCompile(`(?m)^\s*(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$`)
+var (
+	wrkLine     = regexp.MustCompile(`(?m)^\s*(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$`)
+	wrkRequests = regexp.MustCompile(`(?m)^\s*(\d+) requests in ([\d.]+)(us|ms|s|m)`)
+	wrkErrors   = regexp.MustCompile(`(?m)^\s*(?:Non-2xx or 3xx responses|Socket errors):(.*)$`)
+)
 
-func loadWrk(addr, header string, conns int, dur time.Duration) (result, error) {
-	args := []string{"-t", strconv.Itoa(min(conns, 2)), "-c", strconv.Itoa(conns), "-d", fmt.Sprintf("%ds", max(int(dur.Seconds()), 1)), "--latency"}
-	if header != "" {
-		args = append(args, "-H", header)
+func (m *meter) loadWrk(addr string, keys []string, skew bool, conns int, dur time.Duration) (result, error) {
+	args := []string{"-t", strconv.Itoa(min(conns, 2)), "-c", strconv.Itoa(conns), "-d", fmt.Sprintf("%ds", max(1, int(dur.Round(time.Second).Seconds()))), "--latency"}
+	if len(keys) == 1 {
+		args = append(args, "-H", "X-API-Key: "+keys[0])
+	} else {
+		s, err := m.script(keys, skew)
+		if err != nil {
+			return result{}, err
+		}
+		args = append(args, "-s", s)
 	}
 	out, err := exec.Command("wrk", append(args, "http://"+addr+"/")...).CombinedOutput()
 	if err != nil {
@@ -391,17 +690,24 @@ func loadWrk(addr, header string, conns int, dur time.Duration) (result, error) 
 			r.rps, _ = strconv.ParseFloat(f[1], 64)
 		}
 	}
-	for _, m := range wrkLine.FindAllStringSubmatch(string(out), -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		d := time.Duration(v * float64(map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[m[3]]))
-		if m[1] == "50" {
+	units := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "m": time.Minute}
+	for _, mm := range wrkLine.FindAllStringSubmatch(string(out), -1) {
+		v, _ := strconv.ParseFloat(mm[2], 64)
+		d := time.Duration(v * float64(units[mm[3]]))
+		if mm[1] == "50" {
 			r.p50 = d
 		} else {
 			r.p99 = d
 		}
 	}
-	if strings.Contains(string(out), "Non-2xx") {
-		return r, fmt.Errorf("wrk saw non-2xx responses:\n%s", out)
+	if mm := wrkRequests.FindStringSubmatch(string(out)); mm != nil {
+		r.requests, _ = strconv.ParseFloat(mm[1], 64)
+	}
+	for _, mm := range wrkErrors.FindAllStringSubmatch(string(out), -1) {
+		for _, f := range strings.FieldsFunc(mm[1], func(r rune) bool { return r < '0' || r > '9' }) {
+			n, _ := strconv.ParseFloat(f, 64)
+			r.failed += n
+		}
 	}
 	if r.rps == 0 {
 		return r, errors.New("wrk printed no Requests/sec")
@@ -409,26 +715,39 @@ func loadWrk(addr, header string, conns int, dur time.Duration) (result, error) 
 	return r, nil
 }
 
-func loadGo(addr, header string, conns int, dur time.Duration) (result, error) {
-	hk, hv, _ := strings.Cut(header, ": ")
+func loadGo(addr string, keys []string, skew bool, conns int, dur time.Duration) (result, error) {
 	tr := &http.Transport{MaxIdleConnsPerHost: conns}
+	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), dur)
 	defer cancel()
 	var mu sync.Mutex
 	var lat []time.Duration
-	var failed error
+	var bad atomic.Int64
 	var wg sync.WaitGroup
-	for range conns {
+	n := len(keys)
+	hot := max(1, n/100)
+	for c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			i := c * 7919 % n
 			var mine []time.Duration
 			for ctx.Err() == nil {
-				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
-				if hk != "" {
-					req.Header.Set(hk, hv)
+				var k string
+				if skew && n > hot {
+					if rng.Float64() < 0.8 {
+						k = keys[rng.IntN(hot)]
+					} else {
+						k = keys[hot+rng.IntN(n-hot)]
+					}
+				} else {
+					i = (i + 1) % n
+					k = keys[i]
 				}
+				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+				req.Header.Set("X-API-Key", k)
 				t0 := time.Now()
 				resp, err := client.Do(req)
 				if err != nil {
@@ -437,10 +756,7 @@ func loadGo(addr, header string, conns int, dur time.Duration) (result, error) {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 {
-					mu.Lock()
-					failed = fmt.Errorf("status %d", resp.StatusCode)
-					mu.Unlock()
-					break
+					bad.Add(1)
 				}
 				mine = append(mine, time.Since(t0))
 			}
@@ -450,18 +766,19 @@ func loadGo(addr, header string, conns int, dur time.Duration) (result, error) {
 		}()
 	}
 	wg.Wait()
-	if failed != nil {
-		return result{}, failed
-	}
 	if len(lat) == 0 {
 		return result{}, errors.New("no request completed")
 	}
 	slices.Sort(lat)
-	return result{rps: float64(len(lat)) / dur.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
+	return result{rps: float64(len(lat)) / dur.Seconds(), requests: float64(len(lat)), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], failed: float64(bad.Load())}, nil
 }
 
-// median returns the result whose key is the median of rs.
+// median returns the result whose key is the median of rs, with the peak
+// RSS of all of them and their failed and uncounted requests summed.
 func median(rs []result, key func(result) float64) result {
+	if len(rs) == 0 {
+		return result{}
+	}
 	sorted := slices.Clone(rs)
 	slices.SortFunc(sorted, func(a, b result) int {
 		switch ka, kb := key(a), key(b); {
@@ -473,38 +790,51 @@ func median(rs []result, key func(result) float64) result {
 		return 0
 	})
 	m := sorted[len(sorted)/2]
-	for _, r := range rs { // report the peak RSS of all rounds
+	m.failed, m.uncounted = 0, 0
+	for _, r := range rs {
 		m.rss = max(m.rss, r.rss)
+		m.failed += r.failed
+		m.uncounted += r.uncounted
 	}
 	return m
+}
+
+// metricSum scrapes a gateway's /metrics and sums the samples of name that
+// carry label (any, when empty); 0 when unreachable.
+func metricSum(addr, name, label string) float64 {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") || !strings.Contains(line, label) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		sum += v
+	}
+	return sum
 }
 
 // storeHealth reports the store errors and uncounted admissions a gateway
 // saw during the run, from its /metrics: a fast run that skipped counting
 // would be no result.
 func storeHealth(addr string) string {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return err.Error()
-	}
-	defer resp.Body.Close()
-	var errs, failOpen float64
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			continue
-		}
-		v, _ := strconv.ParseFloat(f[1], 64)
-		switch {
-		case strings.HasPrefix(line, "keygate_store_errors_total"):
-			errs += v
-		case strings.HasPrefix(line, "keygate_fail_open_admits_total"):
-			failOpen += v
+	s := fmt.Sprintf("%.0f store errors, %.0f uncounted (fail-open) admits",
+		metricSum(addr, "keygate_store_errors_total", ""), metricSum(addr, "keygate_fail_open_admits_total", ""))
+	for _, o := range []string{"store_unavailable", "invalid_credential", "quota_exceeded", "rate_limited", "internal_error"} {
+		if n := metricSum(addr, "keygate_requests_total", `outcome="`+o+`"`); n > 0 {
+			s += fmt.Sprintf(", %.0f %s", n, o)
 		}
 	}
-	return fmt.Sprintf("%.0f store errors, %.0f uncounted (fail-open) admits", errs, failOpen)
+	return s
 }
 
 // cpuSeconds reads a process's user+system CPU time from /proc.
@@ -536,83 +866,4 @@ func rssKiB(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-// nginxBinary finds Debian's nginx.
-func nginxBinary() (string, bool) {
-	if p, err := exec.LookPath("nginx"); err == nil {
-		return p, true
-	}
-	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
-		return "/usr/sbin/nginx", true
-	}
-	return "", false
-}
-
-// nginxAlone is the http { } block of nginx proxying to the upstream with
-// nothing else: the baseline of the authorization recipe.
-func nginxAlone(listen, upstream string) string {
-	return fmt.Sprintf(`upstream backend {
-    server %s;
-    keepalive 64;
-}
-server {
-    listen %s;
-    location / {
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_pass http://backend;
-    }
-}
-`, upstream, listen)
-}
-
-// nginxRecipe is deploy/authz/nginx.conf (run from the repository root)
-// with its addresses replaced.
-func nginxRecipe(listen, authz, upstream string) (string, error) {
-	b, err := os.ReadFile("deploy/authz/nginx.conf")
-	if err != nil {
-		return "", fmt.Errorf("the nginx recipe: %w", err)
-	}
-	conf := string(b)
-	for from, to := range map[string]string{"listen 8000;": "listen " + listen + ";",
-		"server 127.0.0.1:8001;": "server " + authz + ";", "server 127.0.0.1:8080;": "server " + upstream + ";"} {
-		if !strings.Contains(conf, from) {
-			return "", fmt.Errorf("deploy/authz/nginx.conf has no %q", from)
-		}
-		conf = strings.ReplaceAll(conf, from, to)
-	}
-	return conf, nil
-}
-
-// startNginx runs nginx in the foreground with httpConf as its http { }
-// block, every file of its own under dir, and no access log (keygate's is
-// at warn level too).
-func startNginx(start func([]string, string, ...string) (*exec.Cmd, error), bin, dir, httpConf string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	conf := fmt.Sprintf(`daemon off;
-worker_processes auto;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log crit;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
-%[2]s
-}
-`, dir, httpConf)
-	path := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-		return err
-	}
-	if _, err := start(nil, bin, "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log")); err != nil {
-		return fmt.Errorf("starting nginx: %w", err)
-	}
-	return nil
 }
