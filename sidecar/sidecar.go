@@ -28,10 +28,11 @@ import (
 	"github.com/keygate/keygate/selfserve/user"
 )
 
-// Options configure a Sidecar. Upstream, Store, Auth and Counter are
-// required.
+// Options configure a Sidecar. Store, Auth and Counter are required.
 type Options struct {
-	// Upstream is the backend requests are forwarded to.
+	// Upstream is the backend requests are forwarded to; nil = no data
+	// path (keygate as an authorization service alone): requests for other
+	// than the self-served routes get 404, before any decision.
 	Upstream *url.URL
 	Store    keys.Store
 	Auth     *keys.Authenticator
@@ -129,8 +130,12 @@ func New(o Options) *Sidecar {
 		Now:          o.Now,
 	})
 	book := meter.NewBook(meter.Options{Counter: o.Counter, StoreTimeout: o.StoreTimeout, Log: o.Log, Metrics: o.Metrics})
-	data := proxy.New(proxy.Options{
-		Upstream:        o.Upstream,
+	upstream := o.Upstream
+	if upstream == nil {
+		upstream = &url.URL{Scheme: "http", Host: "upstream.invalid"} // never used: see noDataPath
+	}
+	var data listener.Handler = proxy.New(proxy.Options{
+		Upstream:        upstream,
 		Gate:            g,
 		Book:            book,
 		UpstreamTimeout: o.UpstreamTimeout,
@@ -141,6 +146,9 @@ func New(o Options) *Sidecar {
 		Metrics:         o.Metrics,
 		Now:             o.Now,
 	})
+	if o.Upstream == nil {
+		data = noDataPath(o.Log)
+	}
 	routes := dataRoutes(
 		account.New(account.Options{Gate: g, Manage: m, Log: o.Log}),
 		gw3.New(gw3.Options{Gate: g, Manage: m, Provider: o.Provider, Log: o.Log}),
@@ -165,4 +173,11 @@ func New(o Options) *Sidecar {
 		s.Admin = admin.New(admin.Options{Manage: m, Token: o.AdminToken, Public: o.AdminPublic, Log: o.Log})
 	}
 	return s
+}
+
+// noDataPath answers every request for an upstream when there is none: 404,
+// nothing decided, nothing charged.
+func noDataPath(log *zap.Logger) listener.HandlerFunc {
+	err := &gate.ClientError{Status: http.StatusNotFound, Msg: "Not found: this keygate has no upstream (KEYGATE_UPSTREAM_URL); it answers authorization checks"}
+	return func(w *listener.Writer, r *http.Request) { w.Fail(r, err, time.Now(), log) }
 }

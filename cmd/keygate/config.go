@@ -25,8 +25,9 @@ const envPrefix = "KEYGATE_"
 type config struct {
 	// ListenAddr serves the data path and the self-served user routes.
 	ListenAddr string `env:"LISTEN_ADDR" envDefault:":8000"`
-	// UpstreamURL is the backend, e.g. http://127.0.0.1:8080.
-	UpstreamURL url.URL `env:"UPSTREAM_URL,required"`
+	// UpstreamURL is the backend, e.g. http://127.0.0.1:8080; required
+	// unless keygate runs as an authorization service alone.
+	UpstreamURL url.URL `env:"UPSTREAM_URL"`
 	// RedisURL is a redis:// or rediss:// URL; empty means the embedded
 	// in-memory store. Extra addr= query parameters make it a cluster URL.
 	RedisURL string `env:"REDIS_URL"`
@@ -86,6 +87,8 @@ type config struct {
 	TrustedProxies string `env:"TRUSTED_PROXIES"`
 	// MaxConnections bounds the open connections of each listener.
 	MaxConnections int `env:"MAX_CONNECTIONS" envDefault:"10000"`
+	// AuthzGRPCAddr serves Envoy's ext_authz over gRPC; empty = off.
+	AuthzGRPCAddr string `env:"AUTHZ_GRPC_ADDR"`
 }
 
 // The parsed forms of settings validate checked.
@@ -103,6 +106,10 @@ func (c config) trustedProxies() guard.TrustedProxies {
 	t, _ := guard.ParseTrustedProxies(c.TrustedProxies)
 	return t
 }
+
+// authzService reports whether keygate answers authorization checks, so
+// that a data path (an upstream) is optional.
+func (c config) authzService() bool { return c.AuthzGRPCAddr != "" }
 
 // loadConfig parses and validates the configuration from environ. Every
 // problem is reported, each naming its variable.
@@ -123,8 +130,16 @@ func (c config) validate() error {
 	bad := func(name, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s%s: %s", envPrefix, name, fmt.Sprintf(format, args...)))
 	}
-	if c.UpstreamURL.Scheme != "http" && c.UpstreamURL.Scheme != "https" || c.UpstreamURL.Host == "" {
+	switch {
+	case c.UpstreamURL == (url.URL{}):
+		if !c.authzService() {
+			bad("UPSTREAM_URL", "required but not set (it may be left out only when an authorization address, KEYGATE_AUTHZ_GRPC_ADDR, is set)")
+		}
+	case c.UpstreamURL.Scheme != "http" && c.UpstreamURL.Scheme != "https" || c.UpstreamURL.Host == "":
 		bad("UPSTREAM_URL", "want an absolute http:// or https:// URL, got %q", c.UpstreamURL.String())
+	}
+	if c.AuthzGRPCAddr != "" && !validListenAddr(c.AuthzGRPCAddr) {
+		bad("AUTHZ_GRPC_ADDR", "want host:port or :port with a port from 0 to 65535, got %q", c.AuthzGRPCAddr)
 	}
 	if c.RedisURL != "" {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {

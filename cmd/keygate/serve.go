@@ -35,6 +35,7 @@ import (
 // listeners are the bound addresses of a running sidecar.
 type listeners struct {
 	Data, Admin, Metrics string
+	AuthzGRPC            string
 }
 
 // serve runs the sidecar until ctx is done, then drains in-flight requests.
@@ -74,8 +75,12 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	})
 	toucher := keys.NewToucher(st.keys, keys.ToucherOptions{Timeout: cfg.RedisTimeout * 4})
 	upstream := cfg.UpstreamURL
+	var upstreamOpt *url.URL // nil: no data path (an authorization service alone)
+	if upstream != (url.URL{}) {
+		upstreamOpt = &upstream
+	}
 	sc := sidecar.New(sidecar.Options{
-		Upstream:           &upstream,
+		Upstream:           upstreamOpt,
 		Store:              st.keys,
 		Auth:               auth,
 		Counter:            st.counter,
@@ -129,6 +134,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		log.Info("operator API off: KEYGATE_ADMIN_TOKEN is empty")
 	}
 
+	authzGRPC := newAuthzGRPC(cfg, sc.Gate, log, mtr)
 	for _, s := range servers {
 		if err := s.listen(); err != nil {
 			for _, o := range servers {
@@ -136,6 +142,12 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 			}
 			return err
 		}
+	}
+	if err := authzGRPC.listen(); err != nil {
+		for _, o := range servers {
+			o.close()
+		}
+		return err
 	}
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
@@ -147,16 +159,17 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	touchDone := make(chan struct{})
 	go func() { defer close(touchDone); toucher.Run(bg) }()
 
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+1)
 	for _, s := range servers {
 		go func() { errc <- s.serve() }()
 		log.Info("listening", zap.String("listener", s.name), zap.String("addr", s.ln.Addr().String()))
 	}
+	authzGRPC.start(errc, log)
 	log.Info("keygate started", zap.String("upstream", redactURL(&upstream)), zap.String("store", st.kind),
 		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", sealer != nil))
 	logSigning(log, sealer)
 	if ready != nil {
-		l := listeners{}
+		l := listeners{AuthzGRPC: authzGRPC.boundAddr()}
 		for _, s := range servers {
 			switch s.name {
 			case "data":
@@ -181,6 +194,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	// balancers (a Kubernetes Service's endpoints) stop sending new
 	// requests, then stop accepting and wait for in-flight requests.
 	draining.Store(true)
+	authzGRPC.drain()
 	if cfg.ShutdownDelay > 0 && serveErr == nil {
 		log.Info("not ready; serving on until the shutdown delay ends", zap.Duration("delay", cfg.ShutdownDelay))
 		t := time.NewTimer(cfg.ShutdownDelay)
@@ -198,6 +212,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		if err := s.srv.Shutdown(sctx); err != nil {
 			errs = append(errs, fmt.Errorf("shutting down %s listener: %w", s.name, err))
 		}
+	}
+	if err := authzGRPC.shutdown(sctx); err != nil {
+		errs = append(errs, err)
 	}
 	stopBG()
 	<-watchDone

@@ -49,6 +49,7 @@ var Layers = []Layer{
 	{Name: "front account", Packages: []string{"selfserve/account"}, May: frontMay},
 	{Name: "front gw3", Packages: []string{"selfserve/gw3"}, May: frontMay},
 	{Name: "front user", Packages: []string{"selfserve/user"}, May: frontMay},
+	{Name: "front extauthz", Packages: []string{"authz/extauthz"}, May: frontMay},
 	{Name: "wiring", Packages: []string{"sidecar"}, May: []string{"*"}},
 	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/layout"}, May: []string{"*"}},
 	{Name: "command", Packages: []string{"cmd/keygate"}, May: []string{"*"}},

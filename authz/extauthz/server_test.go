@@ -1,0 +1,137 @@
+package extauthz_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/keygate/keygate/authz/extauthz"
+	"github.com/keygate/keygate/internal/sidecartest"
+	"github.com/keygate/keygate/metrics"
+	"github.com/keygate/keygate/sidecar"
+)
+
+const testOrg = "0f3b8f0e-1111-4c6e-9a53-000000000002"
+
+func check(secret, target string) *authv3.CheckRequest {
+	h := map[string]string{":method": "GET", ":path": target, ":authority": "api.example.com", "user-agent": "bench/1",
+		"x-request-id": "2c8f9b1e-4f0a", "x-forwarded-proto": "https", "accept": "*/*"}
+	if secret != "" {
+		h["authorization"] = "Bearer " + secret
+	}
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+			SocketAddress: &corev3.SocketAddress{Address: "203.0.113.7", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 40000}}}}},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: "GET", Path: target, Headers: h}},
+	}}
+}
+
+// TestCheckDecidesLikeTheDataPath: the same request gets the same answer
+// from the gRPC front as from the data path, and changes the usage the
+// same way.
+func TestCheckDecidesLikeTheDataPath(t *testing.T) {
+	e := sidecartest.New(t, sidecar.Options{})
+	secret := e.SetupOrg(t, 1, 2, nil, testOrg)
+	s := extauthz.New(extauthz.Options{Gate: e.Gate})
+	ctx := context.Background()
+	for i, want := range []int{200, 200, 429} {
+		resp, err := s.Check(ctx, check(secret, "/v1/things"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 200
+		if d := resp.GetDeniedResponse(); d != nil {
+			got = int(d.GetStatus().GetCode())
+		}
+		if got != want {
+			t.Errorf("check %d: %d, want %d: %v", i, got, want, resp)
+		}
+	}
+	if got := sidecartest.Get(e.Data, secret); got != 429 {
+		t.Errorf("data path after the quota: %d", got)
+	}
+	if u := e.Snapshot(t, time.Now()).Usage[testOrg]; u.Org != 2 {
+		t.Errorf("usage %+v after two admitted checks", u)
+	}
+}
+
+// TestCheckHostile: malformed checks are 4xx denials in the data path's
+// body, change nothing and never fail the RPC.
+func TestCheckHostile(t *testing.T) {
+	e := sidecartest.New(t, sidecar.Options{})
+	secret := e.SetupOrg(t, 1, 100, nil, testOrg)
+	s := extauthz.New(extauthz.Options{Gate: e.Gate, RejectNonCanonical: true})
+	before := e.Snapshot(t, time.Now())
+	for _, cr := range []*authv3.CheckRequest{
+		nil, {}, {Attributes: &authv3.AttributeContext{}},
+		check(secret, "/a/../b"), check(secret, "*"), check(secret, "/a%00"), check(secret, ""),
+		check(secret, "/"+strings.Repeat("a", extauthz.MaxHeaderBytes)),
+	} {
+		resp, err := s.Check(context.Background(), cr)
+		if err != nil {
+			t.Fatalf("RPC failed: %v", err)
+		}
+		d := resp.GetDeniedResponse()
+		if d == nil || d.GetStatus().GetCode() < 400 || d.GetStatus().GetCode() > 499 || !strings.HasPrefix(d.GetBody(), `{"error":true,"statusCode":4`) ||
+			codes.Code(resp.GetStatus().GetCode()) == codes.OK {
+			t.Errorf("%v: %v", cr, resp)
+		}
+	}
+	if after := e.Snapshot(t, time.Now()); after.Usage[testOrg] != before.Usage[testOrg] {
+		t.Errorf("usage changed: %+v → %+v", before.Usage[testOrg], after.Usage[testOrg])
+	}
+}
+
+// BenchmarkCheck measures a decision through the gRPC front on a cache hit
+// with the in-memory counter: in-process (the front's own cost on top of
+// the decision), and through a real gRPC client over loopback (what Envoy
+// pays, transport included).
+func BenchmarkCheck(b *testing.B) {
+	e := sidecartest.New(b, sidecar.Options{Metrics: metrics.NewMetrics(prometheus.NewRegistry(), 1000)})
+	secret := e.SetupOrg(b, 1, 1<<62, nil, testOrg)
+	s := extauthz.New(extauthz.Options{Gate: e.Gate, Metrics: metrics.NewMetrics(prometheus.NewRegistry(), 1000)})
+	cr := check(secret, "/v1/things?page=2")
+	ctx := context.Background()
+	if resp, err := s.Check(ctx, cr); err != nil || resp.GetOkResponse() == nil { // warm the auth cache
+		b.Fatalf("%v %v", resp, err)
+	}
+	b.Run("in-process", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.Check(ctx, cr); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("grpc-loopback", func(b *testing.B) {
+		srv, _ := extauthz.NewGRPCServer(s)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Stop()
+		conn, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close()
+		c := authv3.NewAuthorizationClient(conn)
+		b.ReportAllocs()
+		for b.Loop() {
+			resp, err := c.Check(ctx, cr)
+			if err != nil || resp.GetOkResponse() == nil {
+				b.Fatalf("%v %v", resp, err)
+			}
+		}
+	})
+}
