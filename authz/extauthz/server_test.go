@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/keygate/keygate/authz/extauthz"
 	"github.com/keygate/keygate/internal/sidecartest"
@@ -134,4 +135,59 @@ func BenchmarkCheck(b *testing.B) {
 			}
 		}
 	})
+}
+
+// FuzzCheck: whatever bytes arrive as a CheckRequest (the gRPC server
+// decodes them with the same protobuf code), Check never panics nor fails
+// the RPC, refuses with a 4xx in the data path's body unless it admits, and
+// admits only a request carrying the org's key.
+func FuzzCheck(f *testing.F) {
+	e := sidecartest.New(f, sidecar.Options{})
+	secret := e.SetupOrg(f, 1, 1<<40, nil, testOrg)
+	s := extauthz.New(extauthz.Options{Gate: e.Gate})
+	for _, cr := range []*authv3.CheckRequest{
+		check(secret, "/v1/things?page=2"), check("", "/"), check("kg_unknown", "/a/../b"), check(secret, "/a%2Fb"),
+		{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "POST", Path: "/x", HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "x-api-key", RawValue: []byte(secret)}}},
+		}}}},
+	} {
+		b, err := proto.Marshal(cr)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var cr authv3.CheckRequest
+		if proto.Unmarshal(data, &cr) != nil {
+			return
+		}
+		resp, err := s.Check(context.Background(), &cr)
+		if err != nil {
+			t.Fatalf("RPC failed: %v", err)
+		}
+		if ok := resp.GetOkResponse(); ok != nil {
+			if !strings.Contains(data2str(&cr), secret) || len(ok.GetHeaders()) != 4 {
+				t.Fatalf("admitted %v: %v", &cr, resp)
+			}
+			return
+		}
+		d := resp.GetDeniedResponse()
+		if d == nil || d.GetStatus().GetCode() < 400 || d.GetStatus().GetCode() > 499 && d.GetStatus().GetCode() != 503 {
+			t.Fatalf("%v: %v", &cr, resp)
+		}
+	})
+}
+
+// data2str is every header value of a check, for "did it carry the key".
+func data2str(cr *authv3.CheckRequest) string {
+	var b strings.Builder
+	hr := cr.GetAttributes().GetRequest().GetHttp()
+	for _, v := range hr.GetHeaders() {
+		b.WriteString(v + "\n")
+	}
+	for _, h := range hr.GetHeaderMap().GetHeaders() {
+		b.WriteString(h.GetValue() + string(h.GetRawValue()) + "\n")
+	}
+	return b.String()
 }
