@@ -164,9 +164,10 @@ func lowerAll(names []string) []string {
 func okResponse(v *gate.Verdict, in http.Header, now time.Time) *authv3.CheckResponse {
 	h := make(http.Header, len(identityHeaders)+2)
 	gate.SetIdentity(h, &v.Principal)
+	opts := newOptions(len(identityHeaders) + 2)
 	ok := &authv3.OkHttpResponse{Headers: make([]*corev3.HeaderValueOption, 0, len(identityHeaders))}
 	for _, n := range identityHeaders {
-		ok.Headers = append(ok.Headers, headerOption(n[1], h[n[0]][0]))
+		ok.Headers = append(ok.Headers, opts.next(n[1], h[n[0]][0]))
 	}
 	bearer := 0
 	if v.Bearer {
@@ -183,9 +184,9 @@ func okResponse(v *gate.Verdict, in http.Header, now time.Time) *authv3.CheckRes
 	}
 	clear(h)
 	v.SetHeaders(h, now)
-	for _, name := range [...]string{"Ratelimit-Policy", "Ratelimit"} {
-		if vs := h[name]; len(vs) > 0 {
-			ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd, headerOption(strings.ToLower(name), vs[0]))
+	for _, n := range [...][2]string{{"Ratelimit-Policy", "ratelimit-policy"}, {"Ratelimit", "ratelimit"}} {
+		if vs := h[n[0]]; len(vs) > 0 {
+			ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd, opts.next(n[1], vs[0]))
 		}
 	}
 	return &authv3.CheckResponse{
@@ -205,12 +206,30 @@ func isSetIdentity(name string) bool {
 	return false
 }
 
-// headerOption is a header that replaces any of the same name.
-func headerOption(key, value string) *corev3.HeaderValueOption {
-	return &corev3.HeaderValueOption{
-		Header:       &corev3.HeaderValue{Key: key, Value: value},
-		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+// options hands out headers that replace any of the same name, from two
+// arrays allocated once per response rather than two allocations a header.
+type options struct {
+	opts []corev3.HeaderValueOption
+	vals []corev3.HeaderValue
+}
+
+func newOptions(n int) *options {
+	return &options{opts: make([]corev3.HeaderValueOption, 0, n), vals: make([]corev3.HeaderValue, 0, n)}
+}
+
+// next returns the next header; past the capacity it allocates (the
+// arrays are never grown: the pointers handed out stay valid).
+func (o *options) next(key, value string) *corev3.HeaderValueOption {
+	if len(o.opts) == cap(o.opts) {
+		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, Value: value}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
 	}
+	o.vals = o.vals[:len(o.vals)+1]
+	hv := &o.vals[len(o.vals)-1]
+	hv.Key, hv.Value = key, value
+	o.opts = o.opts[:len(o.opts)+1]
+	opt := &o.opts[len(o.opts)-1]
+	opt.Header, opt.AppendAction = hv, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	return opt
 }
 
 // deniedResponse refuses a request with the data path's answer to p: its
@@ -227,9 +246,10 @@ func deniedResponse(p gate.Problem) *authv3.CheckResponse {
 	}
 	slices.Sort(names)
 	headers := make([]*corev3.HeaderValueOption, 0, len(names))
+	opts := newOptions(len(names))
 	for _, name := range names {
 		for _, v := range w.h[name] {
-			headers = append(headers, headerOption(strings.ToLower(name), v))
+			headers = append(headers, opts.next(strings.ToLower(name), v))
 		}
 	}
 	return &authv3.CheckResponse{
