@@ -391,3 +391,38 @@ func TestAuthzGRPCSigned(t *testing.T) {
 		t.Errorf("one admitted signed check charged %d", u)
 	}
 }
+
+// TestAuthzGRPCDrain: once keygate is told to stop, gRPC health reports
+// NOT_SERVING (Envoy's and the kubelet's health checks take it out), while
+// checks keep being answered for KEYGATE_SHUTDOWN_DELAY.
+func TestAuthzGRPCDrain(t *testing.T) {
+	g := startGate(t, map[string]string{"KEYGATE_AUTHZ_GRPC_ADDR": "127.0.0.1:0", "KEYGATE_SHUTDOWN_DELAY": "2s", "KEYGATE_LOG_LEVEL": "info"})
+	c := dialAuthz(t, g)
+	_, ks := g.setupOrg(1, 100, "month", map[string][]string{"k": {"read"}})
+	cr := checkRequest("GET", "/v1/things", map[string]string{"x-api-key": ks["k"].AccessSecret})
+	allowedOf(t, c.check(cr))
+	stopped := make(chan error, 1)
+	go func() { stopped <- g.stop() }()
+	service := &healthpb.HealthCheckRequest{Service: "envoy.service.auth.v3.Authorization"}
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		hs, err := c.health.Check(ctx, service)
+		cancel()
+		if err == nil && hs.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("health still %v (%v) after the stop began", hs, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	allowedOf(t, c.check(cr)) // still answered while draining
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("keygate did not stop")
+	}
+}
