@@ -1,11 +1,15 @@
 package deploytest
 
 import (
+	"encoding/json"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
@@ -296,5 +300,54 @@ func checkEnvoyGatewayRecipe(t *testing.T, r rendered) {
 	}
 	if len(sp.Spec.TargetRefs) != 1 || sp.Spec.TargetRefs[0].Kind != "HTTPRoute" {
 		t.Errorf("targetRefs %+v", sp.Spec.TargetRefs)
+	}
+}
+
+// TestIstioRecipeByIstioProtos decodes the mesh config's extension
+// providers and the AuthorizationPolicy's spec with Istio's own protos
+// (istio.io/api), which refuse a field Istio does not know.
+func TestIstioRecipeByIstioProtos(t *testing.T) {
+	var r rendered
+	for _, x := range renderAll(t) {
+		if x.dir == "authz/istio" {
+			r = x
+		}
+	}
+	cm, _ := r.find("ConfigMap", "istio").(*corev1.ConfigMap)
+	if cm == nil {
+		t.Fatal("no mesh config")
+	}
+	js, err := yaml.YAMLToJSON([]byte(cm.Data["mesh"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mc meshv1alpha1.MeshConfig
+	if err := protojson.Unmarshal(js, &mc); err != nil {
+		t.Fatalf("mesh config by Istio's MeshConfig: %v", err)
+	}
+	if len(mc.GetExtensionProviders()) != 2 || mc.GetExtensionProviders()[0].GetEnvoyExtAuthzGrpc().GetService() != authzHost {
+		t.Errorf("providers %v", mc.GetExtensionProviders())
+	}
+	for _, o := range r.objects {
+		if o.kind != "AuthorizationPolicy" {
+			continue
+		}
+		var obj struct {
+			Spec json.RawMessage `json:"spec"`
+		}
+		if err := yaml.Unmarshal(o.doc, &obj); err != nil {
+			t.Fatal(err)
+		}
+		var ap securityv1beta1.AuthorizationPolicy
+		if err := protojson.Unmarshal(obj.Spec, &ap); err != nil {
+			t.Fatalf("AuthorizationPolicy spec by Istio's proto: %v", err)
+		}
+		if ap.GetAction() != securityv1beta1.AuthorizationPolicy_CUSTOM || ap.GetProvider().GetName() != "keygate-grpc" {
+			t.Errorf("policy %v", &ap)
+		}
+	}
+	// The protos are strict: a misspelt provider field is refused.
+	if err := protojson.Unmarshal([]byte(`{"extensionProviders":[{"name":"x","envoyExtAuthzGrpc":{"servce":"x","port":9001}}]}`), &mc); err == nil {
+		t.Error("a misspelt field was accepted")
 	}
 }
