@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keygate/keygate/authz/extauthz"
@@ -190,4 +192,41 @@ func data2str(cr *authv3.CheckRequest) string {
 		b.WriteString(h.GetValue() + string(h.GetRawValue()) + "\n")
 	}
 	return b.String()
+}
+
+// TestGRPCBounds: a check larger than MaxMessageBytes is refused by the
+// transport (RESOURCE_EXHAUSTED) without reaching the decision, and the
+// connection goes on serving checks and health.
+func TestGRPCBounds(t *testing.T) {
+	e := sidecartest.New(t, sidecar.Options{})
+	secret := e.SetupOrg(t, 1, 100, nil, testOrg)
+	srv, _ := extauthz.NewGRPCServer(extauthz.New(extauthz.Options{Gate: e.Gate}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Stop()
+	conn, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := authv3.NewAuthorizationClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	big := check(secret, "/v1/things")
+	big.Attributes.Request.Http.Body = strings.Repeat("x", extauthz.MaxMessageBytes)
+	if _, err := c.Check(ctx, big); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("oversized check: %v", err)
+	}
+	if resp, err := c.Check(ctx, check(secret, "/v1/things")); err != nil || resp.GetOkResponse() == nil {
+		t.Errorf("check after the oversized one: %v %v", resp, err)
+	}
+	if hs, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || hs.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health: %v %v", hs, err)
+	}
+	if u := e.Snapshot(t, time.Now()).Usage[testOrg]; u.Org != 1 {
+		t.Errorf("usage %d, want the one admitted check", u.Org)
+	}
 }
