@@ -28,6 +28,15 @@ const (
 	AnnotationCPULimit      = "keygate.io/cpu-limit"
 	AnnotationMemoryLimit   = "keygate.io/memory-limit"
 
+	// AnnotationMode is proxy (the default: keygate takes over the pod's
+	// serving port and forwards to the app) or authz (keygate is an
+	// authorization service beside the pod's own proxy, which asks it about
+	// each request; no port is taken over). AnnotationAuthzPort and
+	// AnnotationAuthzGRPCPort move its two authorization listeners.
+	AnnotationMode          = "keygate.io/mode"
+	AnnotationAuthzPort     = "keygate.io/authz-port"
+	AnnotationAuthzGRPCPort = "keygate.io/authz-grpc-port"
+
 	// AnnotationStatus marks a pod the injector has patched, so a re-invocation
 	// (reinvocationPolicy: IfNeeded) adds nothing.
 	AnnotationStatus = "keygate.io/status"
@@ -37,8 +46,20 @@ const (
 	ContainerName = "keygate"
 )
 
+// Values of AnnotationMode.
+const (
+	ModeProxy = "proxy"
+	ModeAuthz = "authz"
+)
+
 // Defaults of the added container; each can be changed per pod by annotation.
 const (
+	// DefaultAuthzPort (HTTP: nginx auth_request, Traefik ForwardAuth,
+	// Envoy's HTTP ext_authz) and DefaultAuthzGRPCPort (Envoy's gRPC
+	// ext_authz) are where keygate listens in authz mode.
+	DefaultAuthzPort     = 9002
+	DefaultAuthzGRPCPort = 9001
+
 	DefaultListenPort  = 8000
 	DefaultMetricsPort = 9090
 	// adminPort is KEYGATE_ADMIN_ADDR's port; it is bound on 127.0.0.1 inside the
@@ -52,6 +73,8 @@ const (
 
 	routesVolume      = "keygate-routes"
 	metricsPortName   = "keygate-metrics"
+	authzPortName     = "keygate-authz"
+	authzGRPCPortName = "keygate-grpc"
 	defaultPortName   = "keygate"
 	defaultCPUReq     = "50m"
 	defaultMemReq     = "64Mi"
@@ -164,9 +187,12 @@ func configFromEnv(getenv func(string) string) (serverConfig, error) {
 
 // podSettings are the per-pod choices, read from the pod's annotations.
 type podSettings struct {
+	mode          string // ModeProxy or ModeAuthz
 	upstream      string // port number or container port name; empty = guess
 	listenPort    int32
 	metricsPort   int32
+	authzPort     int32 // authz mode only
+	authzGRPCPort int32 // authz mode only
 	failureMode   string
 	routes        string
 	nativeSidecar bool
@@ -179,12 +205,28 @@ type podSettings struct {
 // rather than run with a sidecar it did not ask for.
 func settingsFrom(cfg Config, ann map[string]string) (podSettings, error) {
 	s := podSettings{
+		mode:        ModeProxy,
 		upstream:    strings.TrimSpace(ann[AnnotationUpstreamPort]),
 		listenPort:  DefaultListenPort,
 		metricsPort: DefaultMetricsPort,
 		routes:      strings.TrimSpace(ann[AnnotationRoutes]),
 	}
+	if v, ok := ann[AnnotationMode]; ok {
+		switch v {
+		case ModeProxy, ModeAuthz:
+			s.mode = v
+		default:
+			return podSettings{}, fmt.Errorf("annotation %s=%q: want %s (keygate in front of the app, the default) or %s (keygate as an authorization service beside the pod's own proxy)",
+				AnnotationMode, v, ModeProxy, ModeAuthz)
+		}
+	}
 	var err error
+	if s.authzPort, err = portAnnotation(ann, AnnotationAuthzPort, DefaultAuthzPort); err != nil {
+		return podSettings{}, err
+	}
+	if s.authzGRPCPort, err = portAnnotation(ann, AnnotationAuthzGRPCPort, DefaultAuthzGRPCPort); err != nil {
+		return podSettings{}, err
+	}
 	if s.listenPort, err = portAnnotation(ann, AnnotationListenPort, DefaultListenPort); err != nil {
 		return podSettings{}, err
 	}

@@ -3,8 +3,10 @@
 // The API server sends it an AdmissionReview v1 for every Pod created in a
 // namespace labelled keygate.io/inject=enabled; for pods labelled
 // keygate.io/inject="true" it answers with a JSONPatch that adds the keygate
-// sidecar in front of the pod's serving port. The package is split so the
-// decision can be tested without a network:
+// sidecar in front of the pod's serving port, or, with the annotation
+// keygate.io/mode=authz, beside the pod's own proxy as an authorization
+// service that takes over no port. The package is split so the decision can
+// be tested without a network:
 //
 //   - Mutate is pure: an AdmissionRequest and a Config in, patch operations out.
 //   - NewHandler wraps Mutate in the HTTP and AdmissionReview envelope.

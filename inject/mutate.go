@@ -66,12 +66,18 @@ func Mutate(cfg Config, req *admissionv1.AdmissionRequest) ([]Op, error) {
 	if err != nil {
 		return nil, err
 	}
-	up, err := findUpstream(&pod.Spec, s.upstream)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkPorts(&pod.Spec, s, up); err != nil {
-		return nil, err
+	var up upstream
+	if s.mode == ModeAuthz {
+		if err := checkAuthzPorts(&pod.Spec, s); err != nil {
+			return nil, err
+		}
+	} else {
+		if up, err = findUpstream(&pod.Spec, s.upstream); err != nil {
+			return nil, err
+		}
+		if err := checkPorts(&pod.Spec, s, up); err != nil {
+			return nil, err
+		}
 	}
 
 	var ops []Op
@@ -102,7 +108,12 @@ func Mutate(cfg Config, req *admissionv1.AdmissionRequest) ([]Op, error) {
 		}
 		ops = append(ops, appendOp("/spec/volumes", len(pod.Spec.Volumes), vol))
 	}
-	c := sidecar(cfg, s, up.port, dataPortName)
+	var c corev1.Container
+	if s.mode == ModeAuthz {
+		c = authzSidecar(cfg, s)
+	} else {
+		c = sidecar(cfg, s, up.port, dataPortName)
+	}
 	if s.nativeSidecar {
 		ops = append(ops, appendOp("/spec/initContainers", len(pod.Spec.InitContainers), c))
 	} else {
@@ -308,6 +319,65 @@ func sidecar(cfg Config, s podSettings, upstreamPort int32, dataPortName string)
 	if s.nativeSidecar {
 		always := corev1.ContainerRestartPolicyAlways
 		c.RestartPolicy = &always
+	}
+	return c
+}
+
+// checkAuthzPorts refuses authz-mode settings that would make two processes
+// of the pod bind the same port. keygate's data listener is then on a
+// loopback port the kernel picks, so it cannot collide with anything.
+func checkAuthzPorts(spec *corev1.PodSpec, s podSettings) error {
+	mine := map[int32]string{
+		s.authzPort:     AnnotationAuthzPort,
+		s.authzGRPCPort: AnnotationAuthzGRPCPort,
+		s.metricsPort:   AnnotationMetricsPort,
+	}
+	if len(mine) < 3 {
+		return fmt.Errorf("keygate authz port %d, authz gRPC port %d and metrics port %d must differ", s.authzPort, s.authzGRPCPort, s.metricsPort)
+	}
+	for p, what := range mine {
+		if p == adminPort {
+			return fmt.Errorf("%s %d is keygate's admin port: choose another", what, p)
+		}
+	}
+	for _, list := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range list {
+			for _, p := range c.Ports {
+				if what, ok := mine[p.ContainerPort]; ok {
+					return fmt.Errorf("%s %d is already used by container %q: set annotation %s to a free port", what, p.ContainerPort, c.Name, what)
+				}
+				switch p.Name {
+				case metricsPortName, authzPortName, authzGRPCPortName:
+					return fmt.Errorf("container %q already has a port named %s", c.Name, p.Name)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// authzSidecar is the keygate container of authz mode: the same container
+// as the sidecar's, listening for authorization checks instead of taking
+// over the app's port. It has no upstream; its data listener (the
+// self-served routes) is bound to a loopback port the kernel picks, so that
+// it takes no port the pod may use.
+func authzSidecar(cfg Config, s podSettings) corev1.Container {
+	c := sidecar(cfg, s, 0, "")
+	env := []corev1.EnvVar{
+		{Name: "KEYGATE_LISTEN_ADDR", Value: "127.0.0.1:0"},
+		{Name: "KEYGATE_AUTHZ_ADDR", Value: ":" + strconv.Itoa(int(s.authzPort))},
+		{Name: "KEYGATE_AUTHZ_GRPC_ADDR", Value: ":" + strconv.Itoa(int(s.authzGRPCPort))},
+	}
+	for _, e := range c.Env {
+		if e.Name != "KEYGATE_UPSTREAM_URL" && e.Name != "KEYGATE_LISTEN_ADDR" {
+			env = append(env, e)
+		}
+	}
+	c.Env = env
+	c.Ports = []corev1.ContainerPort{
+		{Name: authzPortName, ContainerPort: s.authzPort, Protocol: corev1.ProtocolTCP},
+		{Name: authzGRPCPortName, ContainerPort: s.authzGRPCPort, Protocol: corev1.ProtocolTCP},
+		{Name: metricsPortName, ContainerPort: s.metricsPort, Protocol: corev1.ProtocolTCP},
 	}
 	return c
 }

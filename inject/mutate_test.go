@@ -56,6 +56,9 @@ func TestFixtures(t *testing.T) {
 		"several-containers":        patched,
 		"named-upstream-annotation": patched,
 		"undeclared-upstream-port":  patched,
+		"authz-mode":                patched,
+		"authz-port-conflict":       denied,
+		"unknown-mode":              denied,
 		"opt-out":                   noPatch,
 		"opt-out-label-false":       noPatch,
 		"already-injected":          noPatch,
@@ -388,5 +391,79 @@ func TestMutateNativeSidecarFunc(t *testing.T) {
 				t.Errorf("NativeSidecarFunc called %d times, want asked = %v (at most once)", asked, tt.wantAsked)
 			}
 		})
+	}
+}
+
+// TestMutateAuthzMode: keygate.io/mode=authz adds keygate beside the pod's
+// own proxy: no port of the pod is renamed or taken over, keygate has no
+// upstream and listens on its two authorization ports; mode=proxy is the
+// default, and an unknown mode is refused.
+func TestMutateAuthzMode(t *testing.T) {
+	review := func(mode string) *admissionv1.AdmissionRequest {
+		body, err := os.ReadFile(filepath.Join("testdata", "authz-mode.review.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r admissionv1.AdmissionReview
+		if err := json.Unmarshal(body, &r); err != nil {
+			t.Fatal(err)
+		}
+		var pod corev1.Pod
+		if err := json.Unmarshal(r.Request.Object.Raw, &pod); err != nil {
+			t.Fatal(err)
+		}
+		if mode == "" {
+			delete(pod.Annotations, "keygate.io/mode")
+		} else {
+			pod.Annotations["keygate.io/mode"] = mode
+		}
+		if r.Request.Object.Raw, err = json.Marshal(&pod); err != nil {
+			t.Fatal(err)
+		}
+		return r.Request
+	}
+	ops, err := inject.Mutate(testConfig, review("authz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kg *corev1.Container
+	for _, op := range ops {
+		if strings.HasPrefix(op.Path, "/spec/containers") {
+			t.Errorf("authz mode changes the pod's containers: %+v", op)
+		}
+		if op.Path == "/spec/initContainers" {
+			b, _ := json.Marshal(op.Value)
+			var cs []corev1.Container
+			if err := json.Unmarshal(b, &cs); err != nil || len(cs) != 1 {
+				t.Fatalf("init containers %s: %v", b, err)
+			}
+			kg = &cs[0]
+		}
+	}
+	if kg == nil {
+		t.Fatalf("no keygate container in %+v", ops)
+	}
+	env := map[string]string{}
+	for _, e := range kg.Env {
+		env[e.Name] = e.Value
+	}
+	if _, ok := env["KEYGATE_UPSTREAM_URL"]; ok || env["KEYGATE_AUTHZ_GRPC_ADDR"] != ":9001" || env["KEYGATE_AUTHZ_ADDR"] != ":9002" ||
+		env["KEYGATE_LISTEN_ADDR"] != "127.0.0.1:0" {
+		t.Errorf("authz-mode environment %v", env)
+	}
+
+	proxyOps, err := inject.Mutate(testConfig, review("proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaultOps, err := inject.Mutate(testConfig, review(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cmp.Equal(proxyOps, defaultOps) {
+		t.Errorf("mode=proxy differs from the default:\n%s", cmp.Diff(defaultOps, proxyOps))
+	}
+	if _, err := inject.Mutate(testConfig, review("Authz")); err == nil || !strings.Contains(err.Error(), "keygate.io/mode") {
+		t.Errorf("unknown mode: %v", err)
 	}
 }

@@ -90,6 +90,8 @@ type config struct {
 	TrustedProxies string `env:"TRUSTED_PROXIES"`
 	// MaxConnections bounds the open connections of each listener.
 	MaxConnections int `env:"MAX_CONNECTIONS" envDefault:"10000"`
+	// AuthzGRPCAddr serves Envoy's ext_authz over gRPC; empty = off.
+	AuthzGRPCAddr string `env:"AUTHZ_GRPC_ADDR"`
 }
 
 // The parsed forms of settings validate checked.
@@ -108,6 +110,10 @@ func (c config) trustedProxies() guard.TrustedProxies {
 	return t
 }
 
+// authzService reports whether keygate answers authorization checks (HTTP
+// or gRPC), so that a data path (an upstream) is optional.
+func (c config) authzService() bool { return c.AuthzAddr != "" || c.AuthzGRPCAddr != "" }
+
 // loadConfig parses and validates the configuration from environ. Every
 // problem is reported, each naming its variable.
 func loadConfig(environ map[string]string) (config, error) {
@@ -115,10 +121,7 @@ func loadConfig(environ map[string]string) (config, error) {
 	if err != nil {
 		return config{}, rewriteEnvError(err)
 	}
-	// The upstream is optional when an authorization service is configured:
-	// this endpoint, or the gRPC one (KEYGATE_AUTHZ_GRPC_ADDR).
-	authz := cfg.AuthzAddr != "" || environ[envPrefix+"AUTHZ_GRPC_ADDR"] != ""
-	if err := cfg.validate(authz); err != nil {
+	if err := cfg.validate(); err != nil {
 		return config{}, err
 	}
 	return cfg, nil
@@ -128,21 +131,22 @@ func loadConfig(environ map[string]string) (config, error) {
 // keygate has no data path, only authorization services.
 func (c config) hasUpstream() bool { return c.UpstreamURL != (url.URL{}) }
 
-// validate collects every problem of an otherwise parsed configuration;
-// authz says an authorization service is configured, so the upstream may
-// be missing.
-func (c config) validate(authz bool) error {
+// validate collects every problem of an otherwise parsed configuration.
+func (c config) validate() error {
 	var errs []error
 	bad := func(name, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s%s: %s", envPrefix, name, fmt.Sprintf(format, args...)))
 	}
 	switch {
 	case !c.hasUpstream():
-		if !authz {
+		if !c.authzService() {
 			bad("UPSTREAM_URL", "required but not set (it is optional only with KEYGATE_AUTHZ_ADDR or KEYGATE_AUTHZ_GRPC_ADDR)")
 		}
 	case c.UpstreamURL.Scheme != "http" && c.UpstreamURL.Scheme != "https" || c.UpstreamURL.Host == "":
 		bad("UPSTREAM_URL", "want an absolute http:// or https:// URL, got %q", c.UpstreamURL.String())
+	}
+	if c.AuthzGRPCAddr != "" && !validListenAddr(c.AuthzGRPCAddr) {
+		bad("AUTHZ_GRPC_ADDR", "want host:port or :port with a port from 0 to 65535, got %q", c.AuthzGRPCAddr)
 	}
 	if c.RedisURL != "" {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {

@@ -282,7 +282,7 @@ func TestOpenModeNeverVerifiedKey(t *testing.T) {
 	defer up.Close()
 	srv := redistest.Start(t)
 	g := startGate(t, map[string]string{"KEYGATE_UPSTREAM_URL": up.URL, "KEYGATE_REDIS_URL": srv.URL(),
-		"KEYGATE_REDIS_TIMEOUT": "100ms", "KEYGATE_FAILURE_MODE": "open"})
+		"KEYGATE_REDIS_TIMEOUT": "300ms", "KEYGATE_FAILURE_MODE": "open"})
 	_, ks := g.setupOrg(1, 1000, "month", map[string][]string{"seen": {"read"}, "unseen": {"read"}})
 	data := "http://" + g.l.Data
 	if status, _, b := call(t, "GET", data+"/", map[string]string{"X-API-Key": ks["seen"].AccessSecret}, ""); status != 200 {

@@ -37,6 +37,8 @@ type listeners struct {
 	Data, Admin, Metrics string
 	// Authz is the HTTP authorization endpoint's; empty when off.
 	Authz string
+	// AuthzGRPC is the gRPC ext_authz service's; empty when off.
+	AuthzGRPC string
 }
 
 // serve runs the sidecar until ctx is done, then drains in-flight requests.
@@ -148,6 +150,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		}})
 	}
 
+	authzGRPC := newAuthzGRPC(cfg, sc.Gate, log, mtr)
 	for _, s := range servers {
 		if err := s.listen(); err != nil {
 			for _, o := range servers {
@@ -155,6 +158,12 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 			}
 			return err
 		}
+	}
+	if err := authzGRPC.listen(); err != nil {
+		for _, o := range servers {
+			o.close()
+		}
+		return err
 	}
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
@@ -166,7 +175,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	touchDone := make(chan struct{})
 	go func() { defer close(touchDone); toucher.Run(bg) }()
 
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+1)
 	for _, s := range servers {
 		go func() { errc <- s.serve() }()
 		log.Info("listening", zap.String("listener", s.name), zap.String("addr", s.ln.Addr().String()))
@@ -175,11 +184,12 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	if upstream != nil {
 		upstreamField = redactURL(upstream)
 	}
+	authzGRPC.start(errc, log)
 	log.Info("keygate started", zap.String("upstream", upstreamField), zap.String("store", st.kind),
 		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", sealer != nil))
 	logSigning(log, sealer)
 	if ready != nil {
-		l := listeners{}
+		l := listeners{AuthzGRPC: authzGRPC.boundAddr()}
 		for _, s := range servers {
 			switch s.name {
 			case "data":
@@ -206,6 +216,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	// balancers (a Kubernetes Service's endpoints) stop sending new
 	// requests, then stop accepting and wait for in-flight requests.
 	draining.Store(true)
+	authzGRPC.drain()
 	if cfg.ShutdownDelay > 0 && serveErr == nil {
 		log.Info("not ready; serving on until the shutdown delay ends", zap.Duration("delay", cfg.ShutdownDelay))
 		t := time.NewTimer(cfg.ShutdownDelay)
@@ -223,6 +234,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		if err := s.srv.Shutdown(sctx); err != nil {
 			errs = append(errs, fmt.Errorf("shutting down %s listener: %w", s.name, err))
 		}
+	}
+	if err := authzGRPC.shutdown(sctx); err != nil {
+		errs = append(errs, err)
 	}
 	stopBG()
 	<-watchDone

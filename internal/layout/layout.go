@@ -55,6 +55,7 @@ var Layers = []Layer{
 	{Name: "front portal", Packages: []string{"portal"}, May: frontMay},
 	{Name: "front console", Packages: []string{"console"}, May: frontMay},
 	{Name: "front authz http", Packages: []string{"authz/httpauthz"}, May: frontMay},
+	{Name: "front extauthz", Packages: []string{"authz/extauthz"}, May: frontMay},
 	{Name: "wiring", Packages: []string{"sidecar"}, May: []string{"*"}},
 	{Name: "test support", Packages: []string{"internal/redistest", "internal/sidecartest", "internal/nginxtest", "internal/fleet", "internal/layout", "internal/browsertest"}, May: []string{"*"}},
 	{Name: "command", Packages: []string{"cmd/keygate"}, May: []string{"*"}},

@@ -33,6 +33,12 @@ var crdKinds = map[schema.GroupVersionKind]func() any{
 	{Group: "cert-manager.io", Version: "v1", Kind: "Issuer"}:               func() any { return &issuer{} },
 	{Group: "cert-manager.io", Version: "v1", Kind: "Certificate"}:          func() any { return &certificate{} },
 	{Group: "monitoring.coreos.com", Version: "v1", Kind: "ServiceMonitor"}: func() any { return &serviceMonitor{} },
+	// The authorization recipes (authz_test.go); the e2e test sends them to
+	// the API server with structural CRDs (testdata/crds).
+	{Group: "traefik.io", Version: "v1alpha1", Kind: "Middleware"}:                   func() any { return &middleware{} },
+	{Group: "security.istio.io", Version: "v1", Kind: "AuthorizationPolicy"}:         func() any { return &authorizationPolicy{} },
+	{Group: "gateway.envoyproxy.io", Version: "v1alpha1", Kind: "SecurityPolicy"}:    func() any { return &securityPolicy{} },
+	{Group: "gateway.networking.k8s.io", Version: "v1beta1", Kind: "ReferenceGrant"}: func() any { return &referenceGrant{} },
 }
 
 type objectMeta struct {

@@ -125,6 +125,10 @@ func TestKustomizeBuild(t *testing.T) {
 		"injector":                          func(t *testing.T, r rendered) { checkInjector(t, r, true, "auto") },
 		"overlays/injector-classic":         func(t *testing.T, r rendered) { checkInjector(t, r, true, "false") },
 		"overlays/injector-self-managed-ca": func(t *testing.T, r rendered) { checkInjector(t, r, false, "auto") },
+		"authz/service":                     checkAuthzService,
+		"authz/traefik":                     checkTraefikRecipe,
+		"authz/istio":                       checkIstioRecipe,
+		"authz/envoy-gateway":               checkEnvoyGatewayRecipe,
 	}
 	for dir := range byDir {
 		if _, ok := checks[dir]; !ok {
