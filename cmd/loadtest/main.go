@@ -12,7 +12,11 @@
 // (INFO cpu and INFO commandstats deltas), and the median latency at one
 // connection.
 //
-//	go run ./cmd/loadtest [-c 32,64] [-d 1s] [-rounds 3] [-cases one,many,skewed] [-leases auto|off]
+// With nginx installed, the one-key case also measures nginx alone in front
+// of the upstream and nginx asking keygate (the Redis gateway) through the
+// auth_request recipe, deploy/authz/nginx.conf (nginx.go).
+//
+//	go run ./cmd/loadtest [-c 32,64] [-d 1s] [-rounds 3] [-cases one,many,skewed] [-leases auto|off] [-nginx=false]
 package main
 
 import (
@@ -39,6 +43,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -65,6 +70,7 @@ func main() {
 	flag.IntVar(&o.keys, "keys", 20000, "keys of the many and skewed cases")
 	flag.IntVar(&o.orgs, "orgs", 100, "organizations the keys are spread over")
 	flag.StringVar(&o.leases, "leases", "auto", "KEYGATE_QUOTA_LEASES of both gateways: auto or off (a keygate without leases ignores it)")
+	flag.BoolVar(&o.nginx, "nginx", true, "with nginx installed, the one-key case also measures nginx alone and nginx + keygate authz (deploy/authz/nginx.conf); -nginx=false leaves them out")
 	flag.Var(&env, "env", "extra KEYGATE_*=value for both gateways (repeatable), e.g. -env KEYGATE_AUTH_CACHE_TTL=120s")
 	flag.Parse()
 	for _, c := range strings.Split(conns, ",") {
@@ -107,6 +113,7 @@ type options struct {
 	keys, orgs int
 	leases     string
 	env        []string
+	nginx      bool
 }
 
 // multiFlag is a repeatable string flag.
@@ -197,11 +204,13 @@ type gateway struct {
 	many []string
 }
 
-// target is something to load: the bare proxy or a gateway.
+// target is something to load: the bare proxy, a gateway, or nginx.
 type target struct {
 	name string
 	addr string
-	gw   *gateway // nil for the bare proxy and the upstream
+	// gw is the gateway deciding, sampled around each measurement: nil
+	// for the bare proxy, the upstream and nginx alone.
+	gw *gateway
 }
 
 func run(o options) error {
@@ -219,12 +228,7 @@ func run(o options) error {
 		return fmt.Errorf("building keygate: %v\n%s", err, out)
 	}
 	var procs []*exec.Cmd
-	defer func() {
-		for _, p := range procs {
-			_ = p.Process.Kill()
-			_ = p.Wait()
-		}
-	}()
+	defer stopAll(&procs)
 	start := func(env []string, name string, args ...string) (*exec.Cmd, error) {
 		c := exec.Command(name, args...)
 		c.Env = append(os.Environ(), env...)
@@ -256,12 +260,17 @@ func run(o options) error {
 	rc := redis.NewClient(&redis.Options{Addr: redisAddr})
 	defer rc.Close()
 
+	// nginx, when measured, asks the Redis gateway's authorization endpoint.
+	ngx := newNginx(o, port())
 	var gws []*gateway
 	for _, store := range []struct{ name, url string }{{"keygate (embedded)", ""}, {"keygate (redis)", "redis://" + redisAddr}} {
 		data, admin, metrics := port(), port(), port()
 		env := []string{"KEYGATE_UPSTREAM_URL=http://" + upAddr, "KEYGATE_LISTEN_ADDR=" + data, "KEYGATE_ADMIN_ADDR=" + admin,
 			"KEYGATE_METRICS_ADDR=" + metrics, "KEYGATE_ADMIN_TOKEN=bench", "KEYGATE_REDIS_URL=" + store.url, "KEYGATE_LOG_LEVEL=warn",
 			"KEYGATE_QUOTA_LEASES=" + o.leases}
+		if store.url != "" && ngx != nil {
+			env = append(env, ngx.gatewayEnv()...)
+		}
 		c, err := start(append(env, o.env...), kg, "serve")
 		if err != nil {
 			return err
@@ -284,6 +293,13 @@ func run(o options) error {
 		}
 	}
 
+	var nginxTargets []target
+	if ngx != nil {
+		if nginxTargets, err = ngx.start(start, dir, upAddr, port, gws[1]); err != nil {
+			return err
+		}
+	}
+
 	_, haveWrk := exec.LookPath("wrk")
 	gen := "wrk"
 	if haveWrk != nil {
@@ -300,7 +316,11 @@ func run(o options) error {
 	m := &meter{dir: dir, useWrk: haveWrk == nil, redis: rc}
 	for _, name := range o.cases {
 		tr, _ := trafficOf(name, o.keys)
-		if err := runCase(m, tr, targets, upAddr, o); err != nil {
+		ts := targets
+		if name == "one" {
+			ts = append(slices.Clone(targets), nginxTargets...)
+		}
+		if err := runCase(m, tr, ts, upAddr, o); err != nil {
 			return fmt.Errorf("%s: %w", tr.title, err)
 		}
 	}
@@ -318,7 +338,7 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 	keysOf := func(t target) []string {
 		g := t.gw
 		if g == nil {
-			g = targets[len(targets)-1].gw // the bare proxy sends the same headers, unread
+			g = targets[1].gw // the bare proxy and nginx alone get the same headers, unread
 		}
 		if tr.many {
 			return g.many
@@ -402,6 +422,9 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 	bare := p50[targets[0].name]
 	fmt.Printf("\nkeygate over the bare proxy at one connection: embedded %+dµs, redis %+dµs\n",
 		(p50[targets[1].name] - bare).Microseconds(), (p50[targets[2].name] - bare).Microseconds())
+	printNginxRatios(targets, o.conns, func(name string, c int) result {
+		return median(runs[name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
+	}, p50)
 	if n, err := m.redis.DBSize(context.Background()).Result(); err == nil {
 		fmt.Printf("Redis keys after this case: %d\n", n)
 	}
@@ -596,6 +619,26 @@ func provision(g *gateway, many bool, keys, orgs int) error {
 		}
 	}
 	return err
+}
+
+// stopAll ends the processes: SIGTERM first, as nginx's workers outlive a
+// killed master, then a kill for any still running after 10 s.
+func stopAll(procs *[]*exec.Cmd) {
+	for _, p := range *procs {
+		_ = p.Process.Signal(syscall.SIGTERM)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, p := range *procs {
+		done := make(chan struct{})
+		go func() { _ = p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			_ = p.Process.Kill()
+			<-done
+		}
+	}
 }
 
 func waitListen(addr string) error {
