@@ -20,9 +20,9 @@ import (
 type credCache struct {
 	maxBytes   int64
 	maxEntries int
-	bytes    int64
-	entries  map[SecretHash]*cacheEntry
-	orgs     map[string]*orgSlot
+	bytes      int64
+	entries    map[SecretHash]*cacheEntry
+	orgs       map[string]*orgSlot
 	// hand is the CLOCK hand over the ring of entries; nil when empty.
 	hand *cacheEntry
 	// perms interns permission lists, which are few and alike.
