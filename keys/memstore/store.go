@@ -41,6 +41,7 @@ type Store struct {
 	byHash    map[keys.SecretHash]string   // secret hash → uid
 	byName    map[string]map[string]string // org id → name → uid
 	watchers  map[*watcher]struct{}
+	changes   changeLog
 }
 
 // watcher is one running Watch. Revocations are queued on ch without ever
@@ -72,6 +73,7 @@ func New(opts ...Option) *Store {
 		byHash:    make(map[keys.SecretHash]string),
 		byName:    make(map[string]map[string]string),
 		watchers:  make(map[*watcher]struct{}),
+		changes:   newChangeLog(),
 	}
 	for _, o := range opts {
 		o(s)
@@ -489,10 +491,12 @@ func (s *Store) Watch(ctx context.Context, fn func(keys.Revocation)) error {
 	}
 }
 
-// publish stamps r and queues it for every watcher without blocking. Called
+// publish stamps r, logs it and queues it for every watcher without blocking. Called
 // with mu held, so watchers see revocations in the order of the changes.
 func (s *Store) publish(r keys.Revocation) {
 	r.PublishedAt = s.now()
+	r.Logged = true
+	s.changes.append(r)
 	for w := range s.watchers {
 		select {
 		case w.ch <- r:
