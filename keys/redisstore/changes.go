@@ -48,7 +48,9 @@ type position struct {
 	added   int64
 }
 
-func (p position) id() string { return strconv.FormatUint(p.ms, 10) + "-" + strconv.FormatUint(p.seq, 10) }
+func (p position) id() string {
+	return strconv.FormatUint(p.ms, 10) + "-" + strconv.FormatUint(p.seq, 10)
+}
 
 func (p position) String() string { return p.id() + ":" + strconv.FormatInt(p.added, 10) }
 
