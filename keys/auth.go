@@ -49,9 +49,9 @@ type AuthOptions struct {
 	// OnConfirm, when set, is told of each read of the change log that
 	// confirmed the whole cache (a background revalidation).
 	OnConfirm func()
-	// OnChangeLog, when set, is told how a follow of the change log resumed
-	// after a break: "catch_up" (from the last change seen) or "forget" (the
-	// log no longer held it: the cache was forgotten).
+	// OnChangeLog, when set, is told when a follow of the change log breaks
+	// ("break") and how it resumed: "catch_up" (from the last change seen)
+	// or "forget" (the log no longer held it: the cache was forgotten).
 	OnChangeLog func(event string)
 	// Unknown, when set, remembers secrets the store said do not exist, so
 	// that a flood of well-formed unknown secrets costs no store reads. It

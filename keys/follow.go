@@ -59,6 +59,10 @@ func (a *Authenticator) runFeed(ctx context.Context, feed ChangeFeed) {
 		// Errors surface through the store's own errors on use; until the
 		// log is read again, entries stay trusted for TTL from their last
 		// confirmation.
+		if ctx.Err() != nil {
+			return
+		}
+		a.changeLog("break")
 		if !backoff.wait(ctx) {
 			return
 		}
