@@ -401,3 +401,41 @@ func TestCacheSteadyStateNoStoreCalls(t *testing.T) {
 		t.Logf("%d cached keys, %d bytes estimated (%.0f per key)", n, bytes, float64(bytes)/float64(n))
 	}
 }
+
+// TestChangePublishedForOldSidecars: every change still goes out on
+// kg:revocations in the form earlier versions decode (org_id, key_uid,
+// published_at), marked as logged for newer ones.
+func TestChangePublishedForOldSidecars(t *testing.T) {
+	rdb := redistest.Client(t)
+	s := redisstore.New(rdb)
+	seedKeys(t, s, 1)
+	ctx := ctxFor(t, 5*time.Second)
+	sub := rdb.Subscribe(ctx, "kg:revocations")
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatalf("SUBSCRIBE: %v", err)
+	}
+	k, err := s.DeleteKey(ctx, "org", "k0")
+	if err != nil {
+		t.Fatalf("DeleteKey: %v", err)
+	}
+	msg, err := sub.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatalf("receiving: %v", err)
+	}
+	// What an earlier version's Watch decodes into.
+	var old struct {
+		OrgID       string    `json:"org_id"`
+		KeyUID      string    `json:"key_uid"`
+		PublishedAt time.Time `json:"published_at"`
+	}
+	if err := json.Unmarshal([]byte(msg.Payload), &old); err != nil || old.OrgID != "org" || old.KeyUID != k.UID || old.PublishedAt.IsZero() {
+		t.Errorf("published %s (%v), want the key's revocation in the old form", msg.Payload, err)
+	}
+	if !strings.Contains(msg.Payload, `"logged":true`) {
+		t.Errorf("published %s, want it marked as logged", msg.Payload)
+	}
+	if n, err := rdb.XLen(ctx, "kg:changes").Result(); err != nil || n != 1 {
+		t.Errorf("XLEN kg:changes = %d, %v; want 1", n, err)
+	}
+}
