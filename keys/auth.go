@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,6 +106,11 @@ type Authenticator struct {
 	// expiredBefore makes entries read before it untrusted whatever the
 	// change log says (a pub/sub gap may have lost an old sidecar's change).
 	expiredBefore atomic.Int64
+	// followedFrom is when the change log's follow started to cover the
+	// cache: entries read before it get no confirmation (changes made
+	// before the follow's first read are in no batch it delivers) and live
+	// TTL from their read, as without a log. Math.MaxInt64 until then.
+	followedFrom atomic.Int64
 	// legacySeen is when a change only published the old way (pub/sub, by
 	// a sidecar older than the change log) last arrived.
 	legacySeen atomic.Int64
@@ -124,8 +130,10 @@ func NewAuthenticator(store Store, opt AuthOptions) *Authenticator {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	return &Authenticator{store: store, opt: opt, cache: newCredCache(opt.MaxBytes, opt.MaxEntries),
+	a := &Authenticator{store: store, opt: opt, cache: newCredCache(opt.MaxBytes, opt.MaxEntries),
 		loading: make(map[SecretHash]*load), signedByOrg: orgIndex[string]{}}
+	a.followedFrom.Store(math.MaxInt64)
+	return a
 }
 
 // DefaultCacheBytes is the default bound of the credential cache.
@@ -142,7 +150,10 @@ func (a *Authenticator) CacheStats() (entries int, bytes int64) {
 // trusted reports whether an entry read at verified (Unix nanoseconds) may
 // be used without a store read at now, and when it was last confirmed.
 func (a *Authenticator) trusted(verified int64, o *Org, now time.Time) (bool, int64) {
-	last := max(verified, a.confirmed.Load())
+	last := verified
+	if verified >= a.followedFrom.Load() {
+		last = max(verified, a.confirmed.Load())
+	}
 	if verified < a.expiredBefore.Load() {
 		return false, verified
 	}

@@ -130,8 +130,9 @@ func TestCacheLivesWhileConfirmed(t *testing.T) {
 	clk := &clock{now: time.Unix(1_800_000_000, 0)}
 	a, confirms := following(t, st, keys.AuthOptions{TTL: 5 * time.Second, Now: clk.Now})
 	ctx := context.Background()
-	// What is cached before the follow's first read is forgotten by it.
+	// What is cached before the follow's first read is not confirmed.
 	waitConfirmed(t, confirms)
+	clk.Add(time.Millisecond)
 	if _, err := a.Authenticate(ctx, keys.Credential{Secret: secret}); err != nil {
 		t.Fatal(err)
 	}
@@ -196,4 +197,43 @@ type feedStore struct{ *countingStore }
 
 func (s *feedStore) FollowChanges(ctx context.Context, from string, fn func(keys.ChangeBatch)) error {
 	return s.Store.(keys.ChangeFeed).FollowChanges(ctx, from, fn)
+}
+
+// TestCacheBeforeFollowKeepsItsTTL: a key cached before the follow's first
+// read is not forgotten by it (a sidecar's first requests keep their entries)
+// but gets no confirmation either: a change made before that read is in no
+// batch, so the entry is read again after its own TTL.
+func TestCacheBeforeFollowKeepsItsTTL(t *testing.T) {
+	inner, _, secret := setup(t)
+	st := &feedStore{countingStore: inner}
+	clk := &clock{now: time.Unix(1_800_000_000, 0)}
+	ctx := context.Background()
+	confirms := make(chan struct{}, 1)
+	a := keys.NewAuthenticator(st, keys.AuthOptions{TTL: 5 * time.Second, Now: clk.Now, OnConfirm: func() {
+		select {
+		case confirms <- struct{}{}:
+		default:
+		}
+	}})
+	if _, err := a.Authenticate(ctx, keys.Credential{Secret: secret}); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(rctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitConfirmed(t, confirms)
+	if _, err := a.Authenticate(ctx, keys.Credential{Secret: secret}); err != nil || st.reads.Load() != 1 {
+		t.Fatalf("after the follow's first read: %v, %d store reads; want the entry kept", err, st.reads.Load())
+	}
+	clk.Add(6 * time.Second)
+	waitConfirmed(t, confirms)
+	if _, err := a.Authenticate(ctx, keys.Credential{Secret: secret}); err != nil || st.reads.Load() != 2 {
+		t.Fatalf("past its own TTL: %v, %d store reads; want a second read", err, st.reads.Load())
+	}
+	clk.Add(time.Hour)
+	waitConfirmed(t, confirms)
+	if _, err := a.Authenticate(ctx, keys.Credential{Secret: secret}); err != nil || st.reads.Load() != 2 {
+		t.Fatalf("read again after the follow began, an hour on: %v, %d store reads; want it confirmed", err, st.reads.Load())
+	}
 }

@@ -16,7 +16,8 @@ const legacyWindow = time.Hour
 // that keeps a change log (ChangeFeed) it follows the log from the last
 // position seen, resuming there after a break (or forgetting the cache when
 // the log no longer holds it), and every read confirms the whole cache; it
-// also applies what sidecars older than the log publish on Watch only.
+// also applies what sidecars older than the log publish on Watch only. What
+// was cached before the follow's first read keeps its own TTL.
 // Without one it applies Watch's revocations, and when the watch breaks makes
 // every entry re-verify on its next use (messages may have been missed).
 func (a *Authenticator) Run(ctx context.Context) error {
@@ -39,12 +40,15 @@ func (a *Authenticator) runFeed(ctx context.Context, feed ChangeFeed) {
 	for {
 		resumed, first := pos != "", true
 		_ = feed.FollowChanges(ctx, pos, func(b ChangeBatch) {
-			if b.Gap {
+			switch {
+			case b.Gap && resumed:
 				a.Flush()
-				if resumed {
-					a.changeLog("forget")
-				}
-			} else if resumed && first {
+				a.changeLog("forget")
+			case b.Gap:
+				// The first read of the log: it covers what is read from now
+				// on. What was cached before keeps its own TTL.
+				a.startCovering(a.opt.Now())
+			case resumed && first:
 				a.changeLog("catch_up")
 			}
 			first = false
@@ -100,6 +104,11 @@ func (a *Authenticator) runWatch(ctx context.Context, legacyOnly bool) {
 			return
 		}
 	}
+}
+
+// startCovering makes confirmations apply to entries read after t.
+func (a *Authenticator) startCovering(t time.Time) {
+	a.followedFrom.Store(min(a.followedFrom.Load(), t.UnixNano()+1))
 }
 
 // confirm records that every change logged before t has been applied.

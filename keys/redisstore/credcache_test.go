@@ -315,6 +315,9 @@ func TestCacheSteadyStateNoStoreCalls(t *testing.T) {
 	rdb := redistest.Client(t)
 	clk := storetest.NewClock(time.Now())
 	sc := startSidecar(t, rdb, 2*time.Second, clk.Now)
+	// Keys cached after the follow's first read are the ones it confirms.
+	sc.confirmed(t)
+	clk.Add(time.Millisecond)
 	ctx := ctxFor(t, 60*time.Second)
 	if err := sc.st.CreatePlan(ctx, keys.Plan{ID: 1, Name: "Free", Period: "month"}); err != nil {
 		t.Fatalf("CreatePlan: %v", err)
