@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,15 +26,15 @@ type sidecar struct {
 	auth     *keys.Authenticator
 	events   chan string
 	confirms chan struct{}
-	lookups  sync.Map // result → *int
+
+	mu      sync.Mutex
+	lookups map[string]int // by OnLookup result
 }
 
 func startSidecar(t *testing.T, rdb redis.UniversalClient, ttl time.Duration, now func() time.Time, opts ...redisstore.Option) *sidecar {
 	t.Helper()
 	sc := &sidecar{st: redisstore.New(rdb, append([]redisstore.Option{redisstore.WithWatchHealthCheck(300 * time.Millisecond)}, opts...)...),
-		events: make(chan string, 16), confirms: make(chan struct{}, 1)}
-	var mu sync.Mutex
-	counts := map[string]int{}
+		events: make(chan string, 16), confirms: make(chan struct{}, 1), lookups: map[string]int{}}
 	sc.auth = keys.NewAuthenticator(sc.st, keys.AuthOptions{TTL: ttl, Now: now,
 		OnChangeLog: func(e string) { sc.events <- e },
 		OnConfirm: func() {
@@ -42,9 +43,8 @@ func startSidecar(t *testing.T, rdb redis.UniversalClient, ttl time.Duration, no
 			default:
 			}
 		},
-		OnLookup: func(r string) { mu.Lock(); counts[r]++; mu.Unlock() },
+		OnLookup: func(r string) { sc.mu.Lock(); sc.lookups[r]++; sc.mu.Unlock() },
 	})
-	sc.lookups.Store("counts", func() map[string]int { mu.Lock(); defer mu.Unlock(); return maps(counts) })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = sc.auth.Run(ctx) }()
@@ -52,17 +52,11 @@ func startSidecar(t *testing.T, rdb redis.UniversalClient, ttl time.Duration, no
 	return sc
 }
 
-func maps(m map[string]int) map[string]int {
-	out := make(map[string]int, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}
-
+// counts returns the lookups so far by result.
 func (sc *sidecar) counts() map[string]int {
-	f, _ := sc.lookups.Load("counts")
-	return f.(func() map[string]int)()
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return maps.Clone(sc.lookups)
 }
 
 // confirmed waits until the sidecar's follow has read the log after this
