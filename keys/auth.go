@@ -5,7 +5,9 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,14 +20,23 @@ type Credential struct {
 
 // AuthOptions tune an Authenticator. Zero values pick the defaults noted.
 type AuthOptions struct {
-	// TTL is how long a verified key is trusted without a store read
-	// (default 5s). It bounds how long a lost revocation message can keep a
-	// deleted key alive.
+	// TTL is the longest a cached key is trusted without being confirmed
+	// (default 5s). While Run follows the store's change log (ChangeFeed),
+	// every read of the log confirms the whole cache at once, so entries
+	// live until a change to their key, organization or plan arrives and the
+	// request path never waits for an expiry; TTL then only bounds how long
+	// a sidecar cut off from the log keeps trusting what it cached. Without
+	// a change log an entry is read again TTL after it was read.
 	TTL time.Duration
 	// StaleAuth is how long a verified key is still trusted from the cache
 	// while the store is unreachable (default 15m). Zero disables it.
 	StaleAuth time.Duration
-	// MaxEntries bounds the cache (default 100000).
+	// MaxBytes bounds the heap the cache of verified keys holds, by an
+	// estimate (default 64 MiB); past it the least recently used entries are
+	// evicted.
+	MaxBytes int64
+	// MaxEntries bounds the number of cached keys (default 100000), in each
+	// of the two caches (secrets and signed requests' access keys).
 	MaxEntries int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -34,8 +45,15 @@ type AuthOptions struct {
 	// during an outage ("stale").
 	OnLookup func(result string)
 	// OnRevocation, when set, is told of each revocation received through
-	// Watch and how long after publication it was applied.
+	// Watch or the change log and how long after publication it was applied.
 	OnRevocation func(lag time.Duration)
+	// OnConfirm, when set, is told of each read of the change log that
+	// confirmed the whole cache (a background revalidation).
+	OnConfirm func()
+	// OnChangeLog, when set, is told when a follow of the change log breaks
+	// ("break") and how it resumed: "catch_up" (from the last change seen)
+	// or "forget" (the log no longer held it: the cache was forgotten).
+	OnChangeLog func(event string)
 	// Unknown, when set, remembers secrets the store said do not exist, so
 	// that a flood of well-formed unknown secrets costs no store reads. It
 	// is forgotten whenever a revocation arrives or is made here (any key
@@ -57,15 +75,16 @@ type UnknownSecrets interface {
 }
 
 // Authenticator turns credentials into principals. A verified key is cached
-// in-process for TTL so the hot path needs no store read; revocations received
-// from the store evict entries at once. It is safe for concurrent use; create
-// it with NewAuthenticator.
+// in-process so the hot path needs no store read; changes received from the
+// store evict entries at once. It is safe for concurrent use; create it with
+// NewAuthenticator.
 type Authenticator struct {
 	store Store
 	opt   AuthOptions
 
-	mu      sync.RWMutex
-	entries map[SecretHash]Principal
+	mu sync.RWMutex
+	// cache holds the verified keys by secret hash (credcache.go).
+	cache *credCache
 	// signed caches the principals of signed requests, with their opened
 	// secrets, by access key (authsigned.go). Revocations evict from both.
 	signed map[string]signedEntry
@@ -75,11 +94,26 @@ type Authenticator struct {
 	// gen grows with every revocation so a store read that raced with one
 	// does not re-insert what was just revoked.
 	gen uint64
-	// byOrg and signedByOrg index both caches by organization, so that a
+	// signedByOrg indexes the signed cache by organization, so that a
 	// revocation of a key or an organization visits that organization's
 	// entries only, not the whole cache under the write lock.
-	byOrg       orgIndex[SecretHash]
 	signedByOrg orgIndex[string]
+
+	// confirmed is when the change log last confirmed every entry (Unix
+	// nanoseconds; 0 never): an entry is trusted for TTL from the later of
+	// its read and this.
+	confirmed atomic.Int64
+	// expiredBefore makes entries read before it untrusted whatever the
+	// change log says (a pub/sub gap may have lost an old sidecar's change).
+	expiredBefore atomic.Int64
+	// followedFrom is when the change log's follow started to cover the
+	// cache: entries read before it get no confirmation (changes made
+	// before the follow's first read are in no batch it delivers) and live
+	// TTL from their read, as without a log. Math.MaxInt64 until then.
+	followedFrom atomic.Int64
+	// legacySeen is when a change only published the old way (pub/sub, by
+	// a sidecar older than the change log) last arrived.
+	legacySeen atomic.Int64
 }
 
 // NewAuthenticator returns an Authenticator over store.
@@ -90,11 +124,44 @@ func NewAuthenticator(store Store, opt AuthOptions) *Authenticator {
 	if opt.MaxEntries <= 0 {
 		opt.MaxEntries = 100000
 	}
+	if opt.MaxBytes <= 0 {
+		opt.MaxBytes = DefaultCacheBytes
+	}
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	return &Authenticator{store: store, opt: opt, entries: make(map[SecretHash]Principal), loading: make(map[SecretHash]*load),
-		byOrg: orgIndex[SecretHash]{}, signedByOrg: orgIndex[string]{}}
+	a := &Authenticator{store: store, opt: opt, cache: newCredCache(opt.MaxBytes, opt.MaxEntries),
+		loading: make(map[SecretHash]*load), signedByOrg: orgIndex[string]{}}
+	a.followedFrom.Store(math.MaxInt64)
+	return a
+}
+
+// DefaultCacheBytes is the default bound of the credential cache.
+const DefaultCacheBytes = 64 << 20
+
+// CacheStats reports how many keys the cache holds and its estimate of the
+// heap they take.
+func (a *Authenticator) CacheStats() (entries int, bytes int64) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return len(a.cache.entries), a.cache.bytes
+}
+
+// trusted reports whether an entry read at verified (Unix nanoseconds) may
+// be used without a store read at now, and when it was last confirmed.
+func (a *Authenticator) trusted(verified int64, o *Org, now time.Time) (bool, int64) {
+	last := verified
+	if verified >= a.followedFrom.Load() {
+		last = max(verified, a.confirmed.Load())
+	}
+	if verified < a.expiredBefore.Load() {
+		return false, verified
+	}
+	// A plan change scheduled for now is applied by a fresh read.
+	if o.NextPlanID != nil && !o.NextPlanAt.IsZero() && !now.Before(o.NextPlanAt) {
+		return false, last
+	}
+	return now.UnixNano()-last < int64(a.opt.TTL), last
 }
 
 // load is one store read in flight; done closes when p and err are set.
@@ -119,9 +186,17 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 	now := a.opt.Now()
 
 	a.mu.RLock()
-	cached, ok := a.entries[h]
+	var cached Principal
+	e, ok := a.cache.get(h)
+	fresh := false
+	if ok {
+		var last int64
+		fresh, last = a.trusted(e.verified, &e.slot.org, now)
+		cached = e.principal()
+		cached.VerifiedAt = time.Unix(0, last)
+	}
 	a.mu.RUnlock()
-	if ok && now.Sub(cached.VerifiedAt) < a.opt.TTL {
+	if fresh {
 		a.observe("hit")
 		return admit(cached, c, now)
 	}
@@ -163,9 +238,12 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.Time) (Principal, error) {
 	a.mu.Lock()
 	// A read that finished since the caller looked may have cached it.
-	if p, ok := a.entries[h]; ok && now.Sub(p.VerifiedAt) < a.opt.TTL {
-		a.mu.Unlock()
-		return p, nil
+	if e, ok := a.cache.get(h); ok {
+		if fresh, _ := a.trusted(e.verified, &e.slot.org, now); fresh {
+			p := e.principal()
+			a.mu.Unlock()
+			return p, nil
+		}
 	}
 	l, ok := a.loading[h]
 	if !ok {
@@ -179,12 +257,7 @@ func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.T
 			a.mu.Lock()
 			delete(a.loading, h)
 			if err == nil && a.gen == gen {
-				if len(a.entries) >= a.opt.MaxEntries {
-					if victim, ok := evictOne(a.entries, principalVerifiedAt, now, a.opt.StaleAuth); ok {
-						a.dropEntry(victim)
-					}
-				}
-				a.putEntry(h, p)
+				a.cache.put(h, p, now)
 			}
 			a.mu.Unlock()
 			l.p, l.err = p, err
@@ -274,45 +347,22 @@ func usable(p Principal, now time.Time) bool {
 // Revoke applies r to the local cache at once. The sidecar that deletes or
 // changes a key calls it so its own next request is refused without waiting
 // for the store's broadcast.
-func (a *Authenticator) Revoke(r Revocation) {
+func (a *Authenticator) Revoke(r Revocation) { a.revokeAll([]Revocation{r}) }
+
+// revokeAll applies revocations under one lock.
+func (a *Authenticator) revokeAll(rs []Revocation) {
+	if len(rs) == 0 {
+		return
+	}
 	if a.opt.Unknown != nil {
 		a.opt.Unknown.Reset()
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.gen++
-	if r.PlanID != 0 {
-		// A plan's organizations are not indexed: an operator's change of a
-		// plan visits the whole cache.
-		for h, p := range a.entries {
-			if r.Covers(p) {
-				a.dropEntry(h)
-			}
-		}
-	} else {
-		for h := range a.byOrg[r.OrgID] {
-			if r.Covers(a.entries[h]) {
-				a.dropEntry(h)
-			}
-		}
-	}
-	a.revokeSigned(r)
-}
-
-// putEntry caches p under h. Called with mu held.
-func (a *Authenticator) putEntry(h SecretHash, p Principal) {
-	if old, ok := a.entries[h]; ok && old.Key.OrgID != p.Key.OrgID {
-		a.byOrg.remove(old.Key.OrgID, h)
-	}
-	a.entries[h] = p
-	a.byOrg.add(p.Key.OrgID, h)
-}
-
-// dropEntry forgets the entry under h. Called with mu held.
-func (a *Authenticator) dropEntry(h SecretHash) {
-	if p, ok := a.entries[h]; ok {
-		delete(a.entries, h)
-		a.byOrg.remove(p.Key.OrgID, h)
+	for _, r := range rs {
+		a.cache.revoke(r)
+		a.revokeSigned(r)
 	}
 }
 
@@ -345,57 +395,14 @@ func (a *Authenticator) Flush() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.gen++
-	clear(a.entries)
+	a.cache.clear()
 	clear(a.signed)
-	clear(a.byOrg)
 	clear(a.signedByOrg)
-}
-
-// Run applies revocations from the store until ctx is done. When the watch
-// breaks it flushes the cache (messages may have been missed) and watches
-// again after a short pause.
-func (a *Authenticator) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for {
-		err := a.store.Watch(ctx, func(r Revocation) {
-			a.Revoke(r)
-			if a.opt.OnRevocation != nil && !r.PublishedAt.IsZero() {
-				a.opt.OnRevocation(a.opt.Now().Sub(r.PublishedAt))
-			}
-		})
-		if ctx.Err() != nil {
-			return nil
-		}
-		// Revocations may have been missed while the watch was down: make
-		// every entry re-verify on its next use, but keep it for StaleAuth
-		// in case the store itself is down.
-		a.expireAll()
-		_ = err // outages surface through the store's own errors on use
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
-}
-
-func (a *Authenticator) expireAll() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.gen++
-	for h, p := range a.entries {
-		p.VerifiedAt = p.VerifiedAt.Add(-a.opt.TTL)
-		a.entries[h] = p
-	}
-	a.expireSigned()
 }
 
 func (a *Authenticator) forget(h SecretHash) {
 	a.mu.Lock()
-	a.dropEntry(h)
+	a.cache.drop(h)
 	a.mu.Unlock()
 }
 
@@ -416,27 +423,30 @@ func evictOne[K comparable, V any](m map[K]V, verifiedAt func(V) time.Time, now 
 	return victim, found
 }
 
-func principalVerifiedAt(p Principal) time.Time { return p.VerifiedAt }
-
 func (a *Authenticator) observe(result string) {
 	if a.opt.OnLookup != nil {
 		a.opt.OnLookup(result)
 	}
 }
 
-// Cached reports whether c is a credential the cache verified within its
-// TTL: the answer needs no store read. The failed-authentication limit lets
+// Cached reports whether c is a credential the cache holds as confirmed: the answer needs no store read. The failed-authentication limit lets
 // such credentials through.
 func (a *Authenticator) Cached(c Credential) bool {
 	if !CheckSecret(c.Secret) {
 		return false
 	}
 	h := HashSecret(c.Secret)
-	a.mu.RLock()
-	p, ok := a.entries[h]
-	a.mu.RUnlock()
 	now := a.opt.Now()
-	if !ok || now.Sub(p.VerifiedAt) >= a.opt.TTL {
+	a.mu.RLock()
+	e, ok := a.cache.get(h)
+	var p Principal
+	fresh := false
+	if ok {
+		fresh, _ = a.trusted(e.verified, &e.slot.org, now)
+		p = e.principal()
+	}
+	a.mu.RUnlock()
+	if !fresh {
 		return false
 	}
 	_, err := admit(p, c, now)

@@ -48,7 +48,13 @@ func (a *Authenticator) AuthenticateSigned(ctx context.Context, accessKey string
 	cached, ok := a.signed[accessKey]
 	gen := a.gen
 	a.mu.RUnlock()
-	if ok && now.Sub(cached.p.VerifiedAt) < a.opt.TTL {
+	fresh := false
+	if ok {
+		var last int64
+		fresh, last = a.trusted(cached.p.VerifiedAt.UnixNano(), &cached.p.Org, now)
+		cached.p.VerifiedAt = time.Unix(0, last)
+	}
+	if fresh {
 		a.observe("hit")
 		return checkSignature(cached, verify, now)
 	}
@@ -188,15 +194,6 @@ func (a *Authenticator) dropSigned(ak string) {
 	if e, ok := a.signed[ak]; ok {
 		delete(a.signed, ak)
 		a.signedByOrg.remove(e.p.Key.OrgID, ak)
-	}
-}
-
-// expireSigned makes every signed entry re-verify on its next use. Called
-// with mu held.
-func (a *Authenticator) expireSigned() {
-	for ak, e := range a.signed {
-		e.p.VerifiedAt = e.p.VerifiedAt.Add(-a.opt.TTL)
-		a.signed[ak] = e
 	}
 }
 

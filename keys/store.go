@@ -126,6 +126,10 @@ type Revocation struct {
 	OrgID  string `json:"org_id"`
 	KeyUID string `json:"key_uid,omitempty"`
 	PlanID int64  `json:"plan_id,omitempty"`
+	// Logged is set on a revocation Watch delivers that is also in the
+	// store's change log (ChangeFeed): a follower of the log applies it from
+	// there. One without it was published by a sidecar older than the log.
+	Logged bool `json:"logged,omitempty"`
 	// PublishedAt lets receivers measure propagation lag.
 	PublishedAt time.Time `json:"published_at"`
 }
@@ -200,4 +204,38 @@ func Allocated(ks []Key) int64 {
 		}
 	}
 	return sum
+}
+
+// ChangeFeed is a store's resumable log of its changes, as revocations:
+// every change to a key, an organization or a plan is appended, and a
+// follower that was cut off resumes from the last position it saw, so no
+// change is lost to a disconnect. The log is bounded: a follower that fell
+// further behind than it holds is told so (ChangeBatch.Gap) and must forget
+// what it cached. Both stores implement it; keys/storetest tests it.
+type ChangeFeed interface {
+	// FollowChanges calls fn, on FollowChanges's goroutine and in log
+	// order, with the changes logged after position from, until ctx is done
+	// (it returns ctx.Err()) or the log cannot be read (an error wrapping
+	// ErrUnavailable). An empty from, or one the log no longer holds or
+	// cannot verify, starts with a batch marked Gap at the log's end. When
+	// nothing changes it still calls fn about once a second with an empty
+	// Current batch, which confirms the follower's cache.
+	FollowChanges(ctx context.Context, from string, fn func(ChangeBatch)) error
+}
+
+// ChangeBatch is one read of a ChangeFeed.
+type ChangeBatch struct {
+	// Revocations are the changes read, in log order.
+	Revocations []Revocation
+	// Pos is the position after them: where a later follow resumes.
+	Pos string
+	// Gap is set when changes since the position the follow started from
+	// may be missing: the follower forgets its cache before applying the
+	// batch.
+	Gap bool
+	// Current is set when the batch brings the follower up to date: every
+	// change logged before the read began, Age ago, is in this batch or an
+	// earlier one.
+	Current bool
+	Age     time.Duration
 }

@@ -78,6 +78,9 @@ var storeOps = []string{"authenticate", "charge", "add_usage"}
 // authLookupResults are the results keys.AuthOptions.OnLookup reports.
 var authLookupResults = []string{"hit", "miss", "stale"}
 
+// changeLogEvents are the events keys.AuthOptions.OnChangeLog reports.
+var changeLogEvents = []string{"break", "catch_up", "forget"}
+
 // Metrics are keygate's Prometheus metrics. Build them with NewMetrics on a
 // registry of the caller's; a nil *Metrics records nothing. Safe for
 // concurrent use.
@@ -95,6 +98,10 @@ type Metrics struct {
 	authCache        *prometheus.CounterVec
 	revocations      prometheus.Counter
 	revocationLag    prometheus.Histogram
+	revalidations    prometheus.Counter
+	changeLog        *prometheus.CounterVec
+	// cacheStats reads the credential cache's size (AuthCacheStats).
+	cacheStats atomic.Pointer[func() (int, int64)]
 
 	orgs *orgLabels
 
@@ -169,6 +176,14 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 			Help:    "Time from a revocation's publication to its application on this sidecar.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 5},
 		}),
+		revalidations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_auth_cache_revalidations_total",
+			Help: "Background reads of the store's change log that confirmed every cached credential at once.",
+		}),
+		changeLog: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_auth_change_log_events_total",
+			Help: "Breaks of the change log's follow and how it resumed: catch_up (from the last change seen) or forget (the cache was forgotten).",
+		}, []string{"event"}),
 		orgs:    &orgLabels{max: maxOrgs, seen: make(map[string]*orgSeen)},
 		meterAt: make(map[meterSeries]time.Time),
 		now:     time.Now,
@@ -188,8 +203,20 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 	for _, r := range authLookupResults {
 		m.authCache.WithLabelValues(r)
 	}
+	for _, e := range changeLogEvents {
+		m.changeLog.WithLabelValues(e)
+	}
+	cacheEntries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keygate_auth_cache_entries",
+		Help: "Credentials held by the local cache.",
+	}, func() float64 { n, _ := m.authCacheStats(); return float64(n) })
+	cacheBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keygate_auth_cache_bytes",
+		Help: "Heap the local credential cache holds, as it estimates it against KEYGATE_AUTH_CACHE_BYTES.",
+	}, func() float64 { _, b := m.authCacheStats(); return float64(b) })
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamDuration, m.storeDuration, m.storeErrors,
-		quotaCollector{m}, m.quotaLimit, m.failOpenAdmits, m.wouldLimit, m.authCache, m.revocations, m.revocationLag, build)
+		quotaCollector{m}, m.quotaLimit, m.failOpenAdmits, m.wouldLimit, m.authCache, m.revocations, m.revocationLag,
+		m.revalidations, m.changeLog, cacheEntries, cacheBytes, build)
 	return m
 }
 
@@ -470,6 +497,37 @@ func (m *Metrics) AuthLookup(result string) {
 	if m != nil {
 		m.authCache.WithLabelValues(result).Inc()
 	}
+}
+
+// Revalidation counts a background confirmation of the credential cache;
+// pass it as keys.AuthOptions.OnConfirm.
+func (m *Metrics) Revalidation() {
+	if m != nil {
+		m.revalidations.Inc()
+	}
+}
+
+// ChangeLog counts an event of the change log's follow; pass it as
+// keys.AuthOptions.OnChangeLog.
+func (m *Metrics) ChangeLog(event string) {
+	if m != nil {
+		m.changeLog.WithLabelValues(event).Inc()
+	}
+}
+
+// AuthCacheStats makes the cache gauges read stats (the Authenticator's
+// CacheStats).
+func (m *Metrics) AuthCacheStats(stats func() (entries int, bytes int64)) {
+	if m != nil {
+		m.cacheStats.Store(&stats)
+	}
+}
+
+func (m *Metrics) authCacheStats() (int, int64) {
+	if f := m.cacheStats.Load(); f != nil {
+		return (*f)()
+	}
+	return 0, 0
 }
 
 // Revocation counts a received revocation and its lag; pass it as

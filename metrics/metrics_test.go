@@ -108,3 +108,37 @@ func TestNilMetrics(t *testing.T) {
 	m.AuthLookup("hit")
 	m.Revocation(0)
 }
+
+// TestAuthCacheMetrics: the cache gauges read the Authenticator's stats at
+// scrape time; revalidations and change-log events count.
+func TestAuthCacheMetrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := NewMetrics(reg, 10)
+	m.AuthCacheStats(func() (int, int64) { return 3, 1200 })
+	m.Revalidation()
+	m.Revalidation()
+	m.ChangeLog("break")
+	m.ChangeLog("forget")
+	want := `# HELP keygate_auth_cache_bytes Heap the local credential cache holds, as it estimates it against KEYGATE_AUTH_CACHE_BYTES.
+# TYPE keygate_auth_cache_bytes gauge
+keygate_auth_cache_bytes 1200
+# HELP keygate_auth_cache_entries Credentials held by the local cache.
+# TYPE keygate_auth_cache_entries gauge
+keygate_auth_cache_entries 3
+# HELP keygate_auth_cache_revalidations_total Background reads of the store's change log that confirmed every cached credential at once.
+# TYPE keygate_auth_cache_revalidations_total counter
+keygate_auth_cache_revalidations_total 2
+# HELP keygate_auth_change_log_events_total Breaks of the change log's follow and how it resumed: catch_up (from the last change seen) or forget (the cache was forgotten).
+# TYPE keygate_auth_change_log_events_total counter
+keygate_auth_change_log_events_total{event="break"} 1
+keygate_auth_change_log_events_total{event="catch_up"} 0
+keygate_auth_change_log_events_total{event="forget"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "keygate_auth_cache_bytes", "keygate_auth_cache_entries",
+		"keygate_auth_cache_revalidations_total", "keygate_auth_change_log_events_total"); err != nil {
+		t.Error(err)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}

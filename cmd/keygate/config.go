@@ -64,9 +64,13 @@ type config struct {
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 	// LogFormat is json or console.
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json"`
-	// AuthCacheTTL is how long a verified key is trusted without a store
-	// read; it bounds a revocation's reach when a broadcast is lost.
+	// AuthCacheTTL is the longest a cached key is trusted without being
+	// confirmed: by the change log, which confirms every entry at once in
+	// the background, or else by a store read.
 	AuthCacheTTL time.Duration `env:"AUTH_CACHE_TTL" envDefault:"5s"`
+	// AuthCacheBytes bounds the heap of the credential cache (an estimate);
+	// past it the least recently used keys are evicted.
+	AuthCacheBytes int64 `env:"AUTH_CACHE_BYTES" envDefault:"67108864"`
 	// MetricsMaxOrgs caps distinct org label values; later ones are "other".
 	MetricsMaxOrgs int `env:"METRICS_MAX_ORGS" envDefault:"1000"`
 	// Provider is the provider field of the stats routes.
@@ -93,6 +97,9 @@ type config struct {
 	// AuthzGRPCAddr serves Envoy's ext_authz over gRPC; empty = off.
 	AuthzGRPCAddr string `env:"AUTHZ_GRPC_ADDR"`
 }
+
+// minAuthCacheBytes is the smallest credential cache: about a hundred keys.
+const minAuthCacheBytes = 65536
 
 // The parsed forms of settings validate checked.
 func (c config) authFailLimit() guard.FailLimit {
@@ -175,6 +182,9 @@ func (c config) validate() error {
 	}
 	if c.StaleAuth < 0 {
 		bad("STALE_AUTH", "must not be negative")
+	}
+	if c.AuthCacheBytes < minAuthCacheBytes {
+		bad("AUTH_CACHE_BYTES", "must be at least %d", minAuthCacheBytes)
 	}
 	if c.MetricsMaxOrgs < 1 {
 		bad("METRICS_MAX_ORGS", "must be at least 1")

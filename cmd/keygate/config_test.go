@@ -67,6 +67,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration", map[string]string{"KEYGATE_UPSTREAM_URL": "http://127.0.0.1:1", "KEYGATE_REDIS_TIMEOUT": "fast"}, []string{"KEYGATE_REDIS_TIMEOUT: cannot parse as a duration"}},
 		{"several problems", map[string]string{"KEYGATE_UPSTREAM_URL": "http://127.0.0.1:1", "KEYGATE_FAILURE_MODE": "maybe", "KEYGATE_REDIS_URL": "http://x", "KEYGATE_SECRET_KEY": "c2hvcnQ="},
 			[]string{"KEYGATE_FAILURE_MODE: want open or closed", "KEYGATE_REDIS_URL: want a redis://", "KEYGATE_SECRET_KEY: want 32 bytes"}},
+		{"tiny auth cache", map[string]string{"KEYGATE_UPSTREAM_URL": "http://127.0.0.1:1", "KEYGATE_AUTH_CACHE_BYTES": "1000"}, []string{"KEYGATE_AUTH_CACHE_BYTES: must be at least 65536"}},
 		{"bad log format", map[string]string{"KEYGATE_UPSTREAM_URL": "http://127.0.0.1:1", "KEYGATE_LOG_FORMAT": "xml"}, []string{"KEYGATE_LOG_FORMAT: want json or console"}},
 		{"bad authz address", map[string]string{"KEYGATE_AUTHZ_ADDR": "8001"}, []string{"KEYGATE_AUTHZ_ADDR: want host:port"}},
 		{"authz with a bad upstream", map[string]string{"KEYGATE_AUTHZ_ADDR": ":8001", "KEYGATE_UPSTREAM_URL": "x"}, []string{"KEYGATE_UPSTREAM_URL: want an absolute"}},
@@ -94,7 +95,7 @@ func TestConfigErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.RedisTimeout != 250*time.Millisecond || cfg.FailureMode != "open" || cfg.ListenAddr != ":8000" || cfg.StaleAuth != 15*time.Minute {
+	if cfg.RedisTimeout != 250*time.Millisecond || cfg.FailureMode != "open" || cfg.ListenAddr != ":8000" || cfg.StaleAuth != 15*time.Minute || cfg.AuthCacheBytes != 64<<20 {
 		t.Errorf("defaults: %+v", cfg)
 	}
 }

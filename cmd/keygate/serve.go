@@ -71,11 +71,15 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	auth := keys.NewAuthenticator(st.keys, keys.AuthOptions{
 		TTL:          cfg.AuthCacheTTL,
 		StaleAuth:    cfg.StaleAuth,
+		MaxBytes:     cfg.AuthCacheBytes,
 		OnLookup:     mtr.AuthLookup,
 		OnRevocation: mtr.Revocation,
+		OnConfirm:    mtr.Revalidation,
+		OnChangeLog:  mtr.ChangeLog,
 		Unknown:      guard.NewUnknownSecrets(0),
 		Sealer:       sealer,
 	})
+	mtr.AuthCacheStats(auth.CacheStats)
 	toucher := keys.NewToucher(st.keys, keys.ToucherOptions{Timeout: cfg.RedisTimeout * 4})
 	var upstream *url.URL // nil: no data path, authorization services only
 	if cfg.hasUpstream() {

@@ -128,6 +128,8 @@ func TestDashboardDecodesStrictly(t *testing.T) {
 		"keygate_upstream_duration_seconds", "keygate:request_added_seconds:mean5m",
 		"keygate_store_duration_seconds", "keygate_store_errors_total", "keygate_fail_open_admits_total",
 		"keygate_revocation_lag_seconds_bucket",
+		"keygate_auth_cache_entries", "keygate_auth_cache_bytes", "keygate_auth_cache_revalidations_total",
+		"keygate_auth_change_log_events_total",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no dashboard query uses %s", want)

@@ -215,6 +215,15 @@ func buildDashboard() (dashboard.Dashboard, error) {
 			query(`histogram_quantile(0.99, sum by (le) (rate(keygate_revocation_lag_seconds_bucket[$__rate_interval])))`, "p99"))).
 		WithPanel(series("Revocations received", "Revocations applied per second, across sidecars.", "ops", 6,
 			query(`sum(rate(keygate_revocations_received_total[$__rate_interval]))`, "revocations"))).
+		// Credential cache.
+		WithRow(dashboard.NewRowBuilder("Credential cache")).
+		WithPanel(series("Cached credentials", "Keys held by each sidecar's credential cache; entries live until a change to their key, organization or plan arrives.", "short", 8,
+			query(`sum by (instance) (keygate_auth_cache_entries)`, "{{instance}}"))).
+		WithPanel(series("Credential cache memory", "Heap each sidecar's credential cache holds, as it estimates it against KEYGATE_AUTH_CACHE_BYTES (past it the least recently used keys are evicted).", "bytes", 8,
+			query(`sum by (instance) (keygate_auth_cache_bytes)`, "{{instance}}"))).
+		WithPanel(series("Change log: revalidations and breaks", "Background reads of the change log that confirmed a whole cache, and how follows that broke resumed: catch_up from the last change seen, or forget (the log no longer held it; the cache was read again from the store).", "ops", 8,
+			query(`sum(rate(keygate_auth_cache_revalidations_total[$__rate_interval]))`, "revalidations"),
+			query(`sum by (event) (rate(keygate_auth_change_log_events_total[$__rate_interval]))`, "{{event}}"))).
 		WithPanel(table.NewPanelBuilder().
 			Title("Sidecar builds").
 			Description("Running keygate versions.").

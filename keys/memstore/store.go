@@ -46,6 +46,7 @@ type Store struct {
 	orgIDs   []string
 	orgTerms []string
 	watchers map[*watcher]struct{}
+	changes  changeLog
 }
 
 // watcher is one running Watch. Revocations are queued on ch without ever
@@ -77,6 +78,7 @@ func New(opts ...Option) *Store {
 		byHash:    make(map[keys.SecretHash]string),
 		byName:    make(map[string]map[string]string),
 		watchers:  make(map[*watcher]struct{}),
+		changes:   newChangeLog(),
 	}
 	for _, o := range opts {
 		o(s)
@@ -573,10 +575,12 @@ func (s *Store) Watch(ctx context.Context, fn func(keys.Revocation)) error {
 	}
 }
 
-// publish stamps r and queues it for every watcher without blocking. Called
+// publish stamps r, logs it and queues it for every watcher without blocking. Called
 // with mu held, so watchers see revocations in the order of the changes.
 func (s *Store) publish(r keys.Revocation) {
 	r.PublishedAt = s.now()
+	r.Logged = true
+	s.changes.append(r)
 	for w := range s.watchers {
 		select {
 		case w.ch <- r:

@@ -80,3 +80,7 @@ func TestSlowWatcher(t *testing.T) {
 		t.Fatal("slow watcher's Watch did not return")
 	}
 }
+
+func TestChangeFeed(t *testing.T) {
+	storetest.RunChangeFeed(t, func(t *testing.T, n int) keys.Store { return memstore.New(memstore.WithChangeLogLen(n)) })
+}

@@ -68,3 +68,8 @@ func hashIndexKey(hexHash string) string { return prefix + "hash:" + hexHash }
 
 // uidIndexKey maps a key's uid (access_key) to its organization id.
 func uidIndexKey(uid string) string { return prefix + "uid:" + uid }
+
+// changesKey is the change log: a stream of JSON keys.Revocation (field
+// "r"), one entry per change to a key, an organization or a plan, capped at
+// the store's change-log length. It is one key of its own slot.
+func changesKey() string { return prefix + "changes" }

@@ -74,3 +74,14 @@ const (
 	replyOverAlloc    = -2
 	replyChangedSince = -3
 )
+
+// readChangesScript reads the change log after a position with the log's
+// counters, so a follower can tell whether it missed trimmed entries.
+//
+//	KEYS[1] kg:changes
+//	ARGV[1] id read up to ("" for the end)  ARGV[2] at most this many entries
+//	reply: {exists, entries-added, length, last-generated-id, entries}
+//
+//go:embed read_changes.lua
+var readChangesSrc string
+var readChangesScript = redis.NewScript(readChangesSrc)

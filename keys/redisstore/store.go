@@ -29,8 +29,13 @@
 // entry after; lookups by hash check the record (current secret, or previous
 // secret within its grace), so a stale entry never authenticates.
 //
-// Revocations are published as JSON keys.Revocation on the pub/sub channel
-// kg:revocations; Watch subscribes to it.
+// Every change to a key, an organization or a plan is appended, as JSON
+// keys.Revocation, to the change log kg:changes (a stream capped at the
+// change-log length, see changes.go), which FollowChanges reads from the last
+// position a follower saw, and published on the pub/sub channel
+// kg:revocations, which Watch subscribes to and sidecars older than the log
+// listen to. Data written before the log existed needs nothing: the stream
+// is created by the first change.
 package redisstore
 
 import (
@@ -57,9 +62,10 @@ var _ keys.Store = (*Store)(nil)
 // Store is a keys.Store on Redis. It is safe for concurrent use. The zero
 // value is not usable; call New.
 type Store struct {
-	rdb         redis.UniversalClient
-	now         func() time.Time
-	healthCheck time.Duration
+	rdb          redis.UniversalClient
+	now          func() time.Time
+	healthCheck  time.Duration
+	changeLogLen int64
 	// termsBuilt: indexOldOrgs found the search index complete.
 	termsBuilt atomic.Bool
 }
@@ -84,7 +90,7 @@ func WithWatchHealthCheck(d time.Duration) Option {
 // New returns a Store on rdb. Every call takes its deadline from its context;
 // the store adds no retries beyond the client's own.
 func New(rdb redis.UniversalClient, opts ...Option) *Store {
-	s := &Store{rdb: rdb, now: time.Now, healthCheck: 3 * time.Second}
+	s := &Store{rdb: rdb, now: time.Now, healthCheck: 3 * time.Second, changeLogLen: DefaultChangeLogLen}
 	for _, o := range opts {
 		o(s)
 	}
@@ -1013,15 +1019,27 @@ func (s *Store) DeleteKey(ctx context.Context, orgID, name string) (keys.Key, er
 
 // ----- revocations -----
 
-// publish stamps r with the clock and publishes it.
+// publish stamps r with the clock, appends it to the change log and
+// publishes it on the pub/sub channel, which sidecars older than the log
+// listen to. The published copy says whether the log has it (Logged): when
+// the append failed, followers of the log apply the published one instead.
 func (s *Store) publish(ctx context.Context, r keys.Revocation) error {
 	r.PublishedAt = s.now()
+	r.Logged = true
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encoding revocation: %w", err)
 	}
+	logErr := s.logChange(ctx, b)
+	if logErr != nil {
+		r.Logged = false
+		b, _ = json.Marshal(r)
+	}
 	if err := s.rdb.Publish(ctx, revocationsChannel, b).Err(); err != nil {
 		return fmt.Errorf("%w: %w", keys.ErrNotBroadcast, fail("publishing revocation", err))
+	}
+	if logErr != nil {
+		return fmt.Errorf("%w: %w", keys.ErrNotBroadcast, fail("logging change", logErr))
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -21,9 +22,13 @@ func TestStore(t *testing.T) {
 		redistest.Flush(t, rdb)
 		return redisstore.New(rdb, redisstore.WithClock(now))
 	})
+	storetest.RunChangeFeed(t, func(t *testing.T, n int) keys.Store {
+		redistest.Flush(t, rdb)
+		return redisstore.New(rdb, redisstore.WithChangeLogLen(int64(n)))
+	})
 }
 
-// TestCluster runs the conformance suite on a three-master Redis Cluster, so
+// TestCluster runs the conformance suites on a three-master Redis Cluster, so
 // every script proves it touches one slot only.
 func TestCluster(t *testing.T) {
 	cl := redistest.StartCluster(t)
@@ -31,6 +36,10 @@ func TestCluster(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, now func() time.Time) keys.Store {
 		redistest.Flush(t, rdb)
 		return redisstore.New(rdb, redisstore.WithClock(now))
+	})
+	storetest.RunChangeFeed(t, func(t *testing.T, n int) keys.Store {
+		redistest.Flush(t, rdb)
+		return redisstore.New(rdb, redisstore.WithChangeLogLen(int64(n)))
 	})
 }
 
@@ -333,6 +342,16 @@ func values(t *testing.T, ctx context.Context, rdb redis.UniversalClient, name s
 		out, err = rdb.SMembers(ctx, name).Result()
 		if err != nil {
 			t.Fatalf("SMEMBERS %s: %v", name, err)
+		}
+	case "stream":
+		ms, err := rdb.XRange(ctx, name, "-", "+").Result()
+		if err != nil {
+			t.Fatalf("XRANGE %s: %v", name, err)
+		}
+		for _, m := range ms {
+			for f, v := range m.Values {
+				out = append(out, f, fmt.Sprint(v))
+			}
 		}
 	case "zset":
 		out, err = rdb.ZRange(ctx, name, 0, -1).Result()
