@@ -345,6 +345,7 @@ func (c *Counter) learnBase(ctx context.Context, id orgWindow, key string, fallb
 // mu held.
 func (c *Counter) giveBack(ol *orgLease) {
 	if ol.avail > 0 {
+		c.opt.Observer.LeaseOutstanding(-ol.avail)
 		ol.toReturn += ol.avail
 		ol.avail = 0
 	}
