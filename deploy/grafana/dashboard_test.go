@@ -128,6 +128,7 @@ func TestDashboardDecodesStrictly(t *testing.T) {
 		"keygate_upstream_duration_seconds", "keygate:request_added_seconds:mean5m",
 		"keygate_store_duration_seconds", "keygate_store_errors_total", "keygate_fail_open_admits_total",
 		"keygate_revocation_lag_seconds_bucket",
+		"keygate_quota_lease_outstanding_units", "keygate_quota_lease_lost_units_total",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no dashboard query uses %s", want)

@@ -135,12 +135,17 @@ type orgLease struct {
 	// redisOrg is the org counter as the last call saw it.
 	redisOrg int64
 	keys     map[string]*tally
+	// dirty lists the keys with pending counts or no known count, so a
+	// settlement does not walk every key of the organization.
+	dirty []string
 	// seq numbers this holder's settlements; doubt is one sent whose reply
 	// was lost: it is sent again, unchanged, before any other.
 	seq   uint64
 	doubt *settlement
 	// flight is the one call in progress, shared by everyone waiting.
 	flight *flight
+	// waiting is what the requests waiting for a block lack.
+	waiting int64
 	// want is the next block's size; spent and since measure the traffic.
 	want       int64
 	spent      int64
@@ -161,6 +166,8 @@ type tally struct {
 	known bool
 	// pending are not sent yet; flying are in a settlement not confirmed.
 	pending, flying int64
+	// listed: the key is on its organization's dirty list.
+	listed bool
 }
 
 // settlement is what one call books and gives back.
@@ -241,15 +248,22 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 			}
 			return res, nil
 		}
+		lack := ch.Cost - ol.avail
+		ol.waiting += lack
 		f := ol.flight
 		if f == nil {
-			f = c.start(ol, ch.Cost-ol.avail)
+			f = c.start(ol, lack)
 		}
 		c.mu.Unlock()
 		select {
 		case <-f.done:
 		case <-ctx.Done():
-			return quota.Result{}, fmt.Errorf("charging org %s: %w: %w", ch.OrgID, quota.ErrUnavailable, ctx.Err())
+		}
+		c.mu.Lock()
+		ol.waiting -= lack
+		c.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return quota.Result{}, fmt.Errorf("charging org %s: %w: %w", ch.OrgID, quota.ErrUnavailable, err)
 		}
 		if f.err != nil {
 			return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, f.err)
@@ -296,12 +310,18 @@ func (c *Counter) admit(ol *orgLease, ch quota.Charge) (quota.Result, bool) {
 		t = &tally{}
 		ol.keys[ch.KeyID] = t
 	}
+	if t.pending == 0 && !t.listed {
+		t.listed = true
+		ol.dirty = append(ol.dirty, ch.KeyID)
+	}
 	t.pending += ch.Cost
 	if !ol.hasPending {
 		ol.hasPending, ol.oldest = true, now
 	}
-	// Renew ahead of exhaustion, in the background.
-	if ol.flight == nil && !ol.exhausted && ol.avail < max(ol.want/4, 1) {
+	// Renew ahead of exhaustion, in the background; not near the end of
+	// the quota (the last grant was cut), where a block reserved ahead
+	// would be held while other sidecars are refused.
+	if ol.flight == nil && !ol.exhausted && !ol.tight && ol.avail < max(ol.want/4, 1) {
 		c.start(ol, 1)
 	}
 	res := quota.Result{OrgUsed: ol.redisOrg - ol.avail - ol.toReturn, KeyUsed: t.base + t.pending + t.flying, Window: ol.window}
@@ -381,7 +401,7 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 			ol.want = min(max(int64(rate*c.opt.Span.Seconds()), minBlock), c.opt.MaxBlock)
 			ol.spent, ol.since = 0, now
 		}
-		l.Need, l.Want, l.OrgMax = need, max(ol.want, need), ol.orgMax
+		l.Need, l.Want, l.OrgMax, l.Waiting = need, max(ol.want, need, ol.waiting), ol.orgMax, ol.waiting
 	}
 	f.need = l.Need
 	go c.fly(ol, f, s, l)
@@ -393,13 +413,16 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 // nil when there is nothing. Called with mu held.
 func (c *Counter) settlement(ol *orgLease) *settlement {
 	var s settlement
-	for k, t := range ol.keys {
+	for _, k := range ol.dirty {
+		t := ol.keys[k]
+		t.listed = false
 		if t.pending > 0 || !t.known {
 			s.keys = append(s.keys, rediscounter.KeyCount{KeyID: k, N: t.pending})
 			t.flying += t.pending
 			t.pending = 0
 		}
 	}
+	ol.dirty = ol.dirty[:0]
 	s.ret, ol.toReturn = ol.toReturn, 0
 	ol.hasPending, ol.oldest = false, time.Time{}
 	if len(s.keys) == 0 && s.ret == 0 {

@@ -45,8 +45,9 @@ type Lease struct {
 	Return int64
 	// Need > 0 asks for a block of at least Need and at most Want units of
 	// the organization's quota (OrgMax, -1 unlimited), at most 1/Share of
-	// its free units (more than Need only when there are enough).
-	Need, Want, OrgMax, Share int64
+	// its free units (more than Need only when there are enough), or
+	// Waiting, what requests waiting for the block need, if more.
+	Need, Want, OrgMax, Share, Waiting int64
 }
 
 // KeyCount is a key's requests admitted from an organization's block.
@@ -87,9 +88,9 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 		expireAt = at.Unix()
 	}
 	keys := []string{orgCounterKey(l.OrgID, w.ID), leaseHoldersKey(l.OrgID, w.ID), leaseKeysKey(l.OrgID, w.ID)}
-	args := make([]any, 0, 10+2*len(l.Keys))
+	args := make([]any, 0, 11+2*len(l.Keys))
 	args = append(args, l.Holder, l.At.UnixMilli(), l.Hold.Milliseconds(), expireAt,
-		strconv.FormatUint(l.Seq, 10), l.Return, l.Need, l.Want, limit(l.OrgMax), l.Share)
+		strconv.FormatUint(l.Seq, 10), l.Return, l.Need, l.Want, limit(l.OrgMax), l.Share, max(l.Waiting, 0))
 	for _, k := range l.Keys {
 		if k.N < 0 {
 			return LeaseReply{}, fmt.Errorf("lease of org %s: key %s: negative count %d", l.OrgID, k.KeyID, k.N)

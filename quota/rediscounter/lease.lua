@@ -19,8 +19,10 @@
 -- ARGV[7]  reserve: the fewest units that help, 0 = no reserve
 -- ARGV[8]  reserve: the units wanted, >= ARGV[7]
 -- ARGV[9]  org max, -1 = unlimited
--- ARGV[10] share: a grant is at most 1/share of the free units (>= 1)
--- ARGV[11+2(i-1)], ARGV[12+2(i-1)], i = 1..n: settlement: key counter name
+-- ARGV[10] share: a grant is at most 1/share of the free units (>= 1) ...
+-- ARGV[11] ... or what requests waiting for this block need, if more (they
+--          spend it at once)
+-- ARGV[12+2(i-1)], ARGV[13+2(i-1)], i = 1..n: settlement: key counter name
 --          and the requests of that key to book under it
 --
 -- Reply {status, org counter after (-1 when the call neither reserved nor
@@ -41,7 +43,8 @@ local fu, ft, fs = 'u:' .. h, 't:' .. h, 's:' .. h
 local at, hold, expireAt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local seq, ret = tonumber(ARGV[5]), tonumber(ARGV[6])
 local need, want, orgMax, share = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local n = (#ARGV - 10) / 2
+local waiting = tonumber(ARGV[11])
+local n = (#ARGV - 11) / 2
 
 local mine = redis.call('HMGET', KEYS[2], fu, ft, fs)
 local units = tonumber(mine[1] or '0')
@@ -54,13 +57,13 @@ end
 local vals = {}
 if n > 0 then
   local fields = {}
-  for i = 1, n do fields[i] = ARGV[9 + 2 * i] end
+  for i = 1, n do fields[i] = ARGV[10 + 2 * i] end
   local cur = redis.call('HMGET', KEYS[3], unpack(fields))
   local set = {}
   for i = 1, n do
     local v = tonumber(cur[i] or '0')
     if seq > 0 and dup == 0 then
-      local c = tonumber(ARGV[10 + 2 * i])
+      local c = tonumber(ARGV[11 + 2 * i])
       v = v + c
       units = units - c
       set[#set + 1] = fields[i]
@@ -95,7 +98,7 @@ if need > 0 then
     if free < need then
       status = -1
     else
-      grant = math.min(want, math.max(need, math.floor(free / share)))
+      grant = math.min(want, math.max(need, math.floor(free / share), math.min(free, waiting)))
     end
   end
 end
