@@ -183,7 +183,7 @@ func TestCrashCountsAsUsed(t *testing.T) {
 	rdb := redistest.NewClient(t, srv.Addr())
 	now := time.Now()
 	const max = 200
-	a := New(rediscounter.New(rdb), "", Options{})
+	a := New(rediscounter.New(rdb), "", Options{Timeout: 5 * time.Second})
 	for range 5 {
 		if _, err := a.Charge(t.Context(), orgCharge("org1", "k1", max, now)); err != nil {
 			t.Fatal(err)
@@ -225,7 +225,8 @@ func TestOutage(t *testing.T) {
 	rdb := redistest.NewClient(t, srv.Addr())
 	now := time.Now()
 	obs := newObserver()
-	c := newLease(t, rdb, Options{Observer: obs})
+	// Calls fail within 300ms, while the outage lasts.
+	c := newLease(t, rdb, Options{Observer: obs, Timeout: 300 * time.Millisecond})
 	ch := orgCharge("org1", "k1", 1000, now)
 	if _, err := c.Charge(t.Context(), ch); err != nil {
 		t.Fatal(err)

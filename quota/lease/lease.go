@@ -39,7 +39,8 @@ type Options struct {
 	// IdleReturn+Tick plus one round trip of going idle.
 	IdleReturn time.Duration
 	// FlushEvery bounds how long a key's count waits while traffic goes on
-	// (1s).
+	// (5s); less than Hold, so that other sidecars see a live claim for
+	// every count not booked yet.
 	FlushEvery time.Duration
 	// Span sizes blocks: about this much of the observed traffic (2s).
 	Span time.Duration
@@ -67,9 +68,10 @@ func (o *Options) defaults() {
 	}
 	def(&o.Tick, 250*time.Millisecond)
 	def(&o.IdleReturn, 500*time.Millisecond)
-	def(&o.FlushEvery, time.Second)
+	def(&o.FlushEvery, 5*time.Second)
 	def(&o.Span, 2*time.Second)
 	def(&o.Hold, 10*time.Second)
+	o.FlushEvery = min(o.FlushEvery, o.Hold/2)
 	def(&o.Timeout, 250*time.Millisecond)
 	if o.MaxBlock <= 0 {
 		o.MaxBlock = 1 << 20
@@ -108,8 +110,10 @@ type Counter struct {
 	holder string
 
 	tokenSeq atomic.Uint64
-	stop     chan struct{}
-	done     chan struct{}
+	// waits counts charges that waited for a call (for the benchmark).
+	waits atomic.Int64
+	stop  chan struct{}
+	done  chan struct{}
 
 	mu     sync.Mutex
 	orgs   map[orgWindow]*orgLease
@@ -154,7 +158,6 @@ type orgLease struct {
 	oldest     time.Time // of the counts not yet sent; zero when none
 	tight      bool      // the last grant was smaller than wanted
 	exhausted  bool      // the last reservation was refused
-	lastAttr   time.Time
 	hasPending bool
 }
 
@@ -250,6 +253,7 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 		}
 		lack := ch.Cost - ol.avail
 		ol.waiting += lack
+		c.waits.Add(1)
 		f := ol.flight
 		if f == nil {
 			f = c.start(ol, lack)
@@ -378,8 +382,17 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 	now := c.opt.Now()
 	f := &flight{done: make(chan struct{})}
 	ol.flight = f
+	// A settlement that finds the block low renews it too: requests would
+	// otherwise wait for it to end before a renewal could start.
+	if need == 0 && !c.closed && !ol.tight && !ol.exhausted && ol.toReturn == 0 && ol.orgMax > -2 &&
+		now.Sub(ol.lastUse) < c.opt.IdleReturn && ol.avail < max(ol.want/2, 1) {
+		need = 1
+	}
 	s := ol.doubt
-	if s == nil {
+	// A renewal carries the keys' counts only when they are due (or units
+	// go back): booking a key's count costs Redis the same for one request
+	// as for many, so counts wait for FlushEvery while traffic goes on.
+	if s == nil && (need == 0 || ol.toReturn > 0 || (ol.hasPending && now.Sub(ol.oldest) >= c.opt.FlushEvery)) {
 		s = c.settlement(ol)
 	}
 	ol.doubt = s

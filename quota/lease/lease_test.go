@@ -13,9 +13,15 @@ import (
 	"github.com/keygate/keygate/quota/rediscounter"
 )
 
-// newLease returns a lease Counter on rdb, closed when the test ends.
+// newLease returns a lease Counter on rdb, closed when the test ends. Its
+// calls get a generous deadline unless o says otherwise: the race detector
+// and parallel test packages slow Redis down, and these tests are about
+// counting, not latency.
 func newLease(t testing.TB, rdb redis.UniversalClient, o Options) *Counter {
 	t.Helper()
+	if o.Timeout == 0 {
+		o.Timeout = 5 * time.Second
+	}
 	c := New(rediscounter.New(rdb), "", o)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
