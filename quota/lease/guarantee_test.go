@@ -463,3 +463,30 @@ func TestRollingUpgrade(t *testing.T) {
 	}
 	t.Logf("admitted %d of %d", admitted.Load(), max)
 }
+
+// TestCloseDuringOutage: at shutdown with Redis down, Close gives up when
+// its context ends and counts what it could not give back as lost (it stays
+// counted as used in Redis).
+func TestCloseDuringOutage(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	obs := newObserver()
+	c := New(rediscounter.New(rdb), "", Options{Observer: obs, Timeout: 100 * time.Millisecond})
+	if _, err := c.Charge(t.Context(), orgCharge("org1", "k1", 1000, time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	held := c.held()
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := c.Close(ctx); err == nil {
+		t.Fatal("Close with Redis down: nil error")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Close took %s past its 500ms context", d)
+	}
+	if obs.lost.Load() != held {
+		t.Errorf("lost %d units, want the %d held", obs.lost.Load(), held)
+	}
+}

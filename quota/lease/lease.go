@@ -725,21 +725,39 @@ func (c *Counter) Close(ctx context.Context) error {
 			select {
 			case <-f.done:
 			case <-ctx.Done():
-				c.mu.Lock()
-				var lost int64
-				for _, ol := range c.orgs {
-					lost += ol.toReturn
-					if ol.doubt != nil {
-						lost += ol.doubt.ret
-					}
-				}
-				c.mu.Unlock()
-				c.opt.Observer.LeaseLost(lost)
-				return fmt.Errorf("returning leased quota: %w", ctx.Err())
+				return c.gaveUp(ctx)
+			}
+		}
+		failed := false
+		for _, f := range wait {
+			failed = failed || f.err != nil
+		}
+		if failed { // Redis is not answering: try again shortly
+			select {
+			case <-ctx.Done():
+			case <-time.After(closeRetry):
 			}
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("returning leased quota: %w", ctx.Err())
+			return c.gaveUp(ctx)
 		}
 	}
 }
+
+// gaveUp counts what Close could not give back as lost.
+func (c *Counter) gaveUp(ctx context.Context) error {
+	c.mu.Lock()
+	var lost int64
+	for _, ol := range c.orgs {
+		lost += ol.toReturn
+		if ol.doubt != nil {
+			lost += ol.doubt.ret
+		}
+	}
+	c.mu.Unlock()
+	c.opt.Observer.LeaseLost(lost)
+	return fmt.Errorf("returning leased quota (%d units stay counted as used): %w", lost, ctx.Err())
+}
+
+// closeRetry spaces Close's attempts while Redis does not answer.
+const closeRetry = 50 * time.Millisecond
