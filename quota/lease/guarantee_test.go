@@ -490,3 +490,39 @@ func TestCloseDuringOutage(t *testing.T) {
 		t.Errorf("lost %d units, want the %d held", obs.lost.Load(), held)
 	}
 }
+
+// TestExactUnderBurst: four sidecars, 2,000 concurrent charges against a
+// quota of 500, in rounds (one window each): exactly 500 admitted every
+// round, so no sidecar refused while units were left anywhere at the end.
+func TestExactUnderBurst(t *testing.T) {
+	srv := redistest.Start(t)
+	cs := make([]*Counter, 4)
+	for i := range cs {
+		cs[i] = newLease(t, redistest.NewClient(t, srv.Addr()), Options{})
+	}
+	base := time.Now()
+	for round := range 3 {
+		at := base.Add(time.Duration(round) * time.Hour)
+		var admitted atomic.Int64
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range 2000 {
+			wg.Go(func() {
+				<-start
+				_, err := cs[i%4].Charge(t.Context(), orgCharge("org1", "k"+strconv.Itoa(i%7), 500, at))
+				var ex *quota.ExceededError
+				switch {
+				case err == nil:
+					admitted.Add(1)
+				case !errors.As(err, &ex):
+					t.Error(err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if admitted.Load() != 500 {
+			t.Errorf("round %d: admitted %d of 2000 against a quota of 500, want exactly 500", round, admitted.Load())
+		}
+	}
+}
