@@ -526,3 +526,60 @@ func TestExactUnderBurst(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageTruthful: while one sidecar holds a block and has not booked its
+// keys' counts, every other reader (a leasing sidecar or one without
+// leases) sees at least what was admitted, for the org and for the key; and
+// exactly that within a second of the traffic stopping.
+func TestUsageTruthful(t *testing.T) {
+	srv := redistest.Start(t)
+	now := time.Now()
+	a := newLease(t, redistest.NewClient(t, srv.Addr()), Options{})
+	b := newLease(t, redistest.NewClient(t, srv.Addr()), Options{})
+	plain := rediscounter.New(redistest.NewClient(t, srv.Addr()))
+	var last time.Time
+	for i := range 30 {
+		key := "k1"
+		if i%3 == 0 {
+			key = "k2"
+		}
+		if _, err := a.Charge(t.Context(), orgCharge("org1", key, 100000, now)); err != nil {
+			t.Fatal(err)
+		}
+		last = time.Now()
+		if i%10 != 9 {
+			continue
+		}
+		admitted := int64(i + 1)
+		k1 := admitted - (admitted+2)/3
+		for name, r := range map[string]quota.Counter{"leasing": b, "plain": plain, "self": a} {
+			u, err := r.Usage(t.Context(), "org1", "k1", quota.PeriodHour, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.Org < admitted || u.Key < k1 {
+				t.Errorf("%s reader after %d admitted (%d for k1): org %d, key %d", name, admitted, k1, u.Org, u.Key)
+			}
+			if name == "self" && (u.Org != admitted || u.Key != k1) {
+				t.Errorf("the admitting sidecar reads org %d, key %d; want exactly %d, %d", u.Org, u.Key, admitted, k1)
+			}
+		}
+	}
+	// Traffic stopped: exact everywhere within a second.
+	for _, r := range []quota.Counter{b, plain} {
+		for {
+			u, err := r.Usage(t.Context(), "org1", "k1", quota.PeriodHour, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.Org == 30 && u.Key == 20 {
+				break
+			}
+			if time.Since(last) > time.Second {
+				t.Fatalf("%s after the traffic stopped: org %d, key %d; want 30, 20", time.Since(last), u.Org, u.Key)
+			}
+			time.Sleep(20 * time.Millisecond) // polling Redis: the return has no signal a reader sees
+		}
+	}
+	t.Logf("exact %s after the last request", time.Since(last))
+}
