@@ -583,3 +583,29 @@ func TestUsageTruthful(t *testing.T) {
 	}
 	t.Logf("exact %s after the last request", time.Since(last))
 }
+
+// TestKeyGainsMax: requests a key had from an organization's blocks count
+// against a max it gets later in the window, on sidecars with and without
+// leases.
+func TestKeyGainsMax(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	now := time.Now()
+	c := newLease(t, rdb, Options{})
+	for range 5 {
+		if _, err := c.Charge(t.Context(), orgCharge("org1", "k1", 1000, now)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeAll(t, c) // the counts are booked
+	plain := rediscounter.New(rdb)
+	capped := orgCharge("org1", "k1", 1000, now)
+	capped.KeyMax = 6
+	if res, err := plain.Charge(t.Context(), capped); err != nil || res.KeyUsed != 6 {
+		t.Fatalf("sixth request under a max of 6 = %+v, %v; want admitted at 6", res, err)
+	}
+	var ex *quota.ExceededError
+	if _, err := plain.Charge(t.Context(), capped); !errors.As(err, &ex) || ex.Scope != quota.ScopeKey || ex.Used != 6 {
+		t.Errorf("seventh request under a max of 6: %v, want refused by the key at 6", err)
+	}
+}

@@ -8,7 +8,8 @@
 -- KEYS[4] nonce        kg:{<org>}:nonce:<nonce>  (untouched when ARGV[6] is -1)
 -- KEYS[5] lease counts kg:{<org>}:q:keys:<window>, a hash: the requests of each
 --         key admitted from an organization's lease block (quota/lease),
---         under the field KEYS[2]; read only when the key has a max
+--         under the field "<key>:<window>" (KEYS[2] after "kg:{<org>}:q:key:");
+--         read only when the key has a max
 -- KEYS[5+i], i = 1..n, rate limit i (n = #KEYS - 5, often 0):
 --         kg:{<org>}:rl:org:<name> or kg:{<org>}:rl:key:<key>:<name>; its value
 --         is the limit's theoretical arrival time (TAT, GCRA), unix microseconds
@@ -100,7 +101,9 @@ local leased = 0
 if keyMax >= 0 then
   -- A key without a max may have had requests counted from lease blocks
   -- earlier in the window: they count against a max it has now.
-  leased = tonumber(redis.call('HGET', KEYS[5], KEYS[2]) or '0')
+  -- The field is KEYS[2] after "kg:{<org>}:q:key:" (an org id has no brace).
+  local _, e = string.find(KEYS[2], '}:q:key:', 1, true)
+  leased = tonumber(redis.call('HGET', KEYS[5], string.sub(KEYS[2], e + 1)) or '0')
   key = key + leased
 end
 if cost > 0 then

@@ -23,7 +23,7 @@ import (
 //	KEYS[3] token        kg:{<org>}:tok:<token>    (untouched when ARGV[5] is 0)
 //	KEYS[4] nonce        kg:{<org>}:nonce:<nonce>  (untouched when ARGV[6] is -1)
 //	KEYS[5] lease counts kg:{<org>}:q:keys:<window>: per-key counts booked
-//	        from lease blocks (lease.lua), field KEYS[2]; read when the key has a max
+//	        from lease blocks (lease.lua), field "<key>:<window>"; read when the key has a max
 //	KEYS[5+i] rate limit i of n = #KEYS-5: kg:{<org>}:rl:org:<name> or
 //	        kg:{<org>}:rl:key:<key>:<name>, holding its TAT in unix µs
 //	ARGV[1] cost, >= 0 (0 checks no limit and counts nothing)

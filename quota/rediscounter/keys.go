@@ -39,10 +39,14 @@ func rateKey(org, key string, l quota.RateLimit) string {
 func meterKey(org, meter, window string) string { return prefix(org) + "m:" + meter + ":" + window }
 
 // leaseKeysKey is the hash of an organization's per-key request counts
-// booked from lease blocks in one window (field: the key's counter name,
-// keyCounterKey), so that one flush writes the counts of many keys in one
-// command. A key's usage is its counter plus its field.
+// booked from lease blocks in one window (field: leaseKeyField), so that one
+// flush writes the counts of many keys in one command. A key's usage is its
+// counter plus its field.
 func leaseKeysKey(org, window string) string { return prefix(org) + "q:keys:" + window }
+
+// leaseKeyField names a key in leaseKeysKey: its counter's name after
+// "kg:{<org>}:q:key:", which the scripts cut from the counter's name.
+func leaseKeyField(key, window string) string { return key + ":" + window }
 
 // leaseHoldersKey is the hash of the lease holders of an organization in one
 // window: per holder (a sidecar process), "u:<holder>" the units it booked

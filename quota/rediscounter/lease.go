@@ -95,7 +95,7 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 		if k.N < 0 {
 			return LeaseReply{}, fmt.Errorf("lease of org %s: key %s: negative count %d", l.OrgID, k.KeyID, k.N)
 		}
-		args = append(args, keyCounterKey(l.OrgID, k.KeyID, w.ID), k.N)
+		args = append(args, leaseKeyField(k.KeyID, w.ID), k.N)
 	}
 	v, err := leaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
 	if err != nil {

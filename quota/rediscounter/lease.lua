@@ -7,8 +7,9 @@
 --         u:<h> units booked into KEYS[1] not yet attributed to a key nor
 --         returned; t:<h> the claim's deadline, unix ms; s:<h> the last
 --         settlement applied
--- KEYS[3] key counts    kg:{<org>}:q:keys:<window>: field = a key's counter
---         name, value = its requests counted from lease blocks
+-- KEYS[3] key counts    kg:{<org>}:q:keys:<window>: field = "<key>:<window>"
+--         (a key's counter name after "kg:{<org>}:q:key:"), value = its
+--         requests counted from lease blocks
 --
 -- ARGV[1]  holder id
 -- ARGV[2]  the call's instant, unix ms (the script never reads the clock)
@@ -22,7 +23,7 @@
 -- ARGV[10] share: a grant is at most 1/share of the free units (>= 1) ...
 -- ARGV[11] ... or what requests waiting for this block need, if more (they
 --          spend it at once)
--- ARGV[12+2(i-1)], ARGV[13+2(i-1)], i = 1..n: settlement: key counter name
+-- ARGV[12+2(i-1)], ARGV[13+2(i-1)], i = 1..n: settlement: a key's field
 --          and the requests of that key to book under it
 --
 -- Reply {status, org counter after (-1 when the call neither reserved nor

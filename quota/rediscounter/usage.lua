@@ -4,7 +4,8 @@
 -- KEYS[1] org counter   kg:{<org>}:q:org:<window>
 -- KEYS[2] key counter   kg:{<org>}:q:key:<key>:<window> (unread when ARGV[3] is 0)
 -- KEYS[3] holders hash  kg:{<org>}:q:lease:<window> (see lease.lua)
--- KEYS[4] key counts    kg:{<org>}:q:keys:<window>, field KEYS[2]
+-- KEYS[4] key counts    kg:{<org>}:q:keys:<window>, field "<key>:<window>"
+--         (KEYS[2] after "kg:{<org>}:q:key:")
 -- ARGV[1] the reading holder ('' = none): its own claim is left out
 -- ARGV[2] the read's instant, unix ms: claims live until their deadline
 -- ARGV[3] 1 = read the key
@@ -17,7 +18,8 @@
 local org = tonumber(redis.call('GET', KEYS[1]) or '0')
 local key = 0
 if ARGV[3] == '1' then
-  key = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(redis.call('HGET', KEYS[4], KEYS[2]) or '0')
+  local _, e = string.find(KEYS[2], '}:q:key:', 1, true)
+  key = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(redis.call('HGET', KEYS[4], string.sub(KEYS[2], e + 1)) or '0')
 end
 local pending = 0
 local at = tonumber(ARGV[2])
