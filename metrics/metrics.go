@@ -98,6 +98,10 @@ type Metrics struct {
 	authCache        *prometheus.CounterVec
 	revocations      prometheus.Counter
 	revocationLag    prometheus.Histogram
+	leaseOutstanding prometheus.Gauge
+	leaseRenewals    *prometheus.CounterVec
+	leaseReturned    prometheus.Counter
+	leaseLost        prometheus.Counter
 	revalidations    prometheus.Counter
 	changeLog        *prometheus.CounterVec
 	// cacheStats reads the credential cache's size (AuthCacheStats).
@@ -184,6 +188,22 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 			Name: "keygate_auth_change_log_events_total",
 			Help: "Breaks of the change log's follow and how it resumed: catch_up (from the last change seen) or forget (the cache was forgotten).",
 		}, []string{"event"}),
+		leaseOutstanding: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keygate_quota_lease_outstanding_units",
+			Help: "Units of quota this sidecar holds reserved in Redis and has not spent yet (KEYGATE_QUOTA_LEASES=auto).",
+		}),
+		leaseRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_quota_lease_renewals_total",
+			Help: "Reservations of a block of an organization's quota, by result: granted, refused (the quota had too few free units) or failed (the store did not answer).",
+		}, []string{"result"}),
+		leaseReturned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_quota_lease_returned_units_total",
+			Help: "Units of quota given back unspent: blocks gone idle, at shutdown, when a quota nears its end or its max changed.",
+		}),
+		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_quota_lease_lost_units_total",
+			Help: "Units of quota counted as used without being admitted: reservations whose reply was lost, blocks that could not be given back at shutdown (at most; the reservation may not have been booked).",
+		}),
 		orgs:    &orgLabels{max: maxOrgs, seen: make(map[string]*orgSeen)},
 		meterAt: make(map[meterSeries]time.Time),
 		now:     time.Now,
@@ -216,7 +236,11 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 	}, func() float64 { _, b := m.authCacheStats(); return float64(b) })
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamDuration, m.storeDuration, m.storeErrors,
 		quotaCollector{m}, m.quotaLimit, m.failOpenAdmits, m.wouldLimit, m.authCache, m.revocations, m.revocationLag,
-		m.revalidations, m.changeLog, cacheEntries, cacheBytes, build)
+		m.revalidations, m.changeLog, cacheEntries, cacheBytes, build,
+		m.leaseOutstanding, m.leaseRenewals, m.leaseReturned, m.leaseLost)
+	for _, r := range []string{"granted", "refused", "failed"} {
+		m.leaseRenewals.WithLabelValues(r)
+	}
 	return m
 }
 
@@ -482,6 +506,35 @@ func (m *Metrics) WouldLimit(policies string) {
 	}
 	for _, p := range strings.Split(policies, ",") {
 		m.wouldLimit.WithLabelValues(p).Inc()
+	}
+}
+
+// LeaseOutstanding adds delta to the quota units held unspent (quota/lease's
+// Observer, as are the three below).
+func (m *Metrics) LeaseOutstanding(delta int64) {
+	if m != nil {
+		m.leaseOutstanding.Add(float64(delta))
+	}
+}
+
+// LeaseRenewal counts a reservation by its result.
+func (m *Metrics) LeaseRenewal(result string) {
+	if m != nil {
+		m.leaseRenewals.WithLabelValues(result).Inc()
+	}
+}
+
+// LeaseReturned counts units given back unspent.
+func (m *Metrics) LeaseReturned(n int64) {
+	if m != nil {
+		m.leaseReturned.Add(float64(n))
+	}
+}
+
+// LeaseLost counts units counted as used without being admitted.
+func (m *Metrics) LeaseLost(n int64) {
+	if m != nil && n > 0 {
+		m.leaseLost.Add(float64(n))
 	}
 }
 

@@ -63,14 +63,17 @@ type chaosTolerance struct {
 	settle time.Duration
 }
 
-// Lease tolerances: the figures the leases design states. Until leases
-// land, "auto" is per-request charging too, so they are zero; the leases
-// change sets them from its design (and its docs page) and says why.
+// Lease tolerances: the figures the leases design states
+// (docs/quota-leases.md). A sidecar refuses only once it has given back
+// what it held and the quota has no free unit, so no request is refused
+// while units remain; a block is at most 1/16 of the free units, which is
+// what a SIGKILLed sidecar can take with it (counted as used); a sidecar
+// holding a block keeps admitting from it, counted, while Redis is down.
 const (
 	leaseRefusedWhileHeld = 0
-	leaseHeldByKilled     = 0
+	leaseHeldByKilled     = chaosQuota / 16
 	leaseSettle           = time.Second // "exact within 1 s after traffic stops"
-	leaseAdmitsWhileDown  = false
+	leaseAdmitsWhileDown  = true
 	leaseLostInOutage     = 0
 )
 

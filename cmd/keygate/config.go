@@ -48,6 +48,9 @@ type config struct {
 	StaleAuth time.Duration `env:"STALE_AUTH" envDefault:"15m"`
 	// RedisTimeout bounds each store call on the request path.
 	RedisTimeout time.Duration `env:"REDIS_TIMEOUT" envDefault:"250ms"`
+	// QuotaLeases is auto (admit from blocks of the quota reserved in
+	// Redis, see quota/lease) or off (one charge per request).
+	QuotaLeases string `env:"QUOTA_LEASES" envDefault:"auto"`
 	// UpstreamTimeout bounds the wait for the upstream's response headers.
 	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"60s"`
 	// PartnerTSSkew is the allowed distance of a ts parameter from now.
@@ -170,6 +173,9 @@ func (c config) validate() error {
 	}
 	if c.FailureMode != "open" && c.FailureMode != "closed" {
 		bad("FAILURE_MODE", "want open or closed, got %q", c.FailureMode)
+	}
+	if c.QuotaLeases != "auto" && c.QuotaLeases != "off" {
+		bad("QUOTA_LEASES", "want auto or off, got %q", c.QuotaLeases)
 	}
 	for name, d := range map[string]time.Duration{"REDIS_TIMEOUT": c.RedisTimeout, "UPSTREAM_TIMEOUT": c.UpstreamTimeout,
 		"PARTNER_TS_SKEW": c.PartnerTSSkew, "AUTH_CACHE_TTL": c.AuthCacheTTL, "SHUTDOWN_TIMEOUT": c.ShutdownTimeout} {

@@ -139,7 +139,9 @@ func TestMetricsPromtoolClean(t *testing.T) {
 	for _, name := range []string{"keygate_requests_total", "keygate_request_duration_seconds", "keygate_upstream_duration_seconds",
 		"keygate_store_duration_seconds", "keygate_store_errors_total", "keygate_quota_usage", "keygate_quota_limit",
 		"keygate_quota_usage_ratio", "keygate_fail_open_admits_total", "keygate_auth_cache_lookups_total",
-		"keygate_revocations_received_total", "keygate_revocation_lag_seconds", "keygate_build_info"} {
+		"keygate_revocations_received_total", "keygate_revocation_lag_seconds", "keygate_build_info",
+		"keygate_quota_lease_outstanding_units", "keygate_quota_lease_renewals_total", "keygate_quota_lease_returned_units_total",
+		"keygate_quota_lease_lost_units_total"} {
 		if !strings.Contains(text, "\n# TYPE "+name+" ") {
 			t.Errorf("/metrics lacks %s", name)
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/keygate/keygate/metrics"
 	"github.com/keygate/keygate/openapi"
 	"github.com/keygate/keygate/quota"
+	"github.com/keygate/keygate/quota/lease"
 	"github.com/keygate/keygate/quota/memcounter"
 	"github.com/keygate/keygate/quota/rediscounter"
 	"github.com/keygate/keygate/sidecar"
@@ -62,7 +63,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		return err
 	}
 
-	st, err := openStores(cfg, log)
+	st, err := openStores(cfg, log, mtr)
 	if err != nil {
 		return err
 	}
@@ -91,7 +92,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		Store:              st.keys,
 		Auth:               auth,
 		Counter:            st.counter,
-		RemoteCounter:      st.kind == "redis",
+		RemoteCounter:      st.remote,
 		Rules:              rules,
 		FailOpen:           cfg.FailureMode == "open",
 		StoreTimeout:       cfg.RedisTimeout,
@@ -189,7 +190,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 		upstreamField = redactURL(upstream)
 	}
 	authzGRPC.start(errc, log)
-	log.Info("keygate started", zap.String("upstream", upstreamField), zap.String("store", st.kind),
+	log.Info("keygate started", zap.String("upstream", upstreamField), zap.String("store", st.kind), zap.String("quota_leases", cfg.QuotaLeases),
 		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", sealer != nil))
 	logSigning(log, sealer)
 	if ready != nil {
@@ -242,6 +243,14 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	if err := authzGRPC.shutdown(sctx); err != nil {
 		errs = append(errs, err)
 	}
+	// Give back the unspent part of the quota blocks and book the counts,
+	// now that no request is in flight; what a Redis outage keeps from
+	// going back stays counted as used.
+	lctx, lcancel := context.WithTimeout(sctx, leaseCloseTimeout)
+	if err := st.closeCounter(lctx); err != nil {
+		log.Warn("quota leases not all given back", zap.Error(err))
+	}
+	lcancel()
 	stopBG()
 	<-watchDone
 	<-usageDone
@@ -252,6 +261,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	log.Info("stopped")
 	return errors.Join(errs...)
 }
+
+// leaseCloseTimeout bounds the return of the quota blocks at shutdown.
+const leaseCloseTimeout = 2 * time.Second
 
 // namedServer is one listener of the sidecar.
 type namedServer struct {
@@ -317,17 +329,24 @@ type stores struct {
 	kind    string
 	keys    keys.Store
 	counter quota.Counter
-	ready   func(context.Context) error
-	close   func()
+	// remote: the counter charges over the network per request and needs
+	// idempotency tokens (gate.Options.RemoteCounter); a lease counter
+	// adds its own where it needs them.
+	remote bool
+	ready  func(context.Context) error
+	// closeCounter gives back what the counter holds (leases).
+	closeCounter func(context.Context) error
+	close        func()
 }
 
 // openStores picks the embedded in-memory store or Redis.
-func openStores(cfg config, log *zap.Logger) (*stores, error) {
+func openStores(cfg config, log *zap.Logger, mtr *metrics.Metrics) (*stores, error) {
 	if cfg.RedisURL == "" {
 		log.Warn("KEYGATE_REDIS_URL is empty: using the embedded in-memory store (single process, not persisted)")
 		return &stores{
 			kind: "memory", keys: memstore.New(), counter: memcounter.New(),
 			ready: func(context.Context) error { return nil }, close: func() {},
+			closeCounter: func(context.Context) error { return nil },
 		}, nil
 	}
 	rdb, err := newRedisClient(cfg.RedisURL, cfg.RedisTimeout)
@@ -336,16 +355,20 @@ func openStores(cfg config, log *zap.Logger) (*stores, error) {
 	}
 	counter := rediscounter.New(rdb)
 	ks := redisstore.New(rdb)
-	return &stores{
-		kind: "redis", keys: ks, counter: counter,
-		ready: func(ctx context.Context) error {
-			if err := ks.Ping(ctx); err != nil {
-				return err
-			}
-			return counter.Load(ctx)
-		},
-		close: func() { _ = rdb.Close() },
-	}, nil
+	st := &stores{kind: "redis", keys: ks, counter: counter, remote: true,
+		closeCounter: func(context.Context) error { return nil }}
+	if cfg.QuotaLeases == "auto" {
+		lc := lease.New(counter, "", lease.Options{Timeout: cfg.RedisTimeout, Observer: mtr})
+		st.counter, st.remote, st.closeCounter = lc, false, lc.Close
+	}
+	st.ready = func(ctx context.Context) error {
+		if err := ks.Ping(ctx); err != nil {
+			return err
+		}
+		return counter.Load(ctx)
+	}
+	st.close = func() { _ = rdb.Close() }
+	return st, nil
 }
 
 // newRedisClient builds a client from a redis:// URL; addr= query

@@ -130,6 +130,7 @@ func TestDashboardDecodesStrictly(t *testing.T) {
 		"keygate_revocation_lag_seconds_bucket",
 		"keygate_auth_cache_entries", "keygate_auth_cache_bytes", "keygate_auth_cache_revalidations_total",
 		"keygate_auth_change_log_events_total",
+		"keygate_quota_lease_outstanding_units", "keygate_quota_lease_lost_units_total",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no dashboard query uses %s", want)

@@ -208,6 +208,11 @@ func buildDashboard() (dashboard.Dashboard, error) {
 			query(`sum by (op) (rate(keygate_store_errors_total[$__rate_interval]))`, "{{op}}"))).
 		WithPanel(series("Fail-open admits", "Requests admitted uncounted while the store was unreachable (KEYGATE_FAILURE_MODE=open).", "reqps", 8,
 			query(`sum(rate(keygate_fail_open_admits_total[$__rate_interval]))`, "admitted uncounted"))).
+		WithPanel(series("Quota leases", "Units of quota held unspent by the sidecars (KEYGATE_QUOTA_LEASES=auto), and per second: given back unspent, lost (counted as used without being admitted: lost replies, blocks left at shutdown), reservations by result.", "short", 12,
+			query(`sum(keygate_quota_lease_outstanding_units)`, "held unspent"),
+			query(`sum(rate(keygate_quota_lease_returned_units_total[$__rate_interval]))`, "returned/s"),
+			query(`sum(rate(keygate_quota_lease_lost_units_total[$__rate_interval]))`, "lost/s"),
+			query(`sum by (result) (rate(keygate_quota_lease_renewals_total[$__rate_interval]))`, "reservations {{result}}/s"))).
 		WithPanel(series("Auth cache lookups", "Credential lookups served from the local cache (hit), the store (miss) or the stale cache during an outage.", "ops", 8,
 			query(`sum by (result) (rate(keygate_auth_cache_lookups_total[$__rate_interval]))`, "{{result}}"))).
 		WithPanel(series("Revocation lag (publish → applied)", "Time from a key's deletion to its eviction on each sidecar; the contract is under 1 s (alert KeygateRevocationLagHigh).", "s", 12,

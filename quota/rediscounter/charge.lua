@@ -6,7 +6,11 @@
 -- KEYS[2] key counter  kg:{<org>}:q:key:<key>:<window>
 -- KEYS[3] token        kg:{<org>}:tok:<token>    (untouched when ARGV[5] is 0)
 -- KEYS[4] nonce        kg:{<org>}:nonce:<nonce>  (untouched when ARGV[6] is -1)
--- KEYS[4+i], i = 1..n, rate limit i (n = #KEYS - 4, often 0):
+-- KEYS[5] lease counts kg:{<org>}:q:keys:<window>, a hash: the requests of each
+--         key admitted from an organization's lease block (quota/lease),
+--         under the field "<key>:<window>" (KEYS[2] after "kg:{<org>}:q:key:");
+--         read only when the key has a max
+-- KEYS[5+i], i = 1..n, rate limit i (n = #KEYS - 5, often 0):
 --         kg:{<org>}:rl:org:<name> or kg:{<org>}:rl:key:<key>:<name>; its value
 --         is the limit's theoretical arrival time (TAT, GCRA), unix microseconds
 --
@@ -96,6 +100,15 @@ end
 local cost, orgMax, keyMax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local org = tonumber(redis.call('GET', KEYS[1]) or '0')
 local key = tonumber(redis.call('GET', KEYS[2]) or '0')
+local leased = 0
+if keyMax >= 0 then
+  -- A key without a max may have had requests counted from lease blocks
+  -- earlier in the window: they count against a max it has now.
+  -- The field is KEYS[2] after "kg:{<org>}:q:key:" (an org id has no brace).
+  local _, e = string.find(KEYS[2], '}:q:key:', 1, true)
+  leased = tonumber(redis.call('HGET', KEYS[5], string.sub(KEYS[2], e + 1)) or '0')
+  key = key + leased
+end
 if cost > 0 then
   if keyMax >= 0 and key + cost > keyMax then
     return reply(0, org, key)
@@ -105,7 +118,7 @@ if cost > 0 then
   end
 end
 
-local n = #KEYS - 4
+local n = #KEYS - 5
 local rates, tats, capped
 
 -- storeCapped stores the capped state of the limits this charge does not
@@ -114,7 +127,7 @@ local function storeCapped()
   if not capped or cost == 0 then return end
   for i, tat in pairs(capped) do
     if not tats[i] then
-      redis.call('SET', KEYS[4 + i], string.format('%d', tat),
+      redis.call('SET', KEYS[5 + i], string.format('%d', tat),
         'PX', math.floor((rates[2 * i - 1] + 999) / 1000) + 60000)
     end
   end
@@ -126,7 +139,7 @@ if n > 0 then
   for i = 1, n do
     local interval, burst = tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i])
     local debt = 0 -- a limit without state is full
-    local v = redis.call('GET', KEYS[4 + i])
+    local v = redis.call('GET', KEYS[5 + i])
     if v then
       local tat = tonumber(v)
       if not tat then
@@ -167,18 +180,20 @@ end
 if cost > 0 then
   org = redis.call('INCRBY', KEYS[1], ARGV[1])
   key = redis.call('INCRBY', KEYS[2], ARGV[1])
-  -- Only this script writes the counters, so one that INCRBY just created
-  -- (its value is the cost) is the only one without its expiry yet.
+  -- A counter INCRBY just created has the cost as its value; one with that
+  -- value otherwise already has its expiry (lease.lua sets it when it
+  -- creates one), which EXPIREAT sets again to the same instant.
   if tonumber(ARGV[4]) > 0 then
     if org == cost then redis.call('EXPIREAT', KEYS[1], ARGV[4]) end
     if key == cost then redis.call('EXPIREAT', KEYS[2], ARGV[4]) end
   end
+  key = key + leased
   for i = 1, n do
     if tats[i] then
       local debt = rates[2 * i - 1]
       -- The TAT needs %d (more digits than Lua's own number format keeps);
       -- the PX, below 2^32, does not.
-      redis.call('SET', KEYS[4 + i], string.format('%d', tats[i]),
+      redis.call('SET', KEYS[5 + i], string.format('%d', tats[i]),
         'PX', math.floor((debt + 999) / 1000) + 60000)
     end
   end

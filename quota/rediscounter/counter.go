@@ -22,7 +22,9 @@ import (
 //	KEYS[2] key counter  kg:{<org>}:q:key:<key>:<window>
 //	KEYS[3] token        kg:{<org>}:tok:<token>    (untouched when ARGV[5] is 0)
 //	KEYS[4] nonce        kg:{<org>}:nonce:<nonce>  (untouched when ARGV[6] is -1)
-//	KEYS[4+i] rate limit i of n = #KEYS-4: kg:{<org>}:rl:org:<name> or
+//	KEYS[5] lease counts kg:{<org>}:q:keys:<window>: per-key counts booked
+//	        from lease blocks (lease.lua), field "<key>:<window>"; read when the key has a max
+//	KEYS[5+i] rate limit i of n = #KEYS-5: kg:{<org>}:rl:org:<name> or
 //	        kg:{<org>}:rl:key:<key>:<name>, holding its TAT in unix µs
 //	ARGV[1] cost, >= 0 (0 checks no limit and counts nothing)
 //	ARGV[2] org max, -1 = unlimited
@@ -41,7 +43,8 @@ import (
 //	1 and -3 add, per rate limit, its debt in µs and 1 if it would refuse.
 //	A token seen before returns its stored reply unchanged. A refusal writes
 //	nothing but the token. Without rate limits, the script runs the same
-//	commands and replies the same as before rate limits existed.
+//	commands and replies the same as before rate limits existed, plus one
+//	HGET of KEYS[5] for a key with a max.
 //
 //go:embed charge.lua
 var chargeSrc string
@@ -95,8 +98,10 @@ func ClientOptions(o *redis.UniversalOptions) *redis.UniversalOptions {
 // Load loads the charge script into every master, so the first charges do
 // not pay for a NOSCRIPT round trip. It doubles as a readiness check.
 func (c *Counter) Load(ctx context.Context) error {
-	if err := chargeScript.Load(ctx, c.rdb).Err(); err != nil {
-		return storeError("loading charge script", err)
+	for _, s := range []*redis.Script{chargeScript, leaseScript, usageScript} {
+		if err := s.Load(ctx, c.rdb).Err(); err != nil {
+			return storeError("loading scripts", err)
+		}
 	}
 	return nil
 }
@@ -113,11 +118,12 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	}
 	w := ch.Period.Window(ch.At)
 	n := len(ch.RateLimits)
-	keys := make([]string, 4, 4+n)
+	keys := make([]string, 5, 5+n)
 	keys[0] = orgCounterKey(ch.OrgID, w.ID)
 	keys[1] = keyCounterKey(ch.OrgID, ch.KeyID, w.ID)
 	keys[2] = tokenKey(ch.OrgID, ch.Token)
 	keys[3] = nonceKey(ch.OrgID, ch.Nonce)
+	keys[4] = leaseKeysKey(ch.OrgID, w.ID)
 	var expireAt, ttl, nonceAt int64
 	if at := w.ExpireAt(); !at.IsZero() {
 		expireAt = at.Unix()
@@ -196,30 +202,20 @@ func rateOutcome(ch quota.Charge, r chargeReply) ([]quota.RateLimitState, error)
 	return states, err
 }
 
-// Usage reads the org's and the key's counters with one MGET (one slot).
+// Usage reads the org's and the key's counters in one script call
+// (usage.lua, one slot). A key's usage includes its requests counted from
+// lease blocks, and what lease holders may have admitted for the org's
+// keys without counting it against a key yet, so that it is never below
+// what was admitted (see quota/lease).
 func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.Period, at time.Time) (quota.Usage, error) {
-	if err := quota.CheckOrgID(orgID); err != nil {
+	u, err := c.LeaseUsage(ctx, orgID, keyID, period, at, "")
+	if err != nil {
 		return quota.Usage{}, err
 	}
-	w := period.Window(at)
-	keys := []string{orgCounterKey(orgID, w.ID)}
 	if keyID != "" {
-		keys = append(keys, keyCounterKey(orgID, keyID, w.ID))
+		u.Key += u.Pending
 	}
-	vals, err := c.mget(ctx, keys)
-	if err != nil {
-		return quota.Usage{}, storeError("reading usage of org "+orgID, err)
-	}
-	u := quota.Usage{Window: w}
-	if u.Org, err = parseCount(vals[0]); err != nil {
-		return quota.Usage{}, fmt.Errorf("reading usage of org %s: %w", orgID, err)
-	}
-	if keyID != "" {
-		if u.Key, err = parseCount(vals[1]); err != nil {
-			return quota.Usage{}, fmt.Errorf("reading usage of org %s: %w", orgID, err)
-		}
-	}
-	return u, nil
+	return u.Usage, nil
 }
 
 // Add books the deltas in one MULTI/EXEC: INCRBY and, for periods that end,

@@ -37,3 +37,20 @@ func rateKey(org, key string, l quota.RateLimit) string {
 
 // meterKey is the value of one meter of an organization in one window.
 func meterKey(org, meter, window string) string { return prefix(org) + "m:" + meter + ":" + window }
+
+// leaseKeysKey is the hash of an organization's per-key request counts
+// booked from lease blocks in one window (field: leaseKeyField), so that one
+// flush writes the counts of many keys in one command. A key's usage is its
+// counter plus its field.
+func leaseKeysKey(org, window string) string { return prefix(org) + "q:keys:" + window }
+
+// leaseKeyField names a key in leaseKeysKey: its counter's name after
+// "kg:{<org>}:q:key:", which the scripts cut from the counter's name.
+func leaseKeyField(key, window string) string { return key + ":" + window }
+
+// leaseHoldersKey is the hash of the lease holders of an organization in one
+// window: per holder (a sidecar process), "u:<holder>" the units it booked
+// into the org counter and has neither attributed to a key nor returned,
+// "t:<holder>" until when that claim is live (unix ms), "s:<holder>" the
+// last settlement it applied.
+func leaseHoldersKey(org, window string) string { return prefix(org) + "q:lease:" + window }

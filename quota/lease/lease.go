@@ -1,0 +1,763 @@
+package lease
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keygate/keygate/quota"
+	"github.com/keygate/keygate/quota/rediscounter"
+)
+
+// Observer learns what the leases do, for metrics. Its methods must be
+// cheap and safe for concurrent use.
+type Observer interface {
+	// LeaseOutstanding adds delta to the units held unspent.
+	LeaseOutstanding(delta int64)
+	// LeaseRenewal counts one reservation call by its result: "granted",
+	// "refused" (too few free units) or "failed" (no answer).
+	LeaseRenewal(result string)
+	// LeaseReturned counts units given back unspent.
+	LeaseReturned(n int64)
+	// LeaseLost counts units counted as used without being admitted: a
+	// block whose reply was lost, or one still held when Close gave up.
+	LeaseLost(n int64)
+}
+
+// Options tune a Counter. The zero value of each field picks its default.
+type Options struct {
+	// Tick is how often held blocks and counts are looked at (250ms).
+	Tick time.Duration
+	// IdleReturn: a block unused this long goes back, and a key's count is
+	// booked (500ms). With Tick, what is held comes back within
+	// IdleReturn+Tick plus one round trip of going idle.
+	IdleReturn time.Duration
+	// FlushEvery bounds how long a key's count waits while traffic goes on
+	// (5s); less than Hold, so that other sidecars see a live claim for
+	// every count not booked yet.
+	FlushEvery time.Duration
+	// Span sizes blocks: about this much of the observed traffic (2s).
+	Span time.Duration
+	// MaxBlock bounds a block (1<<20).
+	MaxBlock int64
+	// Share: a block is at most 1/Share of the organization's free units
+	// (16).
+	Share int64
+	// Hold is how long a holder's claim stays live in Redis after its last
+	// call, for the usage readers of other sidecars (10s).
+	Hold time.Duration
+	// Timeout bounds each Redis call made in the background (250ms).
+	Timeout  time.Duration
+	Observer Observer
+	// Now is the clock of the background work (time.Now); charges are
+	// dated by their At as always.
+	Now func() time.Time
+}
+
+func (o *Options) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.Tick, 250*time.Millisecond)
+	def(&o.IdleReturn, 500*time.Millisecond)
+	def(&o.FlushEvery, 5*time.Second)
+	def(&o.Span, 2*time.Second)
+	def(&o.Hold, 10*time.Second)
+	o.FlushEvery = min(o.FlushEvery, o.Hold/2)
+	def(&o.Timeout, 250*time.Millisecond)
+	if o.MaxBlock <= 0 {
+		o.MaxBlock = 1 << 20
+	}
+	if o.Share <= 0 {
+		o.Share = 16
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) LeaseOutstanding(int64) {}
+func (nopObserver) LeaseRenewal(string)    {}
+func (nopObserver) LeaseReturned(int64)    {}
+func (nopObserver) LeaseLost(int64)        {}
+
+// minBlock is the block asked for before any traffic was observed.
+const minBlock = 8
+
+// maxAttempts bounds how often one charge waits for a block before it is
+// charged per request.
+const maxAttempts = 4
+
+// Counter is a quota.Counter that admits from blocks of the organizations'
+// quotas reserved in Redis (see the package documentation). It is safe for
+// concurrent use; create it with New and stop it with Close.
+type Counter struct {
+	rc     *rediscounter.Counter
+	opt    Options
+	holder string
+
+	tokenSeq atomic.Uint64
+	// waits counts charges that waited for a call (for the benchmark).
+	waits atomic.Int64
+	stop  chan struct{}
+	done  chan struct{}
+
+	mu     sync.Mutex
+	orgs   map[orgWindow]*orgLease
+	closed bool
+}
+
+var _ quota.Counter = (*Counter)(nil)
+
+// orgWindow names an organization's quota in one window.
+type orgWindow struct{ org, window string }
+
+// orgLease is what this sidecar holds of one organization's quota in one
+// window. Guarded by Counter.mu.
+type orgLease struct {
+	id     orgWindow
+	period quota.Period
+	window quota.Window
+	// orgMax is the max the block was reserved under (-1 unlimited).
+	orgMax int64
+	// avail is the unspent part of the block; toReturn units taken out of
+	// it to be given back by the next call.
+	avail, toReturn int64
+	// redisOrg is the org counter as the last call saw it.
+	redisOrg int64
+	keys     map[string]*tally
+	// dirty lists the keys with pending counts or no known count, so a
+	// settlement does not walk every key of the organization.
+	dirty []string
+	// seq numbers this holder's settlements; doubt is one sent whose reply
+	// was lost: it is sent again, unchanged, before any other.
+	seq   uint64
+	doubt *settlement
+	// flight is the one call in progress, shared by everyone waiting.
+	flight *flight
+	// waiting is what the requests waiting for a block lack.
+	waiting int64
+	// want is the next block's size; spent and since measure the traffic.
+	want       int64
+	spent      int64
+	since      time.Time
+	lastUse    time.Time
+	oldest     time.Time // of the counts not yet sent; zero when none
+	tight      bool      // the last grant was smaller than wanted
+	exhausted  bool      // the last reservation was refused
+	hasPending bool
+}
+
+// tally is one key's requests admitted from the organization's block.
+type tally struct {
+	// base is the key's lease count in Redis as last seen; known says base
+	// was read at least once.
+	base  int64
+	known bool
+	// pending are not sent yet; flying are in a settlement not confirmed.
+	pending, flying int64
+	// listed: the key is on its organization's dirty list.
+	listed bool
+}
+
+// settlement is what one call books and gives back.
+type settlement struct {
+	seq  uint64
+	keys []rediscounter.KeyCount
+	ret  int64
+}
+
+// flight is one call in progress. need is the reservation it asks for (0
+// none); refused and err are set before done closes.
+type flight struct {
+	done    chan struct{}
+	need    int64
+	refused bool
+	err     error
+}
+
+// New returns a Counter that leases from rc and starts its background
+// work. holder names this process among the sidecars sharing Redis; empty
+// picks a random one.
+func New(rc *rediscounter.Counter, holder string, o Options) *Counter {
+	o.defaults()
+	if holder == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		holder = hex.EncodeToString(b[:])
+	}
+	c := &Counter{rc: rc, opt: o, holder: holder, orgs: map[orgWindow]*orgLease{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go c.loop()
+	return c
+}
+
+// Holder is this Counter's holder id.
+func (c *Counter) Holder() string { return c.holder }
+
+// leasable says whether a charge can be admitted from a block: a positive
+// cost, no token (a retried charge must get its first answer), no nonce, no
+// rate limit and no max of the key's own. Every other charge is charged per
+// request, as without leases.
+func leasable(ch quota.Charge) bool {
+	return ch.Cost > 0 && ch.Token == "" && ch.Nonce == "" && len(ch.RateLimits) == 0 && ch.KeyMax < 0 && ch.KeyID != ""
+}
+
+// Charge admits ch from the organization's block when it can (see
+// leasable), reserving a new block when needed; otherwise it charges per
+// request.
+func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, error) {
+	if err := quota.CheckCharge(ch); err != nil {
+		return quota.Result{}, err
+	}
+	if !leasable(ch) {
+		return c.perRequest(ctx, ch)
+	}
+	w := ch.Period.Window(ch.At)
+	id := orgWindow{ch.OrgID, w.ID}
+	orgMax := max(ch.OrgMax, -1)
+	for range maxAttempts {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			break
+		}
+		ol := c.orgLease(id, ch.Period, w)
+		if ol.orgMax != orgMax {
+			// The org's max changed: what was reserved under the old one
+			// goes back, and blocks are reserved under the new one.
+			c.giveBack(ol)
+			ol.orgMax = orgMax
+			ol.exhausted = false
+		}
+		if ol.avail >= ch.Cost {
+			res, needBase := c.admit(ol, ch)
+			c.mu.Unlock()
+			if needBase {
+				res.KeyUsed = c.learnBase(ctx, id, ch.KeyID, res.KeyUsed)
+			}
+			return res, nil
+		}
+		lack := ch.Cost - ol.avail
+		ol.waiting += lack
+		c.waits.Add(1)
+		f := ol.flight
+		if f == nil {
+			f = c.start(ol, lack)
+		}
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+		}
+		c.mu.Lock()
+		ol.waiting -= lack
+		c.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return quota.Result{}, fmt.Errorf("charging org %s: %w: %w", ch.OrgID, quota.ErrUnavailable, err)
+		}
+		if f.err != nil {
+			return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, f.err)
+		}
+		if f.refused {
+			c.mu.Lock()
+			short := ch.Cost - ol.avail
+			used := ol.redisOrg - ol.avail - ol.toReturn
+			c.mu.Unlock()
+			// Refused for more than this charge lacks (another waiter's
+			// larger need): ask again.
+			if short > 0 && short < f.need {
+				continue
+			}
+			if short > 0 {
+				return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: used, Window: w}
+			}
+		}
+	}
+	return c.perRequest(ctx, ch)
+}
+
+// orgLease returns the lease of id, creating it. Called with mu held.
+func (c *Counter) orgLease(id orgWindow, p quota.Period, w quota.Window) *orgLease {
+	ol := c.orgs[id]
+	if ol == nil {
+		now := c.opt.Now()
+		ol = &orgLease{id: id, period: p, window: w, orgMax: -2, keys: map[string]*tally{}, want: minBlock, since: now, lastUse: now}
+		c.orgs[id] = ol
+	}
+	return ol
+}
+
+// admit spends ch.Cost from ol's block. needBase says the key's count in
+// Redis is not known yet. Called with mu held.
+func (c *Counter) admit(ol *orgLease, ch quota.Charge) (quota.Result, bool) {
+	now := c.opt.Now()
+	ol.avail -= ch.Cost
+	ol.spent += ch.Cost
+	ol.lastUse = now
+	c.opt.Observer.LeaseOutstanding(-ch.Cost)
+	t := ol.keys[ch.KeyID]
+	if t == nil {
+		t = &tally{}
+		ol.keys[ch.KeyID] = t
+	}
+	if t.pending == 0 && !t.listed {
+		t.listed = true
+		ol.dirty = append(ol.dirty, ch.KeyID)
+	}
+	t.pending += ch.Cost
+	if !ol.hasPending {
+		ol.hasPending, ol.oldest = true, now
+	}
+	// Renew ahead of exhaustion, in the background; not near the end of
+	// the quota (the last grant was cut), where a block reserved ahead
+	// would be held while other sidecars are refused.
+	if ol.flight == nil && !ol.exhausted && !ol.tight && ol.avail < max(ol.want/4, 1) {
+		c.start(ol, 1)
+	}
+	res := quota.Result{OrgUsed: ol.redisOrg - ol.avail - ol.toReturn, KeyUsed: t.base + t.pending + t.flying, Window: ol.window}
+	return res, !t.known
+}
+
+// learnBase books a key seen for the first time at once, so that its
+// usage in the result is exact, and returns it (fallback if that fails).
+func (c *Counter) learnBase(ctx context.Context, id orgWindow, key string, fallback int64) int64 {
+	for range maxAttempts {
+		c.mu.Lock()
+		ol := c.orgs[id]
+		if ol == nil {
+			c.mu.Unlock()
+			return fallback
+		}
+		t := ol.keys[key]
+		if t == nil || t.known {
+			var used int64
+			if t != nil {
+				used = t.base + t.pending + t.flying
+			}
+			c.mu.Unlock()
+			return max(used, fallback)
+		}
+		f := ol.flight
+		if f == nil {
+			f = c.start(ol, 0)
+		}
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return fallback
+		}
+	}
+	return fallback
+}
+
+// giveBack moves ol's unspent units to the next call's return. Called with
+// mu held.
+func (c *Counter) giveBack(ol *orgLease) {
+	if ol.avail > 0 {
+		c.opt.Observer.LeaseOutstanding(-ol.avail)
+		ol.toReturn += ol.avail
+		ol.avail = 0
+	}
+}
+
+// start begins ol's call: its settlement (the one in doubt, or what is
+// pending) and, when need > 0, a reservation of at least need units.
+// Called with mu held and no flight in progress.
+func (c *Counter) start(ol *orgLease, need int64) *flight {
+	now := c.opt.Now()
+	f := &flight{done: make(chan struct{})}
+	ol.flight = f
+	// A settlement that finds the block low renews it too: requests would
+	// otherwise wait for it to end before a renewal could start.
+	if need == 0 && !c.closed && !ol.tight && !ol.exhausted && ol.toReturn == 0 && ol.orgMax > -2 &&
+		now.Sub(ol.lastUse) < c.opt.IdleReturn && ol.avail < max(ol.want/2, 1) {
+		need = 1
+	}
+	s := ol.doubt
+	// A renewal carries the keys' counts only when they are due (or units
+	// go back): booking a key's count costs Redis the same for one request
+	// as for many, so counts wait for FlushEvery while traffic goes on.
+	if s == nil && (need == 0 || ol.toReturn > 0 || (ol.hasPending && now.Sub(ol.oldest) >= c.opt.FlushEvery)) {
+		s = c.settlement(ol)
+	}
+	ol.doubt = s
+	l := rediscounter.Lease{OrgID: ol.id.org, Period: ol.period, At: now, Holder: c.holder, Hold: c.opt.Hold, Share: c.opt.Share}
+	// The call is dated now, within the block's window (which a charge's
+	// At picked, and which may not be the current one).
+	switch {
+	case now.Before(ol.window.Start):
+		l.At = ol.window.Start
+	case !ol.window.End.IsZero() && !now.Before(ol.window.End):
+		l.At = ol.window.End.Add(-time.Millisecond)
+	}
+	if s != nil {
+		l.Seq, l.Keys, l.Return = s.seq, s.keys, s.ret
+	}
+	if need > 0 {
+		if el := now.Sub(ol.since); el >= 50*time.Millisecond && ol.spent > 0 {
+			rate := float64(ol.spent) / el.Seconds()
+			ol.want = min(max(int64(rate*c.opt.Span.Seconds()), minBlock), c.opt.MaxBlock)
+			ol.spent, ol.since = 0, now
+		}
+		l.Need, l.Want, l.OrgMax, l.Waiting = need, max(ol.want, need, ol.waiting), ol.orgMax, ol.waiting
+	}
+	f.need = l.Need
+	go c.fly(ol, f, s, l)
+	return f
+}
+
+// settlement takes what ol owes Redis: the keys' pending counts (and keys
+// whose count is not known yet, to learn it) and the units to give back;
+// nil when there is nothing. Called with mu held.
+func (c *Counter) settlement(ol *orgLease) *settlement {
+	var s settlement
+	for _, k := range ol.dirty {
+		t := ol.keys[k]
+		t.listed = false
+		if t.pending > 0 || !t.known {
+			s.keys = append(s.keys, rediscounter.KeyCount{KeyID: k, N: t.pending})
+			t.flying += t.pending
+			t.pending = 0
+		}
+	}
+	ol.dirty = ol.dirty[:0]
+	s.ret, ol.toReturn = ol.toReturn, 0
+	ol.hasPending, ol.oldest = false, time.Time{}
+	if len(s.keys) == 0 && s.ret == 0 {
+		return nil
+	}
+	ol.seq++
+	s.seq = ol.seq
+	return &s
+}
+
+// fly runs one call and applies its reply.
+func (c *Counter) fly(ol *orgLease, f *flight, s *settlement, l rediscounter.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opt.Timeout)
+	rep, err := c.rc.Lease(ctx, l)
+	cancel()
+	if l.Need > 0 {
+		switch {
+		case err != nil:
+			c.opt.Observer.LeaseRenewal("failed")
+		case rep.Refused:
+			c.opt.Observer.LeaseRenewal("refused")
+		default:
+			c.opt.Observer.LeaseRenewal("granted")
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ol.flight = nil
+	defer close(f.done)
+	if err != nil {
+		// Whether the call was applied is unknown: the settlement stays in
+		// doubt and is sent again as it is; a block it may have reserved
+		// counts as used.
+		if l.Need > 0 {
+			c.opt.Observer.LeaseLost(l.Want)
+		}
+		f.err = err
+		return
+	}
+	if s != nil && ol.doubt == s {
+		ol.doubt = nil
+		for i, k := range s.keys {
+			if t := ol.keys[k.KeyID]; t != nil {
+				t.flying -= k.N
+				t.base, t.known = rep.Keys[i], true
+			}
+		}
+		if s.ret > 0 && !rep.Dup {
+			c.opt.Observer.LeaseReturned(s.ret)
+		}
+	}
+	if rep.Org >= 0 {
+		ol.redisOrg = rep.Org
+	}
+	if l.Need == 0 {
+		return
+	}
+	if rep.Refused {
+		ol.exhausted = true
+		f.refused = true
+		return
+	}
+	ol.exhausted = false
+	ol.avail += rep.Grant
+	ol.tight = rep.Grant < l.Want
+	c.opt.Observer.LeaseOutstanding(rep.Grant)
+}
+
+// perRequest charges ch in one round trip as without leases, carrying a
+// token so that a retry after a lost reply counts once, and corrects the
+// usages it reports by what this sidecar holds. A charge the org's quota
+// refuses while this sidecar holds unspent units of it is tried once more
+// after they went back.
+func (c *Counter) perRequest(ctx context.Context, ch quota.Charge) (quota.Result, error) {
+	w := ch.Period.Window(ch.At)
+	id := orgWindow{ch.OrgID, w.ID}
+	for attempt := 0; ; attempt++ {
+		try := ch
+		if try.Token == "" {
+			try.Token = c.holder + ":" + strconv.FormatUint(c.tokenSeq.Add(1), 36)
+		}
+		res, err := c.rc.Charge(ctx, try)
+		var ex *quota.ExceededError
+		switch {
+		case err == nil:
+			res.OrgUsed, res.KeyUsed = c.correct(id, ch.KeyID, ch.KeyMax, res.OrgUsed, res.KeyUsed)
+			return res, nil
+		case errors.As(err, &ex):
+			if attempt == 0 && ex.Scope == quota.ScopeOrg && ch.Token == "" && c.returnNow(ctx, id) {
+				continue
+			}
+			if ex.Scope == quota.ScopeOrg {
+				ex.Used, _ = c.correct(id, "", -1, ex.Used, 0)
+			}
+			return res, err
+		default:
+			return res, err
+		}
+	}
+}
+
+// correct turns Redis's usages into this sidecar's view: the org without
+// the units it holds unspent, a key without a max with its counts not
+// booked yet.
+func (c *Counter) correct(id orgWindow, key string, keyMax, org, keyUsed int64) (int64, int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ol := c.orgs[id]
+	if ol == nil {
+		return org, keyUsed
+	}
+	org -= ol.avail + ol.toReturn
+	if t := ol.keys[key]; t != nil && key != "" {
+		if keyMax < 0 {
+			keyUsed += t.base // charge.lua reads a key's lease count only for a key with a max
+		}
+		keyUsed += t.pending + t.flying
+	}
+	return org, keyUsed
+}
+
+// returnNow gives back the units this sidecar holds of id at once and
+// reports whether there were any.
+func (c *Counter) returnNow(ctx context.Context, id orgWindow) bool {
+	c.mu.Lock()
+	ol := c.orgs[id]
+	if ol == nil || ol.avail+ol.toReturn == 0 {
+		c.mu.Unlock()
+		return false
+	}
+	c.giveBack(ol)
+	for range maxAttempts {
+		f := ol.flight
+		if f == nil {
+			if ol.toReturn == 0 && ol.doubt == nil {
+				break
+			}
+			f = c.start(ol, 0)
+		}
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return false
+		}
+		c.mu.Lock()
+	}
+	c.mu.Unlock()
+	return true
+}
+
+// Usage reads the counters in Redis and makes them exact for what this
+// sidecar holds: the org without its unspent units, the key with its counts
+// not booked yet; and adds to a key what other sidecars may have admitted
+// for the org's keys without booking it against a key yet, so that a key's
+// usage is never below what was admitted (and exact once their blocks went
+// back, within a second of their traffic stopping).
+func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.Period, at time.Time) (quota.Usage, error) {
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return quota.Usage{}, err
+	}
+	// What this sidecar admitted and Redis may not count yet is taken
+	// before the read: a settlement applied in between is then counted
+	// twice (too high, never too low) until the next read.
+	id := orgWindow{orgID, period.Window(at).ID}
+	var orgUnbooked, keyUnbooked, keyFlying, orgFlying int64
+	var doubtSeq uint64
+	c.mu.Lock()
+	if ol := c.orgs[id]; ol != nil {
+		if ol.doubt != nil {
+			doubtSeq = ol.doubt.seq
+		}
+		for k, t := range ol.keys {
+			orgUnbooked += t.pending
+			orgFlying += t.flying
+			if k == keyID {
+				keyUnbooked, keyFlying = t.pending, t.flying
+			}
+		}
+	}
+	c.mu.Unlock()
+	u, err := c.rc.LeaseUsage(ctx, orgID, keyID, period, at, c.holder)
+	if err != nil {
+		return quota.Usage{}, err
+	}
+	if doubtSeq > u.Seq { // the settlement in flight is not applied yet
+		orgUnbooked += orgFlying
+		keyUnbooked += keyFlying
+	}
+	// Mine is what Redis counts as held by this sidecar: its unspent units
+	// and what it admitted without booking it against a key yet.
+	u.Org -= u.Mine - orgUnbooked
+	if keyID != "" {
+		u.Key += keyUnbooked + u.Pending
+	}
+	return u.Usage, nil
+}
+
+// Add books meters per request (leases do not cover meters).
+func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []quota.MeterDelta) ([]int64, error) {
+	return c.rc.Add(ctx, orgID, at, deltas)
+}
+
+// Meters reads meters.
+func (c *Counter) Meters(ctx context.Context, orgID string, at time.Time, meters []quota.Meter) ([]int64, error) {
+	return c.rc.Meters(ctx, orgID, at, meters)
+}
+
+// loop gives back idle blocks and books counts, every Tick.
+func (c *Counter) loop() {
+	defer close(c.done)
+	t := time.NewTicker(c.opt.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			c.tick()
+		}
+	}
+}
+
+// forget is how long an organization's lease with nothing held stays known
+// (its keys' counts in Redis with it).
+const forget = time.Minute
+
+// tick starts the calls that are due: a settlement in doubt; a block idle
+// for IdleReturn (or for one Tick when it was granted smaller than asked,
+// near the end of the quota) goes back; counts of keys idle for IdleReturn,
+// or waiting for FlushEvery, are booked.
+func (c *Counter) tick() {
+	now := c.opt.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, ol := range c.orgs {
+		if ol.flight != nil {
+			continue
+		}
+		idle := now.Sub(ol.lastUse)
+		if ol.avail > 0 && (idle >= c.opt.IdleReturn || (ol.tight && idle >= c.opt.Tick)) {
+			c.giveBack(ol)
+		}
+		due := ol.doubt != nil || ol.toReturn > 0 ||
+			(ol.hasPending && (idle >= c.opt.IdleReturn || now.Sub(ol.oldest) >= c.opt.FlushEvery))
+		if due {
+			c.start(ol, 0)
+			continue
+		}
+		if ol.avail == 0 && !ol.hasPending && idle >= forget {
+			delete(c.orgs, id)
+		}
+	}
+}
+
+// Close stops the background work and gives back every unspent unit and
+// books every count, retrying until ctx ends; what it could not give back
+// stays counted as used. Charges after Close are charged per request.
+func (c *Counter) Close(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	close(c.stop)
+	<-c.done
+	for {
+		var wait []*flight
+		c.mu.Lock()
+		for _, ol := range c.orgs {
+			c.giveBack(ol)
+			f := ol.flight
+			if f == nil && (ol.doubt != nil || ol.toReturn > 0 || ol.hasPending) {
+				f = c.start(ol, 0)
+			}
+			if f != nil {
+				wait = append(wait, f)
+			}
+		}
+		c.mu.Unlock()
+		if len(wait) == 0 {
+			return nil
+		}
+		for _, f := range wait {
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return c.gaveUp(ctx)
+			}
+		}
+		failed := false
+		for _, f := range wait {
+			failed = failed || f.err != nil
+		}
+		if failed { // Redis is not answering: try again shortly
+			select {
+			case <-ctx.Done():
+			case <-time.After(closeRetry):
+			}
+		}
+		if ctx.Err() != nil {
+			return c.gaveUp(ctx)
+		}
+	}
+}
+
+// gaveUp counts what Close could not give back as lost.
+func (c *Counter) gaveUp(ctx context.Context) error {
+	c.mu.Lock()
+	var lost int64
+	for _, ol := range c.orgs {
+		lost += ol.toReturn
+		if ol.doubt != nil {
+			lost += ol.doubt.ret
+		}
+	}
+	c.mu.Unlock()
+	c.opt.Observer.LeaseLost(lost)
+	return fmt.Errorf("returning leased quota (%d units stay counted as used): %w", lost, ctx.Err())
+}
+
+// closeRetry spaces Close's attempts while Redis does not answer.
+const closeRetry = 50 * time.Millisecond
