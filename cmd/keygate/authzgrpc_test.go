@@ -258,11 +258,12 @@ func TestAuthzGRPC(t *testing.T) {
 // TestAuthzGRPCDeadline: Envoy gives up on a check after its ext_authz
 // timeout (200ms by default) and so does keygate: with the store frozen
 // and KEYGATE_REDIS_TIMEOUT at 5s, the check ends (client_closed) by the
-// caller's deadline, long before the store timeout.
+// caller's deadline, long before the store timeout. Leases are off: a
+// held block would admit without the store.
 func TestAuthzGRPCDeadline(t *testing.T) {
 	srv := redistest.Start(t)
 	g := startGate(t, map[string]string{"KEYGATE_AUTHZ_GRPC_ADDR": "127.0.0.1:0", "KEYGATE_REDIS_URL": srv.URL(),
-		"KEYGATE_FAILURE_MODE": "closed", "KEYGATE_REDIS_TIMEOUT": "5s", "KEYGATE_LOG_LEVEL": "info"})
+		"KEYGATE_FAILURE_MODE": "closed", "KEYGATE_REDIS_TIMEOUT": "5s", "KEYGATE_LOG_LEVEL": "info", "KEYGATE_QUOTA_LEASES": "off"})
 	c := dialAuthz(t, g)
 	_, ks := g.setupOrg(1, 100, "month", map[string][]string{"k": {"read"}})
 	cr := checkRequest("GET", "/v1/things", map[string]string{"x-api-key": ks["k"].AccessSecret})
