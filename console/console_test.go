@@ -207,6 +207,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{url.Values{"id": {"3"}, "name": {"Typed name"}, "limits": {"Bad-Name=4"}}, "meter"},
 		{url.Values{"id": {"3"}, "name": {"Typed name"}, "key_requests": {"10"}, "key_per": {"forever"}}, "per"},
 		{url.Values{"id": {"3"}, "name": {"Typed name"}, "max_api_requests": {"-5"}}, "max_api_requests"},
+		{url.Values{"id": {"3"}, "name": {"Typed name"}, "key_requests": {"ten"}, "key_per": {"1m"}}, "key_rate_limit requests: want a whole number"},
 	} {
 		tc.form.Set("csrf", csrf)
 		resp, page := b.do("POST", "/console/plans", tc.form, nil)

@@ -751,18 +751,15 @@ func parseLimits(s string) (map[string]int64, error) {
 // rateLimitBody is a rate limit in the operator API's JSON form, or nil
 // (no limit) when requests is empty.
 func rateLimitBody(field, requests, per, burst string, shadow bool) (map[string]any, error) {
-	if strings.TrimSpace(requests) == "" {
-		return nil, nil
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(requests), 10, 64)
-	if err != nil {
-		return nil, &formError{field, "requests: want a whole number"}
+	n, err := parseOptInt(field+" requests", requests)
+	if err != nil || n == nil {
+		return nil, err
 	}
 	b, err := parseOptInt(field+" burst", burst)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]any{"requests": n, "per": strings.TrimSpace(per), "shadow": shadow}
+	out := map[string]any{"requests": *n, "per": strings.TrimSpace(per), "shadow": shadow}
 	if b != nil {
 		out["burst"] = *b
 	}
