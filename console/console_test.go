@@ -338,3 +338,20 @@ func TestFormBodyBounded(t *testing.T) {
 		t.Fatalf("an oversized form created plan 77:\n%s", page)
 	}
 }
+
+// TestRateLimitFormShowsStoredLimit: a plan's rate limits come back in its
+// form as the API writes them ("1m", not "1m0s"), so saving the form
+// unchanged sends the same limit.
+func TestRateLimitFormShowsStoredLimit(t *testing.T) {
+	b := newBrowser(t)
+	b.signIn()
+	b.env.Admin(t, "POST", "/admin/v1/plans", map[string]any{"id": 1, "name": "Free", "period": "month",
+		"key_rate_limit": map[string]any{"requests": 10, "per": "1m", "burst": 20}, "org_rate_limit": map[string]any{"requests": 5, "per": "2h", "shadow": true}}, 201, nil)
+	resp, page := b.do("GET", "/console/plans/1", nil, nil)
+	for _, want := range []string{`name="key_requests" inputmode="numeric" value="10"`, `name="key_per" value="1m"`,
+		`name="key_burst" inputmode="numeric" value="20"`, `name="org_per" value="2h"`, `name="org_burst" inputmode="numeric" value=""`} {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(page, want) {
+			t.Errorf("plan form: %d, want %s:\n%s", resp.StatusCode, want, page)
+		}
+	}
+}
