@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keygate/keygate/keys"
 )
 
 // kind is how a flag's text becomes a JSON value of the request body.
@@ -225,7 +227,7 @@ func parseRateLimit(s string) (rateLimit, error) {
 	if err != nil || d <= 0 {
 		return rateLimit{}, errors.New(want + ": PER must be a Go duration such as 1s, 1m or 1h")
 	}
-	l.Per = formatPer(d)
+	l.Per = keys.FormatRatePer(d)
 	seen := map[string]bool{}
 	for _, p := range parts[1:] {
 		k, v, hasValue := strings.Cut(strings.TrimSpace(p), "=")
@@ -245,20 +247,6 @@ func parseRateLimit(s string) (rateLimit, error) {
 		}
 	}
 	return l, nil
-}
-
-// formatPer renders a window as the shortest Go duration that reads back
-// to it: 1m rather than 1m0s.
-func formatPer(d time.Duration) string {
-	for _, u := range []struct {
-		d time.Duration
-		s string
-	}{{time.Hour, "h"}, {time.Minute, "m"}, {time.Second, "s"}} {
-		if d%u.d == 0 {
-			return strconv.FormatInt(int64(d/u.d), 10) + u.s
-		}
-	}
-	return d.String()
 }
 
 // parseLimits reads "meter=N,meter=N" (a plan's limits of other meters).

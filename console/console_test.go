@@ -207,6 +207,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{url.Values{"id": {"3"}, "name": {"Typed name"}, "limits": {"Bad-Name=4"}}, "meter"},
 		{url.Values{"id": {"3"}, "name": {"Typed name"}, "key_requests": {"10"}, "key_per": {"forever"}}, "per"},
 		{url.Values{"id": {"3"}, "name": {"Typed name"}, "max_api_requests": {"-5"}}, "max_api_requests"},
+		{url.Values{"id": {"3"}, "name": {"Typed name"}, "key_requests": {"ten"}, "key_per": {"1m"}}, "key_rate_limit requests: want a whole number"},
 	} {
 		tc.form.Set("csrf", csrf)
 		resp, page := b.do("POST", "/console/plans", tc.form, nil)
@@ -314,6 +315,43 @@ func TestStoreOutageShownInPage(t *testing.T) {
 		resp, page := b.do("GET", path, nil, nil)
 		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(page, `role="alert"`) || !strings.Contains(page, "</html>") {
 			t.Errorf("%s with the store down: %d\n%s", path, resp.StatusCode, page)
+		}
+	}
+}
+
+// TestFormBodyBounded: a form past the console's 64 KiB bound is refused
+// with 413 before it is read further, even with the right token and CSRF
+// field, and starts or changes nothing.
+func TestFormBodyBounded(t *testing.T) {
+	b := newBrowser(t)
+	pad := strings.Repeat("x", 70<<10)
+	resp, _ := b.do("POST", "/console/signin", url.Values{"token": {sidecartest.AdminToken}, "pad": {pad}}, nil)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || len(resp.Cookies()) != 0 {
+		t.Fatalf("oversized sign-in: %d, cookies %v; want 413 and no session", resp.StatusCode, resp.Cookies())
+	}
+	csrf := b.signIn()
+	resp, _ = b.do("POST", "/console/plans", url.Values{"csrf": {csrf}, "id": {"77"}, "name": {"Big"}, "price": {"0"}, "pad": {pad}}, nil)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized plan form: %d, want 413", resp.StatusCode)
+	}
+	if resp, page := b.do("GET", "/console/plans/77", nil, nil); resp.StatusCode == http.StatusOK {
+		t.Fatalf("an oversized form created plan 77:\n%s", page)
+	}
+}
+
+// TestRateLimitFormShowsStoredLimit: a plan's rate limits come back in its
+// form as the API writes them ("1m", not "1m0s"), so saving the form
+// unchanged sends the same limit.
+func TestRateLimitFormShowsStoredLimit(t *testing.T) {
+	b := newBrowser(t)
+	b.signIn()
+	b.env.Admin(t, "POST", "/admin/v1/plans", map[string]any{"id": 1, "name": "Free", "period": "month",
+		"key_rate_limit": map[string]any{"requests": 10, "per": "1m", "burst": 20}, "org_rate_limit": map[string]any{"requests": 5, "per": "2h", "shadow": true}}, 201, nil)
+	resp, page := b.do("GET", "/console/plans/1", nil, nil)
+	for _, want := range []string{`name="key_requests" inputmode="numeric" value="10"`, `name="key_per" value="1m"`,
+		`name="key_burst" inputmode="numeric" value="20"`, `name="org_per" value="2h"`, `name="org_burst" inputmode="numeric" value=""`} {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(page, want) {
+			t.Errorf("plan form: %d, want %s:\n%s", resp.StatusCode, want, page)
 		}
 	}
 }

@@ -112,20 +112,22 @@ func planFormOf(pl keys.Plan) planForm {
 	for _, n := range names {
 		f.Limits += fmt.Sprintf("%s=%d\n", n, pl.Limits[n])
 	}
-	if l := pl.KeyRateLimit; l != nil {
-		f.KeyRequests, f.KeyPer, f.KeyBurst, f.KeyShadow = strconv.FormatInt(l.Requests, 10), l.Per.String(), burstText(l.Burst), l.Shadow
-	}
-	if l := pl.OrgRateLimit; l != nil {
-		f.OrgRequests, f.OrgPer, f.OrgBurst, f.OrgShadow = strconv.FormatInt(l.Requests, 10), l.Per.String(), burstText(l.Burst), l.Shadow
-	}
+	f.KeyRequests, f.KeyPer, f.KeyBurst, f.KeyShadow = rateLimitFields(pl.KeyRateLimit)
+	f.OrgRequests, f.OrgPer, f.OrgBurst, f.OrgShadow = rateLimitFields(pl.OrgRateLimit)
 	return f
 }
 
-func burstText(b int64) string {
-	if b == 0 {
-		return ""
+// rateLimitFields are a rate limit's form fields, the ones rateLimitBody
+// reads back: all empty for no limit, per as the API writes it ("1m"), an
+// empty burst for the default.
+func rateLimitFields(l *keys.RateLimit) (requests, per, burst string, shadow bool) {
+	if l == nil {
+		return "", "", "", false
 	}
-	return strconv.FormatInt(b, 10)
+	if l.Burst != 0 {
+		burst = strconv.FormatInt(l.Burst, 10)
+	}
+	return strconv.FormatInt(l.Requests, 10), keys.FormatRatePer(l.Per), burst, l.Shadow
 }
 
 func readPlanForm(r *http.Request) planForm {
@@ -585,9 +587,7 @@ func (c *Console) showKey(w http.ResponseWriter, r *http.Request, s *session, st
 		return fmt.Errorf("reading key: %w", err)
 	}
 	d := keyData{Org: o, Key: k, Max: optInt(k.MaxAPIRequests)}
-	if l := k.RateLimit; l != nil {
-		d.RLRequests, d.RLPer, d.RLBurst, d.RLShadow = strconv.FormatInt(l.Requests, 10), l.Per.String(), burstText(l.Burst), l.Shadow
-	}
+	d.RLRequests, d.RLPer, d.RLBurst, d.RLShadow = rateLimitFields(k.RateLimit)
 	if typed != nil {
 		d.Max, d.RLRequests, d.RLPer, d.RLBurst, d.RLShadow = typed.Max, typed.RLRequests, typed.RLPer, typed.RLBurst, typed.RLShadow
 	}
@@ -751,18 +751,15 @@ func parseLimits(s string) (map[string]int64, error) {
 // rateLimitBody is a rate limit in the operator API's JSON form, or nil
 // (no limit) when requests is empty.
 func rateLimitBody(field, requests, per, burst string, shadow bool) (map[string]any, error) {
-	if strings.TrimSpace(requests) == "" {
-		return nil, nil
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(requests), 10, 64)
-	if err != nil {
-		return nil, &formError{field, "requests: want a whole number"}
+	n, err := parseOptInt(field+" requests", requests)
+	if err != nil || n == nil {
+		return nil, err
 	}
 	b, err := parseOptInt(field+" burst", burst)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]any{"requests": n, "per": strings.TrimSpace(per), "shadow": shadow}
+	out := map[string]any{"requests": *n, "per": strings.TrimSpace(per), "shadow": shadow}
 	if b != nil {
 		out["burst"] = *b
 	}
