@@ -723,16 +723,14 @@ func (c *Counter) Close(ctx context.Context) error {
 		if len(wait) == 0 {
 			return nil
 		}
+		failed := false
 		for _, f := range wait {
 			select {
 			case <-f.done:
+				failed = failed || f.err != nil
 			case <-ctx.Done():
 				return c.gaveUp(ctx)
 			}
-		}
-		failed := false
-		for _, f := range wait {
-			failed = failed || f.err != nil
 		}
 		if failed { // Redis is not answering: try again shortly
 			select {
