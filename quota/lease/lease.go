@@ -151,15 +151,17 @@ type orgLease struct {
 	// waiting is what the requests waiting for a block lack.
 	waiting int64
 	// want is the next block's size; spent and since measure the traffic.
-	want       int64
-	spent      int64
-	since      time.Time
-	lastUse    time.Time
-	oldest     time.Time // of the counts not yet sent; zero when none
-	tight      bool      // the last grant was smaller than wanted
-	exhausted  bool      // the last reservation was refused
-	hasPending bool
+	want      int64
+	spent     int64
+	since     time.Time
+	lastUse   time.Time
+	oldest    time.Time // of the counts not yet sent; zero when none
+	tight     bool      // the last grant was smaller than wanted
+	exhausted bool      // the last reservation was refused
 }
+
+// hasPending says some keys' counts are not sent yet (oldest dates them).
+func (ol *orgLease) hasPending() bool { return !ol.oldest.IsZero() }
 
 // tally is one key's requests admitted from the organization's block.
 type tally struct {
@@ -319,8 +321,8 @@ func (c *Counter) admit(ol *orgLease, ch quota.Charge) (quota.Result, bool) {
 		ol.dirty = append(ol.dirty, ch.KeyID)
 	}
 	t.pending += ch.Cost
-	if !ol.hasPending {
-		ol.hasPending, ol.oldest = true, now
+	if !ol.hasPending() {
+		ol.oldest = now
 	}
 	// Renew ahead of exhaustion, in the background; not near the end of
 	// the quota (the last grant was cut), where a block reserved ahead
@@ -392,7 +394,7 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 	// A renewal carries the keys' counts only when they are due (or units
 	// go back): booking a key's count costs Redis the same for one request
 	// as for many, so counts wait for FlushEvery while traffic goes on.
-	if s == nil && (need == 0 || ol.toReturn > 0 || (ol.hasPending && now.Sub(ol.oldest) >= c.opt.FlushEvery)) {
+	if s == nil && (need == 0 || ol.toReturn > 0 || (ol.hasPending() && now.Sub(ol.oldest) >= c.opt.FlushEvery)) {
 		s = c.settlement(ol)
 	}
 	ol.doubt = s
@@ -437,7 +439,7 @@ func (c *Counter) settlement(ol *orgLease) *settlement {
 	}
 	ol.dirty = ol.dirty[:0]
 	s.ret, ol.toReturn = ol.toReturn, 0
-	ol.hasPending, ol.oldest = false, time.Time{}
+	ol.oldest = time.Time{}
 	if len(s.keys) == 0 && s.ret == 0 {
 		return nil
 	}
@@ -680,12 +682,12 @@ func (c *Counter) tick() {
 			c.giveBack(ol)
 		}
 		due := ol.doubt != nil || ol.toReturn > 0 ||
-			(ol.hasPending && (idle >= c.opt.IdleReturn || now.Sub(ol.oldest) >= c.opt.FlushEvery))
+			(ol.hasPending() && (idle >= c.opt.IdleReturn || now.Sub(ol.oldest) >= c.opt.FlushEvery))
 		if due {
 			c.start(ol, 0)
 			continue
 		}
-		if ol.avail == 0 && !ol.hasPending && idle >= forget {
+		if ol.avail == 0 && !ol.hasPending() && idle >= forget {
 			delete(c.orgs, id)
 		}
 	}
@@ -710,7 +712,7 @@ func (c *Counter) Close(ctx context.Context) error {
 		for _, ol := range c.orgs {
 			c.giveBack(ol)
 			f := ol.flight
-			if f == nil && (ol.doubt != nil || ol.toReturn > 0 || ol.hasPending) {
+			if f == nil && (ol.doubt != nil || ol.toReturn > 0 || ol.hasPending()) {
 				f = c.start(ol, 0)
 			}
 			if f != nil {
@@ -721,16 +723,14 @@ func (c *Counter) Close(ctx context.Context) error {
 		if len(wait) == 0 {
 			return nil
 		}
+		failed := false
 		for _, f := range wait {
 			select {
 			case <-f.done:
+				failed = failed || f.err != nil
 			case <-ctx.Done():
 				return c.gaveUp(ctx)
 			}
-		}
-		failed := false
-		for _, f := range wait {
-			failed = failed || f.err != nil
 		}
 		if failed { // Redis is not answering: try again shortly
 			select {
