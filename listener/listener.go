@@ -179,8 +179,8 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // reports false when the path must be refused instead. The path as sent
 // stays in r.RequestURI, which signatures cover.
 func (l *Listener) canonicalise(r *http.Request) bool {
-	d, e, changed, err := guard.CanonicalPath(r.URL.Path, r.URL.EscapedPath())
-	if err != nil || changed && l.opt.RejectNonCanonical {
+	d, e, changed, err := CanonicalPath(r.URL.Path, r.URL.EscapedPath(), l.opt.RejectNonCanonical)
+	if err != nil {
 		return false
 	}
 	if changed {
@@ -190,6 +190,19 @@ func (l *Listener) canonicalise(r *http.Request) bool {
 		}
 	}
 	return true
+}
+
+// CanonicalPath is the KEYGATE_PATH_NORMALIZE decision every front makes
+// on a request path, given decoded and escaped: its canonical form
+// (guard.CanonicalPath) and whether that changed it, or
+// gate.ErrNonCanonicalPath when the path has no canonical form or, with
+// rejectNonCanonical set, is not canonical.
+func CanonicalPath(decoded, escaped string, rejectNonCanonical bool) (canonDecoded, canonEscaped string, changed bool, err error) {
+	d, e, changed, err := guard.CanonicalPath(decoded, escaped)
+	if err != nil || changed && rejectNonCanonical {
+		return "", "", false, gate.ErrNonCanonicalPath
+	}
+	return d, e, changed, nil
 }
 
 // serveSelf runs a self-served route. Its body (1 MiB at most) must arrive

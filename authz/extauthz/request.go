@@ -13,7 +13,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/keygate/keygate/gate"
-	"github.com/keygate/keygate/guard"
+	"github.com/keygate/keygate/listener"
 )
 
 // Bounds of what a CheckRequest may carry, as the data listener bounds an
@@ -40,7 +40,7 @@ var (
 
 // RequestOf returns the facts of the request a check stands for, received at
 // now: the method; the path and query of the request target, the path made
-// canonical as the data listener makes it (guard.CanonicalPath) or, when
+// canonical as the data listener makes it (listener.CanonicalPath) or, when
 // rejectNonCanonical is set and it was not canonical, refused; the headers,
 // lower-case in Envoy, in canonical form (pseudo-headers dropped); and the
 // client's address, which is the source Envoy reports, else peer (the
@@ -92,9 +92,9 @@ func setTarget(req *gate.Request, target string, rejectNonCanonical bool) error 
 	if err != nil {
 		return errBadTarget
 	}
-	d, _, changed, err := guard.CanonicalPath(u.Path, u.EscapedPath())
-	if err != nil || changed && rejectNonCanonical {
-		return gate.ErrNonCanonicalPath
+	d, _, _, err := listener.CanonicalPath(u.Path, u.EscapedPath(), rejectNonCanonical)
+	if err != nil {
+		return err
 	}
 	req.Path, req.RawPath, req.RawQuery = d, rawPath, rawQuery
 	return nil

@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"github.com/keygate/keygate/gate"
-	"github.com/keygate/keygate/guard"
+	"github.com/keygate/keygate/listener"
 )
 
 // Headers in which the proxy in front names the client's request, in
@@ -48,7 +48,7 @@ type Original struct {
 // does not parse is a 400 (gate.ClientError); a path that is not canonical
 // is rewritten, or refused with gate.ErrNonCanonicalPath when
 // rejectNonCanonical is set (KEYGATE_PATH_NORMALIZE=reject) or when it has
-// no canonical form (guard.CanonicalPath). It never panics and allocates
+// no canonical form (listener.CanonicalPath). It never panics and allocates
 // only to parse a target.
 func ParseOriginal(r *http.Request, rejectNonCanonical bool) (Original, error) {
 	var o Original
@@ -77,9 +77,9 @@ func ParseOriginal(r *http.Request, rejectNonCanonical bool) (Original, error) {
 			return o, err
 		}
 	}
-	d, _, changed, err := guard.CanonicalPath(decoded, escaped)
-	if err != nil || changed && rejectNonCanonical {
-		return o, gate.ErrNonCanonicalPath
+	d, _, _, err := listener.CanonicalPath(decoded, escaped, rejectNonCanonical)
+	if err != nil {
+		return o, err
 	}
 	o.Path = d
 	return o, nil
