@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/listener"
 )
 
@@ -25,8 +26,6 @@ const (
 	// MaxHeaderBytes bounds the request target plus every header name and
 	// value, as KEYGATE_LISTEN_ADDR's 64 KiB does; Envoy's default is 60 KiB.
 	MaxHeaderBytes = 64 << 10
-	// maxMethod bounds the method token.
-	maxMethod = 32
 )
 
 // Refusals of a malformed check, in the data path's shapes.
@@ -54,8 +53,7 @@ func RequestOf(cr *authv3.CheckRequest, peer string, now time.Time, rejectNonCan
 	if a := sourceAddr(cr); a != "" {
 		req.RemoteAddr = a
 	}
-	if len(hr.Method) > maxMethod || !httpguts.ValidHeaderFieldName(hr.Method) {
-		// A method is a token, like a header name (RFC 9110 §9.1).
+	if !guard.ValidMethod(hr.Method) {
 		return gate.Request{}, errBadMethod
 	}
 	req.Method = hr.Method

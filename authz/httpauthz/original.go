@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/keygate/keygate/gate"
+	"github.com/keygate/keygate/guard"
 	"github.com/keygate/keygate/listener"
 )
 
@@ -23,7 +24,7 @@ const (
 // a request target longer than MaxURI is refused (nginx's default
 // large_client_header_buffers refuse a request line of 8 KiB already).
 const (
-	MaxMethod = 32
+	MaxMethod = guard.MaxMethod
 	MaxURI    = 8 << 10
 )
 
@@ -58,7 +59,7 @@ func ParseOriginal(r *http.Request, rejectNonCanonical bool) (Original, error) {
 		return o, err
 	case !ok:
 		o.Method = r.Method
-	case !validMethod(method):
+	case !guard.ValidMethod(method):
 		return o, gate.BadRequest("Original method is not an HTTP method token of at most %d bytes", MaxMethod)
 	default:
 		o.Method = method
@@ -102,28 +103,6 @@ func pick(h http.Header, first, second string) (string, bool, error) {
 		return b[0], true, nil
 	}
 	return "", false, nil
-}
-
-// validMethod reports whether m is an RFC 9110 token of at most MaxMethod
-// bytes.
-func validMethod(m string) bool {
-	if m == "" || len(m) > MaxMethod {
-		return false
-	}
-	for i := 0; i < len(m); i++ {
-		if !isTokenByte(m[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTokenByte(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // parseTarget parses a request target as net/http parses a request line's:
