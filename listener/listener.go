@@ -171,7 +171,7 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		l.opt.Data.Serve(sw, r)
 	}
-	Finish(l.access, l.opt.Metrics, l.opt.Front, r.Method, r.URL.Path, sw, l.opt.Now().Sub(start))
+	Finish(l.access, l.opt.Metrics, l.opt.Front, r.Method, r.URL.Path, &sw.Record, l.opt.Now().Sub(start))
 }
 
 // canonicalise rewrites r's path to its canonical form (guard.CanonicalPath),
@@ -179,8 +179,8 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // reports false when the path must be refused instead. The path as sent
 // stays in r.RequestURI, which signatures cover.
 func (l *Listener) canonicalise(r *http.Request) bool {
-	d, e, changed, err := guard.CanonicalPath(r.URL.Path, r.URL.EscapedPath())
-	if err != nil || changed && l.opt.RejectNonCanonical {
+	d, e, changed, err := CanonicalPath(r.URL.Path, r.URL.EscapedPath(), l.opt.RejectNonCanonical)
+	if err != nil {
 		return false
 	}
 	if changed {
@@ -190,6 +190,19 @@ func (l *Listener) canonicalise(r *http.Request) bool {
 		}
 	}
 	return true
+}
+
+// CanonicalPath is the KEYGATE_PATH_NORMALIZE decision every front makes
+// on a request path, given decoded and escaped: its canonical form
+// (guard.CanonicalPath) and whether that changed it, or
+// gate.ErrNonCanonicalPath when the path has no canonical form or, with
+// rejectNonCanonical set, is not canonical.
+func CanonicalPath(decoded, escaped string, rejectNonCanonical bool) (canonDecoded, canonEscaped string, changed bool, err error) {
+	d, e, changed, err := guard.CanonicalPath(decoded, escaped)
+	if err != nil || changed && rejectNonCanonical {
+		return "", "", false, gate.ErrNonCanonicalPath
+	}
+	return d, e, changed, nil
 }
 
 // serveSelf runs a self-served route. Its body (1 MiB at most) must arrive
@@ -207,7 +220,9 @@ func (l *Listener) serveSelf(route Handler, w *Writer, r *http.Request) {
 // Finish writes the access log line and the request metrics of a request
 // to front (metrics.Front*) that took d. method and path are the request's
 // as decided: an authorization front passes the original request's.
-func Finish(access *zap.Logger, m *metrics.Metrics, front, method, path string, w *Writer, d time.Duration) {
+// A front that writes no http response (the gRPC one) fills a Record of
+// its own.
+func Finish(access *zap.Logger, m *metrics.Metrics, front, method, path string, w *Record, d time.Duration) {
 	status := w.Status
 	if status == 0 {
 		status = http.StatusOK
@@ -263,6 +278,18 @@ func (w *Writer) Fail(r *http.Request, err error, now time.Time, log *zap.Logger
 	gate.WriteDataProblem(w, w.Classify(r, err, now, log))
 }
 
+// Record is what the access log line and the request metrics say of a
+// request (Finish).
+type Record struct {
+	// Status is the status answered (0 until one is, read as 200).
+	Status int
+	// Org, Key and Outcome are who asked and how it ended; fronts fill them.
+	Org, Key, Outcome string
+	// WouldLimit names the shadow rate limits that would have refused the
+	// request (comma-separated); logged when set.
+	WouldLimit string
+}
+
 // Writer records the status and counts the body bytes of a response.
 // It unwraps for http.ResponseController, so flushing reaches the client.
 // It also keeps a write deadline on the connection (the data listener has no
@@ -271,14 +298,9 @@ func (w *Writer) Fail(r *http.Request, err error, now time.Time, log *zap.Logger
 // and moved on by writes only when a response outlasts that (streams).
 type Writer struct {
 	http.ResponseWriter
-	// Status is the status written (0 until one is).
-	Status int
-	// Org, Key and Outcome are what the access log line and the request
-	// metrics say of the request; fronts fill them.
-	Org, Key, Outcome string
-	// WouldLimit names the shadow rate limits that would have refused the
-	// request (comma-separated); logged when set.
-	WouldLimit string
+	// Record is what the access log line and the request metrics say of
+	// the request: Status is the status written, the rest fronts fill.
+	Record
 	// CountEgress makes Write add to Egress, the bytes of the upstream's
 	// response body; the data path books them once, when it is done.
 	CountEgress bool

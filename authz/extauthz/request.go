@@ -14,6 +14,7 @@ import (
 
 	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/guard"
+	"github.com/keygate/keygate/listener"
 )
 
 // Bounds of what a CheckRequest may carry, as the data listener bounds an
@@ -25,8 +26,6 @@ const (
 	// MaxHeaderBytes bounds the request target plus every header name and
 	// value, as KEYGATE_LISTEN_ADDR's 64 KiB does; Envoy's default is 60 KiB.
 	MaxHeaderBytes = 64 << 10
-	// maxMethod bounds the method token.
-	maxMethod = 32
 )
 
 // Refusals of a malformed check, in the data path's shapes.
@@ -40,7 +39,7 @@ var (
 
 // RequestOf returns the facts of the request a check stands for, received at
 // now: the method; the path and query of the request target, the path made
-// canonical as the data listener makes it (guard.CanonicalPath) or, when
+// canonical as the data listener makes it (listener.CanonicalPath) or, when
 // rejectNonCanonical is set and it was not canonical, refused; the headers,
 // lower-case in Envoy, in canonical form (pseudo-headers dropped); and the
 // client's address, which is the source Envoy reports, else peer (the
@@ -54,8 +53,7 @@ func RequestOf(cr *authv3.CheckRequest, peer string, now time.Time, rejectNonCan
 	if a := sourceAddr(cr); a != "" {
 		req.RemoteAddr = a
 	}
-	if len(hr.Method) > maxMethod || !httpguts.ValidHeaderFieldName(hr.Method) {
-		// A method is a token, like a header name (RFC 9110 §9.1).
+	if !guard.ValidMethod(hr.Method) {
 		return gate.Request{}, errBadMethod
 	}
 	req.Method = hr.Method
@@ -92,9 +90,9 @@ func setTarget(req *gate.Request, target string, rejectNonCanonical bool) error 
 	if err != nil {
 		return errBadTarget
 	}
-	d, _, changed, err := guard.CanonicalPath(u.Path, u.EscapedPath())
-	if err != nil || changed && rejectNonCanonical {
-		return gate.ErrNonCanonicalPath
+	d, _, _, err := listener.CanonicalPath(u.Path, u.EscapedPath(), rejectNonCanonical)
+	if err != nil {
+		return err
 	}
 	req.Path, req.RawPath, req.RawQuery = d, rawPath, rawQuery
 	return nil

@@ -19,6 +19,7 @@ import (
 
 	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/guard"
+	"github.com/keygate/keygate/listener"
 	"github.com/keygate/keygate/metrics"
 )
 
@@ -78,61 +79,32 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 	if err == nil {
 		v, err = s.opt.Gate.Decide(ctx, &req)
 	}
-	rec := record{method: req.Method, path: req.Path, org: v.Principal.Key.OrgID, key: v.Principal.Key.UID}
+	rec := listener.Record{Org: v.Principal.Key.OrgID, Key: v.Principal.Key.UID}
 	var resp *authv3.CheckResponse
 	switch {
 	case err == nil:
-		rec.status, rec.outcome, rec.wouldLimit = http.StatusOK, metrics.OutcomeAdmitted, v.WouldLimit()
+		rec.Status, rec.Outcome, rec.WouldLimit = http.StatusOK, metrics.OutcomeAdmitted, v.WouldLimit()
 		resp = okResponse(&v, req.Header, start)
 	case ctx.Err() != nil:
-		rec.status, rec.outcome = gate.StatusClientClosed, metrics.OutcomeClientClosed
-		s.finish(rec, start)
+		rec.Status, rec.Outcome = gate.StatusClientClosed, metrics.OutcomeClientClosed
+		s.finish(req.Method, req.Path, &rec, start)
 		return nil, status.FromContextError(ctx.Err()).Err()
 	default:
 		p := gate.Classify(err, start)
 		if p.Internal {
 			s.log.Error("check failed", zap.String("path", req.Path), zap.Error(err))
 		}
-		rec.status, rec.outcome = p.Status, p.Outcome
+		rec.Status, rec.Outcome = p.Status, p.Outcome
 		resp = deniedResponse(p)
 	}
-	s.finish(rec, start)
+	s.finish(req.Method, req.Path, &rec, start)
 	return resp, nil
-}
-
-// record is what the access log line and the request metrics say of a
-// check.
-type record struct {
-	method, path, org, key, outcome, wouldLimit string
-	status                                      int
 }
 
 // finish writes the access log line and the request metrics of a check, as
 // the data listener does for a request, with front=authz_grpc.
-func (s *Server) finish(r record, start time.Time) {
-	d := s.opt.Now().Sub(start)
-	s.opt.Metrics.Request(Front, r.org, r.outcome, r.status, d)
-	if r.wouldLimit != "" {
-		s.opt.Metrics.WouldLimit(r.wouldLimit)
-	}
-	if ce := s.access.Check(zap.InfoLevel, "request"); ce != nil {
-		fields := [9]zap.Field{
-			zap.String("front", Front),
-			zap.String("method", r.method),
-			zap.String("path", r.path), // never the query: it may carry credentials
-			zap.Int("status", r.status),
-			zap.Duration("duration", d),
-			zap.String("org_id", r.org),
-			zap.String("key_uid", r.key),
-			zap.String("outcome", r.outcome),
-		}
-		n := 8
-		if r.wouldLimit != "" {
-			fields[n] = zap.String("would_limit", r.wouldLimit)
-			n++
-		}
-		ce.Write(fields[:n]...)
-	}
+func (s *Server) finish(method, path string, r *listener.Record, start time.Time) {
+	listener.Finish(s.access, s.opt.Metrics, Front, method, path, r, s.opt.Now().Sub(start))
 }
 
 // identityHeaders are the identity headers in the order they are sent, and

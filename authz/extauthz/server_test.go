@@ -2,6 +2,7 @@ package extauthz_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -73,11 +74,27 @@ func TestCheckHostile(t *testing.T) {
 	e := sidecartest.New(t, sidecar.Options{})
 	secret := e.SetupOrg(t, 1, 100, nil, testOrg)
 	s := extauthz.New(extauthz.Options{Gate: e.Gate, RejectNonCanonical: true})
+	// withHeader is a check carrying secret plus one hostile header.
+	withHeader := func(name, value string) *authv3.CheckRequest {
+		cr := check(secret, "/v1/things")
+		cr.Attributes.Request.Http.Headers[name] = value
+		return cr
+	}
+	many := check(secret, "/v1/things")
+	for i := range extauthz.MaxHeaders {
+		many.Attributes.Request.Http.Headers[fmt.Sprintf("x-h%d", i)] = "v"
+	}
+	badMethod := check(secret, "/v1/things")
+	badMethod.Attributes.Request.Http.Method = "GE T"
 	before := e.Snapshot(t, time.Now())
 	for _, cr := range []*authv3.CheckRequest{
 		nil, {}, {Attributes: &authv3.AttributeContext{}},
 		check(secret, "/a/../b"), check(secret, "*"), check(secret, "/a%00"), check(secret, ""),
 		check(secret, "/"+strings.Repeat("a", extauthz.MaxHeaderBytes)),
+		// A valid key with a header the data path would not take: refused
+		// before the decision, so nothing is charged.
+		withHeader("Authorization", "Bearer other"), withHeader("x a", "v"), withHeader("x-a", "v\r\nx-b: w"),
+		withHeader("x-a", strings.Repeat("v", extauthz.MaxHeaderBytes)), many, badMethod,
 	} {
 		resp, err := s.Check(context.Background(), cr)
 		if err != nil {

@@ -71,7 +71,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if method == "" {
 		method = r.Method
 	}
-	listener.Finish(h.access, h.opt.Metrics, metrics.FrontAuthzHTTP, method, path, sw, h.opt.Now().Sub(now))
+	listener.Finish(h.access, h.opt.Metrics, metrics.FrontAuthzHTTP, method, path, &sw.Record, h.opt.Now().Sub(now))
 }
 
 // Header values of every admitted answer, shared: net/http only reads them.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/keygate/keygate/gate"
 	"github.com/keygate/keygate/guard"
+	"github.com/keygate/keygate/listener"
 )
 
 // Headers in which the proxy in front names the client's request, in
@@ -23,7 +24,7 @@ const (
 // a request target longer than MaxURI is refused (nginx's default
 // large_client_header_buffers refuse a request line of 8 KiB already).
 const (
-	MaxMethod = 32
+	MaxMethod = guard.MaxMethod
 	MaxURI    = 8 << 10
 )
 
@@ -48,7 +49,7 @@ type Original struct {
 // does not parse is a 400 (gate.ClientError); a path that is not canonical
 // is rewritten, or refused with gate.ErrNonCanonicalPath when
 // rejectNonCanonical is set (KEYGATE_PATH_NORMALIZE=reject) or when it has
-// no canonical form (guard.CanonicalPath). It never panics and allocates
+// no canonical form (listener.CanonicalPath). It never panics and allocates
 // only to parse a target.
 func ParseOriginal(r *http.Request, rejectNonCanonical bool) (Original, error) {
 	var o Original
@@ -58,7 +59,7 @@ func ParseOriginal(r *http.Request, rejectNonCanonical bool) (Original, error) {
 		return o, err
 	case !ok:
 		o.Method = r.Method
-	case !validMethod(method):
+	case !guard.ValidMethod(method):
 		return o, gate.BadRequest("Original method is not an HTTP method token of at most %d bytes", MaxMethod)
 	default:
 		o.Method = method
@@ -77,9 +78,9 @@ func ParseOriginal(r *http.Request, rejectNonCanonical bool) (Original, error) {
 			return o, err
 		}
 	}
-	d, _, changed, err := guard.CanonicalPath(decoded, escaped)
-	if err != nil || changed && rejectNonCanonical {
-		return o, gate.ErrNonCanonicalPath
+	d, _, _, err := listener.CanonicalPath(decoded, escaped, rejectNonCanonical)
+	if err != nil {
+		return o, err
 	}
 	o.Path = d
 	return o, nil
@@ -102,28 +103,6 @@ func pick(h http.Header, first, second string) (string, bool, error) {
 		return b[0], true, nil
 	}
 	return "", false, nil
-}
-
-// validMethod reports whether m is an RFC 9110 token of at most MaxMethod
-// bytes.
-func validMethod(m string) bool {
-	if m == "" || len(m) > MaxMethod {
-		return false
-	}
-	for i := 0; i < len(m); i++ {
-		if !isTokenByte(m[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTokenByte(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // parseTarget parses a request target as net/http parses a request line's:
