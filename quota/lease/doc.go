@@ -18,6 +18,10 @@
 //     Close, and when the org's max changes. A settlement (per-key counts
 //     and units back) is numbered and applied once, so a retry after a lost
 //     reply never gives back or books twice.
+//   - A charge refused for want of free units while other holders may hold
+//     unspent ones (they tell Redis what they hold) waits for them, up to
+//     RefusalWait and never past its deadline; the holders learn of the
+//     refusal from Redis within a Tick or so and give back what they hold.
 //   - A charge the package cannot express exactly goes per request through
 //     the wrapped rediscounter.Counter: one with a token, a nonce, a rate
 //     limit, a key max, or cost 0. Such a charge carries a token of its own,

@@ -53,8 +53,12 @@ type Options struct {
 	// call, for the usage readers of other sidecars (10s).
 	Hold time.Duration
 	// Timeout bounds each Redis call made in the background (250ms).
-	Timeout  time.Duration
-	Observer Observer
+	Timeout time.Duration
+	// RefusalWait bounds how long a charge refused for want of free units
+	// waits, while other holders may hold unspent ones, for them to come
+	// back (IdleReturn+2*Tick); never past the charge's context deadline.
+	RefusalWait time.Duration
+	Observer    Observer
 	// Now is the clock of the background work (time.Now); charges are
 	// dated by their At as always.
 	Now func() time.Time
@@ -73,6 +77,7 @@ func (o *Options) defaults() {
 	def(&o.Hold, 10*time.Second)
 	o.FlushEvery = min(o.FlushEvery, o.Hold/2)
 	def(&o.Timeout, 250*time.Millisecond)
+	def(&o.RefusalWait, o.IdleReturn+2*o.Tick)
 	if o.MaxBlock <= 0 {
 		o.MaxBlock = 1 << 20
 	}
@@ -158,6 +163,10 @@ type orgLease struct {
 	oldest    time.Time // of the counts not yet sent; zero when none
 	tight     bool      // the last grant was smaller than wanted
 	exhausted bool      // the last reservation was refused
+	// reported is what Redis was last told this sidecar holds unspent
+	// (a:<holder>, at least avail); checked is when a reply last came.
+	reported int64
+	checked  time.Time
 }
 
 // hasPending says some keys' counts are not sent yet (oldest dates them).
@@ -188,7 +197,10 @@ type flight struct {
 	done    chan struct{}
 	need    int64
 	refused bool
-	err     error
+	// others is, for a refused reservation, what other holders may hold
+	// unspent: the refused charges wait for it (Options.RefusalWait).
+	others int64
+	err    error
 }
 
 // New returns a Counter that leases from rc and starts its background
@@ -231,7 +243,12 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	w := ch.Period.Window(ch.At)
 	id := orgWindow{ch.OrgID, w.ID}
 	orgMax := max(ch.OrgMax, -1)
-	for range maxAttempts {
+	// refusal is the last refusal while other holders held units; the
+	// charge waits until for them to come back (see waitForOthers).
+	var refusal *quota.ExceededError
+	var until time.Time
+	waits := 0
+	for attempt := 0; attempt < maxAttempts; attempt++ {
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
@@ -268,6 +285,10 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 		c.mu.Lock()
 		ol.waiting -= lack
 		c.mu.Unlock()
+		if refusal != nil && (ctx.Err() != nil || f.err != nil) {
+			// Refused moments ago; still refused, counting nothing.
+			return quota.Result{}, refusal
+		}
 		if err := ctx.Err(); err != nil {
 			return quota.Result{}, fmt.Errorf("charging org %s: %w: %w", ch.OrgID, quota.ErrUnavailable, err)
 		}
@@ -285,7 +306,18 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 				continue
 			}
 			if short > 0 {
-				return quota.Result{}, &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: used, Window: w}
+				ex := &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: used, Window: w}
+				if f.others > 0 && waits < maxWaits {
+					if until.IsZero() {
+						until = c.refusalUntil(ctx)
+					}
+					if waitForOthers(ctx, until, c.opt.Tick/5) {
+						refusal, attempt = ex, attempt-1
+						waits++
+						continue
+					}
+				}
+				return quota.Result{}, ex
 			}
 		}
 	}
@@ -378,15 +410,19 @@ func (c *Counter) giveBack(ol *orgLease) {
 }
 
 // start begins ol's call: its settlement (the one in doubt, or what is
-// pending) and, when need > 0, a reservation of at least need units.
-// Called with mu held and no flight in progress.
+// pending) and, when need > 0, a reservation of at least need units; need
+// probe only tells Redis what is held and learns whether others were
+// refused (the settlement in doubt goes along). Called with mu held and no
+// flight in progress.
 func (c *Counter) start(ol *orgLease, need int64) *flight {
 	now := c.opt.Now()
 	f := &flight{done: make(chan struct{})}
 	ol.flight = f
+	isProbe := need == probe
+	need = max(need, 0)
 	// A settlement that finds the block low renews it too: requests would
 	// otherwise wait for it to end before a renewal could start.
-	if need == 0 && !c.closed && !ol.tight && !ol.exhausted && ol.toReturn == 0 && ol.orgMax > -2 &&
+	if need == 0 && !isProbe && !c.closed && !ol.tight && !ol.exhausted && ol.toReturn == 0 && ol.orgMax > -2 &&
 		now.Sub(ol.lastUse) < c.opt.IdleReturn && ol.avail < max(ol.want/2, 1) {
 		need = 1
 	}
@@ -394,11 +430,12 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 	// A renewal carries the keys' counts only when they are due (or units
 	// go back): booking a key's count costs Redis the same for one request
 	// as for many, so counts wait for FlushEvery while traffic goes on.
-	if s == nil && (need == 0 || ol.toReturn > 0 || (ol.hasPending() && now.Sub(ol.oldest) >= c.opt.FlushEvery)) {
+	if s == nil && !isProbe && (need == 0 || ol.toReturn > 0 || (ol.hasPending() && now.Sub(ol.oldest) >= c.opt.FlushEvery)) {
 		s = c.settlement(ol)
 	}
 	ol.doubt = s
-	l := rediscounter.Lease{OrgID: ol.id.org, Period: ol.period, At: now, Holder: c.holder, Hold: c.opt.Hold, Share: c.opt.Share}
+	l := rediscounter.Lease{OrgID: ol.id.org, Period: ol.period, At: now, Holder: c.holder, Hold: c.opt.Hold, Share: c.opt.Share,
+		Avail: ol.avail, MarkFor: c.opt.RefusalWait}
 	// The call is dated now, within the block's window (which a charge's
 	// At picked, and which may not be the current one).
 	switch {
@@ -473,6 +510,7 @@ func (c *Counter) fly(ol *orgLease, f *flight, s *settlement, l rediscounter.Lea
 		// counts as used.
 		if l.Need > 0 {
 			c.opt.Observer.LeaseLost(l.Want)
+			ol.reported = max(ol.reported, l.Avail+l.Want)
 		}
 		f.err = err
 		return
@@ -492,17 +530,24 @@ func (c *Counter) fly(ol *orgLease, f *flight, s *settlement, l rediscounter.Lea
 	if rep.Org >= 0 {
 		ol.redisOrg = rep.Org
 	}
+	ol.reported, ol.checked = l.Avail+rep.Grant, c.opt.Now()
+	contended := rep.MarkedUntil.After(l.At)
 	if l.Need == 0 {
+		if contended {
+			c.yield(ol)
+		}
 		return
 	}
 	if rep.Refused {
 		ol.exhausted = true
-		f.refused = true
+		f.refused, f.others = true, rep.Others
 		return
 	}
 	ol.exhausted = false
 	ol.avail += rep.Grant
-	ol.tight = rep.Grant < l.Want
+	// Others were refused lately: the rest of this grant goes back after
+	// one idle tick, and no block is reserved ahead.
+	ol.tight = rep.Grant < l.Want || contended
 	c.opt.Observer.LeaseOutstanding(rep.Grant)
 }
 
@@ -685,6 +730,10 @@ func (c *Counter) tick() {
 			(ol.hasPending() && (idle >= c.opt.IdleReturn || now.Sub(ol.oldest) >= c.opt.FlushEvery))
 		if due {
 			c.start(ol, 0)
+			continue
+		}
+		if ol.orgMax >= 0 && ol.reported > 0 && now.Sub(ol.checked) >= c.probeEvery(ol) {
+			c.start(ol, probe)
 			continue
 		}
 		if ol.avail == 0 && !ol.hasPending() && idle >= forget {

@@ -48,6 +48,12 @@ type Lease struct {
 	// its free units (more than Need only when there are enough), or
 	// Waiting, what requests waiting for the block need, if more.
 	Need, Want, OrgMax, Share, Waiting int64
+	// Avail is what the holder holds unspent when it sends the call (after
+	// Return, before the grant): other holders refused meanwhile wait for
+	// it rather than refuse. MarkFor is how long a refused reservation
+	// asks every holder to give back what it holds (LeaseReply.MarkedUntil).
+	Avail   int64
+	MarkFor time.Duration
 }
 
 // KeyCount is a key's requests admitted from an organization's block.
@@ -70,6 +76,11 @@ type LeaseReply struct {
 	// Keys are the keys' lease counts after the settlement, in order.
 	Keys   []int64
 	Window quota.Window
+	// Others (Refused only) is what the other live holders may hold
+	// unspent; MarkedUntil, when after the call's At, says a reservation
+	// was refused lately and holders should give back what they hold.
+	Others      int64
+	MarkedUntil time.Time
 }
 
 // Lease runs one lease call. go-redis may retry it after a lost reply: the
@@ -88,9 +99,10 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 		expireAt = at.Unix()
 	}
 	keys := []string{orgCounterKey(l.OrgID, w.ID), leaseHoldersKey(l.OrgID, w.ID), leaseKeysKey(l.OrgID, w.ID)}
-	args := make([]any, 0, 11+2*len(l.Keys))
+	args := make([]any, 0, 13+2*len(l.Keys))
 	args = append(args, l.Holder, l.At.UnixMilli(), l.Hold.Milliseconds(), expireAt,
-		strconv.FormatUint(l.Seq, 10), l.Return, l.Need, l.Want, limit(l.OrgMax), l.Share, max(l.Waiting, 0))
+		strconv.FormatUint(l.Seq, 10), l.Return, l.Need, l.Want, limit(l.OrgMax), l.Share, max(l.Waiting, 0),
+		max(l.Avail, 0), max(l.MarkFor.Milliseconds(), 1))
 	for _, k := range l.Keys {
 		if k.N < 0 {
 			return LeaseReply{}, fmt.Errorf("lease of org %s: key %s: negative count %d", l.OrgID, k.KeyID, k.N)
@@ -101,10 +113,15 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 	if err != nil {
 		return LeaseReply{}, storeError("lease of org "+l.OrgID, err)
 	}
-	if len(v) != 4+len(l.Keys) {
-		return LeaseReply{}, fmt.Errorf("lease of org %s: lease script: %d values for %d keys", l.OrgID, len(v), len(l.Keys))
+	n := len(l.Keys)
+	if len(v) != 6+n {
+		return LeaseReply{}, fmt.Errorf("lease of org %s: lease script: %d values for %d keys", l.OrgID, len(v), n)
 	}
-	return LeaseReply{Refused: v[0] == -1, Org: v[1], Grant: v[2], Dup: v[3] == 1, Keys: v[4:], Window: w}, nil
+	rep := LeaseReply{Refused: v[0] == -1, Org: v[1], Grant: v[2], Dup: v[3] == 1, Keys: v[4 : 4+n], Window: w, Others: v[4+n]}
+	if v[5+n] > 0 {
+		rep.MarkedUntil = time.UnixMilli(v[5+n])
+	}
+	return rep, nil
 }
 
 // HolderUsage is LeaseUsage's answer.

@@ -6,7 +6,10 @@
 -- KEYS[2] holders hash  kg:{<org>}:q:lease:<window>: per holder h,
 --         u:<h> units booked into KEYS[1] not yet attributed to a key nor
 --         returned; t:<h> the claim's deadline, unix ms; s:<h> the last
---         settlement applied
+--         settlement applied; a:<h> its unspent units as of its last call
+--         (an upper bound: it spends them without calling); r: the instant,
+--         unix ms, until which a refused reservation asks holders to give
+--         back what they hold unspent
 -- KEYS[3] key counts    kg:{<org>}:q:keys:<window>: field = "<key>:<window>"
 --         (a key's counter name after "kg:{<org>}:q:key:"), value = its
 --         requests counted from lease blocks
@@ -23,14 +26,24 @@
 -- ARGV[10] share: a grant is at most 1/share of the free units (>= 1) ...
 -- ARGV[11] ... or what requests waiting for this block need, if more (they
 --          spend it at once)
--- ARGV[12+2(i-1)], ARGV[13+2(i-1)], i = 1..n: settlement: a key's field
+-- ARGV[12] the holder's unspent units when it sent the call (after what
+--          ARGV[6] gives back, before the grant), stored as a:<h> with the grant
+-- ARGV[13] a refused reserve marks r: for this long, ms
+-- ARGV[14+2(i-1)], ARGV[15+2(i-1)], i = 1..n: settlement: a key's field
 --          and the requests of that key to book under it
 --
 -- Reply {status, org counter after (-1 when the call neither reserved nor
--- returned, so did not read it), grant, dup, then each key's count after}:
--- status 1, or -1 when the reserve was refused (fewer free units than
--- ARGV[7]; the settlement is applied all the same); dup 1 when settlement
--- ARGV[5] was applied before (a retry): it is not applied twice.
+-- returned, so did not read it), grant, dup, then each key's count after,
+-- then others, then r:}: status 1, or -1 when the reserve was refused (fewer
+-- free units than ARGV[7]; the settlement is applied all the same); dup 1
+-- when settlement ARGV[5] was applied before (a retry): it is not applied
+-- twice. others (refused only, else 0) is what the other live holders may
+-- hold unspent: their a:, or u: for a holder whose script predates a:. r: is
+-- the contention mark after the call (0 = none), on the callers' clock.
+--
+-- Holders running the previous version of this script (ARGV[12] was the
+-- first key field) write neither a: nor r: and ignore both; their claim u:
+-- stands in for their unspent units.
 --
 -- A settlement is applied once, in the order of its sequence numbers, so a
 -- retried call never books a key's requests twice nor gives units back twice.
@@ -45,9 +58,11 @@ local at, hold, expireAt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4
 local seq, ret = tonumber(ARGV[5]), tonumber(ARGV[6])
 local need, want, orgMax, share = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local waiting = tonumber(ARGV[11])
-local n = (#ARGV - 11) / 2
+local avail, markFor = tonumber(ARGV[12]), tonumber(ARGV[13])
+local n = (#ARGV - 13) / 2
+local fa = 'a:' .. h
 
-local mine = redis.call('HMGET', KEYS[2], fu, ft, fs)
+local mine = redis.call('HMGET', KEYS[2], fu, ft, fs, fa, 'r:')
 local units = tonumber(mine[1] or '0')
 local dup = 0
 if seq > 0 and tonumber(mine[3] or '0') >= seq then
@@ -58,13 +73,13 @@ end
 local vals = {}
 if n > 0 then
   local fields = {}
-  for i = 1, n do fields[i] = ARGV[10 + 2 * i] end
+  for i = 1, n do fields[i] = ARGV[12 + 2 * i] end
   local cur = redis.call('HMGET', KEYS[3], unpack(fields))
   local set = {}
   for i = 1, n do
     local v = tonumber(cur[i] or '0')
     if seq > 0 and dup == 0 then
-      local c = tonumber(ARGV[11 + 2 * i])
+      local c = tonumber(ARGV[13 + 2 * i])
       v = v + c
       units = units - c
       set[#set + 1] = fields[i]
@@ -112,15 +127,49 @@ if grant - ret ~= 0 then
 end
 
 units = math.max(units + grant, 0)
+local set = {}
 if grant > 0 or (seq > 0 and dup == 0) then
-  local set = {fu, string.format('%d', units), ft, string.format('%d', at + hold)}
+  set = {fu, string.format('%d', units)}
   if seq > 0 and dup == 0 then
-    set[5], set[6] = fs, string.format('%d', seq)
+    set[3], set[4] = fs, string.format('%d', seq)
   end
+end
+local a = math.max(avail + grant, 0)
+if tonumber(mine[4] or '-1') ~= a then
+  set[#set + 1], set[#set + 2] = fa, string.format('%d', a)
+end
+local mark = tonumber(mine[5] or '0')
+if status == -1 then
+  mark = math.max(mark, at + markFor)
+  set[#set + 1], set[#set + 2] = 'r:', string.format('%d', mark)
+end
+if #set > 0 then
+  set[#set + 1], set[#set + 2] = ft, string.format('%d', at + hold)
   redis.call('HSET', KEYS[2], unpack(set))
   if not mine[2] and expireAt > 0 then redis.call('EXPIREAT', KEYS[2], expireAt) end
 end
 
+-- What the other live holders may hold unspent: a refused caller waits
+-- for it instead of refusing (quota/lease).
+local others = 0
+if status == -1 then
+  local all = redis.call('HGETALL', KEYS[2])
+  local u, av, live = {}, {}, {}
+  for i = 1, #all, 2 do
+    local f, v = all[i], all[i + 1]
+    local kind, o = string.sub(f, 1, 2), string.sub(f, 3)
+    if o ~= h then
+      if kind == 'u:' then u[o] = tonumber(v) end
+      if kind == 'a:' then av[o] = tonumber(v) end
+      if kind == 't:' and tonumber(v) > at then live[o] = true end
+    end
+  end
+  for o in pairs(live) do
+    others = others + math.max(av[o] or u[o] or 0, 0)
+  end
+end
+
 local r = {status, after, grant, dup}
 for i = 1, n do r[4 + i] = vals[i] end
+r[5 + n], r[6 + n] = others, mark
 return r
