@@ -48,7 +48,8 @@ func redisCost(ctx context.Context, rdb redis.UniversalClient) (cmds, cpuMicros 
 
 // BenchmarkCharge charges admitted requests from 32 goroutines through one
 // counter on a private redis-server, with leases on and off, for one hot key
-// and for 20,000 keys in 100 organizations cycled evenly. It reports Redis
+// (also one with a max of its own) and for 20,000 keys in 100 organizations
+// cycled evenly. It reports Redis
 // commands and Redis CPU per admitted request (INFO commandstats, INFO cpu)
 // besides ns/op. With leases off every charge carries a token, as the gate
 // sends them.
@@ -61,7 +62,7 @@ func BenchmarkCharge(b *testing.B) {
 			// the per-key bookings cost Redis per key and per 5s, not per
 			// request, so their share depends on the rate.
 			rate int
-		}{{"one-key", 1, 1, 0}, {"20000-keys-100-orgs", 20000, 100, 0}, {"20000-keys-100-orgs-15000rps", 20000, 100, 15000}} {
+		}{{"one-key", 1, 1, 0}, {"one-key-with-max", 1, 1, 0}, {"20000-keys-100-orgs", 20000, 100, 0}, {"20000-keys-100-orgs-15000rps", 20000, 100, 15000}} {
 			b.Run(mode+"/"+tr.name, func(b *testing.B) {
 				srv := redistest.Start(b)
 				rdb := redistest.NewClient(b, srv.Addr())
@@ -76,10 +77,14 @@ func BenchmarkCharge(b *testing.B) {
 				}
 				now := time.Now()
 				var seq atomic.Int64
+				keyMax := int64(-1) // a key with a max of its own leases key blocks
+				if strings.HasSuffix(tr.name, "-with-max") {
+					keyMax = 1 << 40
+				}
 				charge := func(i int64) {
 					k := i % int64(tr.keys)
 					ch := quota.Charge{OrgID: "org" + strconv.FormatInt(k%int64(tr.orgs), 10), KeyID: "k" + strconv.FormatInt(k, 10),
-						Cost: 1, OrgMax: 1 << 40, KeyMax: -1, Period: quota.PeriodMonth, At: now}
+						Cost: 1, OrgMax: 1 << 40, KeyMax: keyMax, Period: quota.PeriodMonth, At: now}
 					if mode == "off" {
 						ch.Token = "t" + strconv.FormatInt(i, 10)
 					}

@@ -22,9 +22,12 @@
 //     unspent ones (they tell Redis what they hold) waits for them, up to
 //     RefusalWait and never past its deadline; the holders learn of the
 //     refusal from Redis within a Tick or so and give back what they hold.
+//   - A key with a max of its own reserves key blocks from its own counter
+//     and its organization's in one call (rediscounter.Counter.KeyLease),
+//     booked into both at once (keyblock.go).
 //   - A charge the package cannot express exactly goes per request through
 //     the wrapped rediscounter.Counter: one with a token, a nonce, a rate
-//     limit, a key max, or cost 0. Such a charge carries a token of its own,
+//     limit, or cost 0, and a cold key's with a max. Such a charge carries a token of its own,
 //     so a retry after a lost reply counts once.
 //   - While Redis is unreachable, charges are admitted from the block held,
 //     exactly counted; past it they fail with quota.ErrUnavailable, and the

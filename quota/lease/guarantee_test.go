@@ -25,7 +25,7 @@ func (c *Counter) held() int64 {
 	defer c.mu.Unlock()
 	var n int64
 	for _, ol := range c.orgs {
-		n += ol.avail + ol.toReturn
+		n += ol.avail + ol.toReturn + ol.keyHeld
 	}
 	return n
 }

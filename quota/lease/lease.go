@@ -167,6 +167,13 @@ type orgLease struct {
 	// (a:<holder>, at least avail); checked is when a reply last came.
 	reported int64
 	checked  time.Time
+	// kb are the blocks of the org's keys with a max of their own
+	// (keyblock.go); keyHeld is what they hold unspent, keyDoubt what they
+	// gave back without a confirmation yet; keyGen counts their replies.
+	kb       map[string]*keyLease
+	keyHeld  int64
+	keyDoubt int64
+	keyGen   uint64
 }
 
 // hasPending says some keys' counts are not sent yet (oldest dates them).
@@ -200,7 +207,9 @@ type flight struct {
 	// others is, for a refused reservation, what other holders may hold
 	// unspent: the refused charges wait for it (Options.RefusalWait).
 	others int64
-	err    error
+	// scope is the quota that refused a key block's reservation.
+	scope quota.Scope
+	err   error
 }
 
 // New returns a Counter that leases from rc and starts its background
@@ -236,6 +245,9 @@ func leasable(ch quota.Charge) bool {
 func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, error) {
 	if err := quota.CheckCharge(ch); err != nil {
 		return quota.Result{}, err
+	}
+	if keyLeasable(ch) {
+		return c.chargeKey(ctx, ch)
 	}
 	if !leasable(ch) {
 		return c.perRequest(ctx, ch)
@@ -298,7 +310,11 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 		if f.refused {
 			c.mu.Lock()
 			short := ch.Cost - ol.avail
-			used := ol.redisOrg - ol.avail - ol.toReturn
+			used := ol.used()
+			var own int64 // units of the org this sidecar's key blocks hold
+			if short >= f.need {
+				own = c.yieldOwn(ol, nil)
+			}
 			c.mu.Unlock()
 			// Refused for more than this charge lacks (another waiter's
 			// larger need): ask again.
@@ -307,7 +323,7 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 			}
 			if short > 0 {
 				ex := &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: used, Window: w}
-				if f.others > 0 && waits < maxWaits {
+				if f.others+own > 0 && waits < maxWaits {
 					if until.IsZero() {
 						until = c.refusalUntil(ctx)
 					}
@@ -362,7 +378,7 @@ func (c *Counter) admit(ol *orgLease, ch quota.Charge) (quota.Result, bool) {
 	if ol.flight == nil && !ol.exhausted && !ol.tight && ol.avail < max(ol.want/4, 1) {
 		c.start(ol, 1)
 	}
-	res := quota.Result{OrgUsed: ol.redisOrg - ol.avail - ol.toReturn, KeyUsed: t.base + t.pending + t.flying, Window: ol.window}
+	res := quota.Result{OrgUsed: ol.used(), KeyUsed: t.base + t.pending + t.flying, Window: ol.window}
 	return res, !t.known
 }
 
@@ -574,6 +590,9 @@ func (c *Counter) perRequest(ctx context.Context, ch quota.Charge) (quota.Result
 			if attempt == 0 && ex.Scope == quota.ScopeOrg && ch.Token == "" && c.returnNow(ctx, id) {
 				continue
 			}
+			if attempt == 0 && ex.Scope == quota.ScopeKey && ch.Token == "" && c.returnKeyNow(ctx, id, ch.KeyID) {
+				continue
+			}
 			if ex.Scope == quota.ScopeOrg {
 				ex.Used, _ = c.correct(id, "", -1, ex.Used, 0)
 			}
@@ -594,7 +613,10 @@ func (c *Counter) correct(id orgWindow, key string, keyMax, org, keyUsed int64) 
 	if ol == nil {
 		return org, keyUsed
 	}
-	org -= ol.avail + ol.toReturn
+	org -= ol.avail + ol.toReturn + ol.keyHeld
+	if kl := ol.kb[key]; kl != nil && key != "" {
+		keyUsed -= kl.avail + kl.toReturn
+	}
 	if t := ol.keys[key]; t != nil && key != "" {
 		if keyMax < 0 {
 			keyUsed += t.base // charge.lua reads a key's lease count only for a key with a max
@@ -664,10 +686,13 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 		}
 	}
 	c.mu.Unlock()
+	gen := c.keyBlocksGen(id)
 	u, err := c.rc.LeaseUsage(ctx, orgID, keyID, period, at, c.holder)
 	if err != nil {
 		return quota.Usage{}, err
 	}
+	orgHeld, keyHeld := c.keyBlocksHeld(id, keyID, gen)
+	u.Org, u.Key = u.Org-orgHeld, u.Key-keyHeld
 	if doubtSeq > u.Seq { // the settlement in flight is not applied yet
 		orgUnbooked += orgFlying
 		keyUnbooked += keyFlying
@@ -719,6 +744,7 @@ func (c *Counter) tick() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for id, ol := range c.orgs {
+		c.tickKeys(ol, now)
 		if ol.flight != nil {
 			continue
 		}
@@ -736,7 +762,7 @@ func (c *Counter) tick() {
 			c.start(ol, probe)
 			continue
 		}
-		if ol.avail == 0 && !ol.hasPending() && idle >= forget {
+		if ol.avail == 0 && !ol.hasPending() && idle >= forget && len(ol.kb) == 0 {
 			delete(c.orgs, id)
 		}
 	}
@@ -767,6 +793,7 @@ func (c *Counter) Close(ctx context.Context) error {
 			if f != nil {
 				wait = append(wait, f)
 			}
+			wait = c.closeKeys(ol, wait)
 		}
 		c.mu.Unlock()
 		if len(wait) == 0 {
@@ -798,7 +825,7 @@ func (c *Counter) gaveUp(ctx context.Context) error {
 	c.mu.Lock()
 	var lost int64
 	for _, ol := range c.orgs {
-		lost += ol.toReturn
+		lost += ol.toReturn + ol.keysLost()
 		if ol.doubt != nil {
 			lost += ol.doubt.ret
 		}

@@ -52,5 +52,15 @@ func leaseKeyField(key, window string) string { return key + ":" + window }
 // window: per holder (a sidecar process), "u:<holder>" the units it booked
 // into the org counter and has neither attributed to a key nor returned,
 // "t:<holder>" until when that claim is live (unix ms), "s:<holder>" the
-// last settlement it applied.
+// last settlement it applied, "a:<holder>" its org block's unspent units and
+// "k:<holder>" its key blocks' (as of its last call), "r:" the contention
+// mark of a refused reservation (lease.lua, keylease.lua).
 func leaseHoldersKey(org, window string) string { return prefix(org) + "q:lease:" + window }
+
+// keyHoldersKey is the hash of the holders of blocks of one key in one
+// window: "a:<holder>" what its block held unspent at its last call,
+// "c:<holder>" the units it gave back in all, "r:" the key's contention
+// mark (keylease.lua).
+func keyHoldersKey(org, key, window string) string {
+	return prefix(org) + "q:kl:" + key + ":" + window
+}

@@ -9,7 +9,8 @@
 --         settlement applied; a:<h> its unspent units as of its last call
 --         (an upper bound: it spends them without calling); r: the instant,
 --         unix ms, until which a refused reservation asks holders to give
---         back what they hold unspent
+--         back what they hold unspent; k:<h> what its key blocks hold
+--         unspent (keylease.lua)
 -- KEYS[3] key counts    kg:{<org>}:q:keys:<window>: field = "<key>:<window>"
 --         (a key's counter name after "kg:{<org>}:q:key:"), value = its
 --         requests counted from lease blocks
@@ -38,7 +39,8 @@
 -- free units than ARGV[7]; the settlement is applied all the same); dup 1
 -- when settlement ARGV[5] was applied before (a retry): it is not applied
 -- twice. others (refused only, else 0) is what the other live holders may
--- hold unspent: their a:, or u: for a holder whose script predates a:. r: is
+-- hold unspent: their a: (or u: for a holder whose script predates a:) and
+-- their key blocks' k:. r: is
 -- the contention mark after the call (0 = none), on the callers' clock.
 --
 -- Holders running the previous version of this script (ARGV[12] was the
@@ -154,18 +156,19 @@ end
 local others = 0
 if status == -1 then
   local all = redis.call('HGETALL', KEYS[2])
-  local u, av, live = {}, {}, {}
+  local u, av, kb, live = {}, {}, {}, {}
   for i = 1, #all, 2 do
     local f, v = all[i], all[i + 1]
     local kind, o = string.sub(f, 1, 2), string.sub(f, 3)
     if o ~= h then
       if kind == 'u:' then u[o] = tonumber(v) end
       if kind == 'a:' then av[o] = tonumber(v) end
+      if kind == 'k:' then kb[o] = tonumber(v) end
       if kind == 't:' and tonumber(v) > at then live[o] = true end
     end
   end
   for o in pairs(live) do
-    others = others + math.max(av[o] or u[o] or 0, 0)
+    others = others + math.max(av[o] or u[o] or 0, 0) + math.max(kb[o] or 0, 0)
   end
 end
 

@@ -1,0 +1,99 @@
+package rediscounter
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/quota"
+)
+
+// keyLeaseScript gives back and reserves blocks of a key with a max of its
+// own (keylease.lua).
+var (
+	//go:embed keylease.lua
+	keyLeaseSrc    string
+	keyLeaseScript = redis.NewScript(keyLeaseSrc)
+)
+
+// KeyLease is one call of a lease holder for one key with a max of its own
+// (quota/lease): units given back and a reservation from both the key's and
+// the organization's quota, applied atomically by keylease.lua.
+type KeyLease struct {
+	OrgID, KeyID string
+	Period       quota.Period
+	// At is the call's instant: it picks the window and dates the claim.
+	At     time.Time
+	Holder string
+	Hold   time.Duration
+	// Returned is what the holder gave back of this key's blocks in this
+	// window, in all: only the part Redis has not applied yet is applied,
+	// so resending it after a lost reply is safe.
+	Returned int64
+	// Need > 0 asks for a block of at least Need and at most Want units,
+	// at most 1/Share of the free units of the key (KeyMax) and the org
+	// (OrgMax, -1 unlimited), or Waiting, if more.
+	Need, Want, KeyMax, OrgMax, Share, Waiting int64
+	// Avail and MarkFor are as in Lease.
+	Avail   int64
+	MarkFor time.Duration
+}
+
+// KeyLeaseReply is keylease.lua's answer.
+type KeyLeaseReply struct {
+	// Refused names the quota that had fewer than Need free units ("" =
+	// none); nothing was reserved then.
+	Refused quota.Scope
+	// Org and Key are the usages after the call (the key's with its count
+	// from org blocks); Grant, the block reserved, is counted in both.
+	Org, Key, Grant int64
+	// Others and MarkedUntil are as in LeaseReply.
+	Others      int64
+	MarkedUntil time.Time
+	// Returned is what Redis has applied of the holder's returns, in all.
+	Returned int64
+	Window   quota.Window
+}
+
+// KeyLease runs one key lease call. go-redis may retry it after a lost
+// reply: a return is applied once (Returned is cumulative), a reservation
+// may be booked twice, which counts units as used and admits nothing more.
+func (c *Counter) KeyLease(ctx context.Context, l KeyLease) (KeyLeaseReply, error) {
+	if err := quota.CheckOrgID(l.OrgID); err != nil {
+		return KeyLeaseReply{}, err
+	}
+	if l.Need < 0 || l.Want < l.Need || l.Returned < 0 || l.Share < 1 || l.KeyMax < 0 {
+		return KeyLeaseReply{}, fmt.Errorf("key lease of org %s: need %d, want %d, returned %d, share %d, key max %d",
+			l.OrgID, l.Need, l.Want, l.Returned, l.Share, l.KeyMax)
+	}
+	w := l.Period.Window(l.At)
+	var expireAt int64
+	if at := w.ExpireAt(); !at.IsZero() {
+		expireAt = at.Unix()
+	}
+	keys := []string{orgCounterKey(l.OrgID, w.ID), keyCounterKey(l.OrgID, l.KeyID, w.ID), leaseKeysKey(l.OrgID, w.ID),
+		leaseHoldersKey(l.OrgID, w.ID), keyHoldersKey(l.OrgID, l.KeyID, w.ID)}
+	v, err := keyLeaseScript.Run(ctx, c.rdb, keys, l.Holder, l.At.UnixMilli(), l.Hold.Milliseconds(), expireAt,
+		l.Returned, l.Need, l.Want, l.KeyMax, limit(l.OrgMax), l.Share, max(l.Waiting, 0),
+		max(l.Avail, 0), max(l.MarkFor.Milliseconds(), 1)).Int64Slice()
+	if err != nil {
+		return KeyLeaseReply{}, storeError("key lease of org "+l.OrgID, err)
+	}
+	if len(v) != 7 {
+		return KeyLeaseReply{}, fmt.Errorf("key lease of org %s: key lease script: %d values", l.OrgID, len(v))
+	}
+	rep := KeyLeaseReply{Org: v[1], Key: v[2], Grant: v[3], Others: v[4], Returned: v[6], Window: w}
+	switch v[0] {
+	case 0:
+		rep.Refused = quota.ScopeKey
+	case -1:
+		rep.Refused = quota.ScopeOrg
+	}
+	if v[5] > 0 {
+		rep.MarkedUntil = time.UnixMilli(v[5])
+	}
+	return rep, nil
+}
