@@ -3,11 +3,14 @@ package lease
 import (
 	"context"
 	"errors"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/quota"
@@ -341,4 +344,79 @@ func TestOwnKeyBlockGivesWay(t *testing.T) {
 	if admitted != orgMax {
 		t.Errorf("admitted %d against an org max of %d, want all of it", admitted, orgMax)
 	}
+}
+
+// TestKeyBlocksRollingUpgrade: sidecars of the two previous versions,
+// charging a key with a max per request with their own scripts (which read
+// the key's counter, where key blocks are booked), and sidecars with key
+// blocks share the key's max exactly.
+func TestKeyBlocksRollingUpgrade(t *testing.T) {
+	v1Src, err := os.ReadFile("../rediscounter/testdata/charge_v1.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chargeV1 := redis.NewScript(string(v1Src))
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	now := time.Now()
+	const keyMax = 400
+	w := quota.PeriodHour.Window(now)
+	old := func(s *redis.Script, i int) (bool, error) {
+		keys := []string{"kg:{org1}:q:org:" + w.ID, "kg:{org1}:q:key:k1:" + w.ID,
+			"kg:{org1}:tok:old" + strconv.Itoa(i), "kg:{org1}:nonce:"}
+		v, err := s.Run(t.Context(), rdb, keys, 1, -1, keyMax, w.ExpireAt().Unix(), 5000, -1, now.UnixMilli()).Int64Slice()
+		if err != nil {
+			return false, err
+		}
+		return v[0] == 1, nil
+	}
+	var cs []*Counter
+	for range 3 {
+		cs = append(cs, newLease(t, redistest.NewClient(t, srv.Addr()), Options{RefusalWait: 10 * time.Second}))
+	}
+	var admitted, seq atomic.Int64
+	var wg sync.WaitGroup
+	for _, s := range []*redis.Script{chargeV1, chargeV2} {
+		for range 2 {
+			wg.Go(func() {
+				for range 60 {
+					ok, err := old(s, int(seq.Add(1)))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if ok {
+						admitted.Add(1)
+					}
+				}
+			})
+		}
+	}
+	for _, c := range cs {
+		for range 4 {
+			wg.Go(func() {
+				for range 60 {
+					_, err := c.Charge(t.Context(), keyCharge("org1", "k1", -1, keyMax, now))
+					var ex *quota.ExceededError
+					switch {
+					case err == nil:
+						admitted.Add(1)
+					case errors.As(err, &ex):
+					default:
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if admitted.Load() > keyMax {
+		t.Fatalf("old and new sidecars admitted %d against a key max of %d", admitted.Load(), keyMax)
+	}
+	closeAll(t, cs...)
+	if u := usage(t, rdb, "org1", "k1", now); u.Key != admitted.Load() || u.Org != admitted.Load() {
+		t.Errorf("usage org %d, key %d; admitted %d", u.Org, u.Key, admitted.Load())
+	}
+	t.Logf("admitted %d of %d", admitted.Load(), keyMax)
 }
