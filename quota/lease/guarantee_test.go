@@ -400,7 +400,7 @@ func TestRefusalWaitBounded(t *testing.T) {
 		t.Fatal("no block held")
 	}
 	dead.abandon()
-	const wait = 400 * time.Millisecond
+	const wait = 600 * time.Millisecond
 	c := newLease(t, redistest.NewClient(t, srv.Addr()), Options{RefusalWait: wait})
 	for range max {
 		if _, err := c.Charge(t.Context(), orgCharge("org1", "k2", max, now)); err != nil {
@@ -412,7 +412,7 @@ func TestRefusalWaitBounded(t *testing.T) {
 		name     string
 		deadline time.Duration // 0: none
 		atLeast  time.Duration
-	}{{"no deadline", 0, wait}, {"deadline", 150 * time.Millisecond, 150 * time.Millisecond}} {
+	}{{"no deadline", 0, wait}, {"deadline", 300 * time.Millisecond, 300 * time.Millisecond}} {
 		ctx := t.Context()
 		if tc.deadline > 0 {
 			var cancel context.CancelFunc

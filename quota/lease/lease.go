@@ -255,8 +255,8 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	w := ch.Period.Window(ch.At)
 	id := orgWindow{ch.OrgID, w.ID}
 	orgMax := max(ch.OrgMax, -1)
-	// refusal is the last refusal while other holders held units; the
-	// charge waits until for them to come back (see waitForOthers).
+	// refusal is the last refusal while other holders held units: the
+	// charge waits for them to come back, up to until (refusal.go).
 	var refusal *quota.ExceededError
 	var until time.Time
 	waits := 0
