@@ -738,3 +738,113 @@ func TestKeyGainsMax(t *testing.T) {
 		t.Errorf("seventh request under a max of 6: %v, want refused by the key at 6", err)
 	}
 }
+
+// TestBusyHolderYields: a sidecar with steady traffic holds a block of a
+// quota far from its end (it looks for refusals only every second) when
+// another sidecar uses up the rest: the refused one waits, the busy one
+// gives its unspent units back, and the two together admit the whole quota.
+func TestBusyHolderYields(t *testing.T) {
+	srv := redistest.Start(t)
+	now := time.Now()
+	const max = 5000
+	a := newLease(t, redistest.NewClient(t, srv.Addr()), Options{RefusalWait: 10 * time.Second})
+	b := newLease(t, redistest.NewClient(t, srv.Addr()), Options{RefusalWait: 10 * time.Second})
+	var byA atomic.Int64
+	stop := make(chan struct{})
+	aDone := make(chan struct{})
+	if _, err := a.Charge(t.Context(), orgCharge("org1", "ka", max, now)); err != nil {
+		t.Fatal(err)
+	}
+	byA.Add(1)
+	go func() { // a request every 150ms: never idle (IdleReturn 500ms)
+		defer close(aDone)
+		tick := time.NewTicker(150 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := a.Charge(t.Context(), orgCharge("org1", "ka", max, now)); err == nil {
+				byA.Add(1)
+			}
+		}
+	}()
+	var byB int64
+	var waited time.Duration
+	for range max {
+		start := time.Now()
+		_, err := b.Charge(t.Context(), orgCharge("org1", "kb", max, now))
+		var ex *quota.ExceededError
+		if errors.As(err, &ex) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		byB++
+		waited = maxDur(waited, time.Since(start))
+	}
+	close(stop)
+	<-aDone
+	if total := byA.Load() + byB; total != max {
+		t.Errorf("admitted %d (%d by the busy sidecar, %d by the other), want the whole quota %d", total, byA.Load(), byB, max)
+	}
+	t.Logf("busy sidecar %d, other %d; the longest admitted charge of the other waited %s", byA.Load(), byB, waited)
+}
+
+func maxDur(a, b time.Duration) time.Duration {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// TestHolderLooksForRefusals: a sidecar holding blocks far from the end of
+// their quotas (an org block, a key block) gives them back within about a
+// second of a refusal marked elsewhere, before it goes idle (IdleReturn is
+// 10s here): it looks for the marks every second.
+func TestHolderLooksForRefusals(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	now := time.Now()
+	w := quota.PeriodHour.Window(now)
+	c := newLease(t, redistest.NewClient(t, srv.Addr()), Options{IdleReturn: 10 * time.Second})
+	for range 2 { // the second is warm: from a key block
+		if _, err := c.Charge(t.Context(), orgCharge("org1", "free", 100000, now)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Charge(t.Context(), keyCharge("org2", "capped", -1, 100000, now)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name, hash string
+		held       func() int64
+	}{
+		{"org block", "kg:{org1}:q:lease:" + w.ID, func() int64 { return c.held() - c.keyBlockHeld("org2", "capped", now) }},
+		{"key block", "kg:{org2}:q:kl:capped:" + w.ID, func() int64 { return c.keyBlockHeld("org2", "capped", now) }},
+	} {
+		if tc.held() == 0 {
+			t.Fatalf("%s: nothing held", tc.name)
+		}
+		marked := time.Now()
+		if err := rdb.HSet(t.Context(), tc.hash, "r:", marked.Add(5*time.Second).UnixMilli()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		for tc.held() > 0 {
+			if time.Since(marked) > 3*time.Second {
+				t.Fatalf("%s: still held %s after a refusal was marked", tc.name, time.Since(marked))
+			}
+			time.Sleep(10 * time.Millisecond) // polling the holder: its return has no signal
+		}
+		t.Logf("%s given back %s after the mark", tc.name, time.Since(marked))
+	}
+	if u := usage(t, rdb, "org1", "free", now); u.Org != 2 {
+		t.Errorf("org usage %d after the block went back, want 2", u.Org)
+	}
+	if u := usage(t, rdb, "org2", "capped", now); u.Org != 2 || u.Key != 2 {
+		t.Errorf("usage org %d, key %d after the key block went back, want 2, 2", u.Org, u.Key)
+	}
+}

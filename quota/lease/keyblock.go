@@ -329,8 +329,8 @@ func (c *Counter) flyKey(kl *keyLease, f *flight, l rediscounter.KeyLease) {
 
 // tickKeys starts the calls of ol's key blocks that are due: a block idle
 // for IdleReturn (one Tick when it was granted smaller than asked) goes
-// back, a return in doubt is asked again, and a block held near the end of
-// a quota reads the contention marks (probeEvery). A key idle for forget
+// back, a return in doubt is asked again, and a block held reads the
+// contention marks (probe). A key idle for forget
 // with nothing held is forgotten. Called with mu held.
 func (c *Counter) tickKeys(ol *orgLease, now time.Time) {
 	for k, kl := range ol.kb {
@@ -344,21 +344,11 @@ func (c *Counter) tickKeys(ol *orgLease, now time.Time) {
 		switch {
 		case kl.toReturn > 0 || kl.sent > kl.acked:
 			c.startKey(kl, 0)
-		case kl.reported > 0 && now.Sub(kl.checked) >= c.probeEveryKey(kl):
-			c.startKey(kl, 0)
+		case c.probe(ol, kl, now):
 		case kl.avail == 0 && idle >= forget && now.Sub(kl.lastCharge) >= forget:
 			delete(ol.kb, k)
 		}
 	}
-}
-
-// probeEveryKey is probeEvery for a key block: every Tick near the end of
-// the key's quota, else every probeSlow ticks.
-func (c *Counter) probeEveryKey(kl *keyLease) time.Duration {
-	if kl.tight || kl.exhausted || kl.keyMax-kl.redisKey < 4*c.opt.Share*kl.want {
-		return c.opt.Tick
-	}
-	return probeSlow * c.opt.Tick
 }
 
 // closeKeys gives back ol's key blocks for Close and appends the calls to

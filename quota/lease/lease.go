@@ -434,7 +434,7 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 	now := c.opt.Now()
 	f := &flight{done: make(chan struct{})}
 	ol.flight = f
-	isProbe := need == probe
+	isProbe := need == probeNeed
 	need = max(need, 0)
 	// A settlement that finds the block low renews it too: requests would
 	// otherwise wait for it to end before a renewal could start.
@@ -758,8 +758,7 @@ func (c *Counter) tick() {
 			c.start(ol, 0)
 			continue
 		}
-		if ol.orgMax >= 0 && ol.reported > 0 && now.Sub(ol.checked) >= c.probeEvery(ol) {
-			c.start(ol, probe)
+		if c.probe(ol, nil, now) {
 			continue
 		}
 		if ol.avail == 0 && !ol.hasPending() && idle >= forget && len(ol.kb) == 0 {

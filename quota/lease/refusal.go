@@ -11,14 +11,14 @@ import (
 // each holder had unspent at its last call) and marks the refusal (r:) in
 // the holders hash. The refused charges wait, up to Options.RefusalWait
 // and never past their deadline, retrying the reservation; the holders
-// learn of the mark from their next reply (every Tick while they hold
-// units of a quota near its end, every probeSlow ticks otherwise) and give
-// back what they hold unspent at once (yield). docs/quota-leases.md states
-// the bound.
+// learn of the mark from their next reply, or look for it (probe: every
+// Tick while they hold units of a quota near its end, every probeSlow
+// ticks otherwise) and give back what they hold unspent at once (yield).
+// docs/quota-leases.md states the bound.
 
-// probe is the need of a call that only tells Redis what this sidecar holds
-// unspent and reads the contention mark (see start).
-const probe = -1
+// probeNeed is the need of a call that only tells Redis what this sidecar
+// holds unspent and reads the contention mark (see start).
+const probeNeed = -1
 
 // maxWaits bounds the retries of one refused charge (RefusalWait bounds
 // them in time).
@@ -69,13 +69,86 @@ func (c *Counter) yield(ol *orgLease) {
 	}
 }
 
-// probeEvery is how often a holder of ol's units reads the contention
-// mark when no other call did: every Tick when the quota nears its end
-// (the last grant was cut or refused, or fewer than 4·Share blocks were
-// free), else every probeSlow ticks.
-func (c *Counter) probeEvery(ol *orgLease) time.Duration {
-	if ol.tight || ol.exhausted || ol.orgMax-ol.redisOrg < 4*c.opt.Share*ol.want {
-		return c.opt.Tick
+// probe starts, when one is due, the call by which a holder of units of
+// ol's quota (kl's, when not nil) learns of a refusal elsewhere, and says
+// whether it started one. Near the end of the quota (the last grant was cut
+// or refused, or fewer than 4·Share blocks were free at the last call) it
+// is a lease call every Tick, which also tells Redis what is held; else a
+// plain read of the marks every probeSlow ticks (LeaseMarked). Only while
+// Redis may count units as held here, and only when no other call answered
+// meanwhile. Called with mu held and no flight of ol (kl) in progress.
+func (c *Counter) probe(ol *orgLease, kl *keyLease, now time.Time) bool {
+	near := func(limit, used, want int64) bool { return limit >= 0 && limit-used < 4*c.opt.Share*want }
+	var since time.Duration
+	var end bool
+	if kl == nil {
+		if ol.orgMax < 0 || ol.reported == 0 {
+			return false
+		}
+		since = now.Sub(ol.checked)
+		end = ol.tight || ol.exhausted || near(ol.orgMax, ol.redisOrg, ol.want)
+	} else {
+		if kl.reported == 0 {
+			return false
+		}
+		since = now.Sub(kl.checked)
+		end = kl.tight || kl.exhausted || near(kl.keyMax, kl.redisKey, kl.want) || near(kl.orgMax, ol.redisOrg, kl.want)
 	}
-	return probeSlow * c.opt.Tick
+	switch {
+	case end && since >= c.opt.Tick:
+		if kl == nil {
+			c.start(ol, probeNeed)
+		} else {
+			c.startKey(kl, 0)
+		}
+	case !end && since >= probeSlow*c.opt.Tick:
+		c.peek(ol, kl)
+	default:
+		return false
+	}
+	return true
+}
+
+// peek reads the contention marks of ol's quota (and kl's) in a flight of
+// its own, and yields what is held when another holder was refused lately.
+// Called with mu held and no flight of ol (kl) in progress.
+func (c *Counter) peek(ol *orgLease, kl *keyLease) {
+	f := &flight{done: make(chan struct{})}
+	key := ""
+	if kl != nil {
+		kl.flight, key = f, kl.key
+	} else {
+		ol.flight = f
+	}
+	at := callAt(c.opt.Now(), ol.window)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.opt.Timeout)
+		until, err := c.rc.LeaseMarked(ctx, ol.id.org, key, ol.period, at)
+		cancel()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		defer close(f.done)
+		if kl != nil {
+			kl.flight = nil
+		} else {
+			ol.flight = nil
+		}
+		if err != nil {
+			f.err = err
+			return
+		}
+		contended := until.After(at)
+		switch {
+		case kl != nil:
+			kl.checked = c.opt.Now()
+			if contended {
+				c.yieldKey(kl)
+			}
+		default:
+			ol.checked = c.opt.Now()
+			if contended {
+				c.yield(ol)
+			}
+		}
+	}()
 }

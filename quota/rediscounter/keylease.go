@@ -3,6 +3,7 @@ package rediscounter
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"time"
 
@@ -96,4 +97,39 @@ func (c *Counter) KeyLease(ctx context.Context, l KeyLease) (KeyLeaseReply, erro
 		rep.MarkedUntil = time.UnixMilli(v[5])
 	}
 	return rep, nil
+}
+
+// LeaseMarked reads the contention marks of an organization's quota and,
+// when keyID is not empty, of a key's (lease.lua, keylease.lua) in the
+// window of at: the later one, zero when none. A plain read (one command
+// per mark), for a holder far from the end of a quota to learn cheaply
+// whether another holder was refused lately.
+func (c *Counter) LeaseMarked(ctx context.Context, orgID, keyID string, period quota.Period, at time.Time) (time.Time, error) {
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return time.Time{}, err
+	}
+	w := period.Window(at)
+	cmds := []*redis.StringCmd{}
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cmds = append(cmds, p.HGet(ctx, leaseHoldersKey(orgID, w.ID), "r:"))
+		if keyID != "" {
+			cmds = append(cmds, p.HGet(ctx, keyHoldersKey(orgID, keyID, w.ID), "r:"))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return time.Time{}, storeError("reading the lease marks of org "+orgID, err)
+	}
+	var until int64
+	for _, cmd := range cmds {
+		v, err := cmd.Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return time.Time{}, storeError("reading the lease marks of org "+orgID, err)
+		}
+		until = max(until, v)
+	}
+	if until <= 0 {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(until), nil
 }
