@@ -4,9 +4,12 @@
 --
 -- KEYS[1] org counter   kg:{<org>}:q:org:<window>
 -- KEYS[2] holders hash  kg:{<org>}:q:lease:<window>: per holder h,
---         u:<h> units booked into KEYS[1] not yet attributed to a key nor
---         returned; t:<h> the claim's deadline, unix ms; s:<h> the last
---         settlement applied
+--         u:<h> units booked into KEYS[1] neither booked into KEYS[3] nor
+--         returned (so its held counts, below, are in it too); t:<h> the
+--         claim's deadline, unix ms; s:<h> the last settlement applied;
+--         c:<h> its held counts: requests of keys it admitted and has not
+--         folded into KEYS[3] yet, as "<total>\n" then "<key>=<n>\n" per key
+--         (rediscounter.encodeHeld; '' or absent = none)
 -- KEYS[3] key counts    kg:{<org>}:q:keys:<window>: field = "<key>:<window>"
 --         (a key's counter name after "kg:{<org>}:q:key:"), value = its
 --         requests counted from lease blocks
@@ -23,8 +26,11 @@
 -- ARGV[10] share: a grant is at most 1/share of the free units (>= 1) ...
 -- ARGV[11] ... or what requests waiting for this block need, if more (they
 --          spend it at once)
--- ARGV[12+2(i-1)], ARGV[13+2(i-1)], i = 1..n: settlement: a key's field
---          and the requests of that key to book under it
+-- ARGV[12] settlement: the holder's held counts, all of them, replacing
+--          c:<h> ('-' = unchanged, '' = emptied: they are folded by this
+--          settlement, into the ARGV pairs below)
+-- ARGV[13+2(i-1)], ARGV[14+2(i-1)], i = 1..n: settlement: a key's field
+--          and the requests of that key to book under it (0 = only read it)
 --
 -- Reply {status, org counter after (-1 when the call neither reserved nor
 -- returned, so did not read it), grant, dup, then each key's count after}:
@@ -34,6 +40,9 @@
 --
 -- A settlement is applied once, in the order of its sequence numbers, so a
 -- retried call never books a key's requests twice nor gives units back twice.
+-- Replacing c:<h> costs one field however many keys it names, and changes
+-- no key's usage (the counts are in u:<h> already); folding books them into
+-- KEYS[3] and takes them out of u:<h>.
 -- Units go back only to the counter of the window they were taken from (the
 -- KEYS name it) and only to a counter that still exists, never below zero. A
 -- grant is booked into KEYS[1] at once: a block lost with its holder counts
@@ -45,7 +54,8 @@ local at, hold, expireAt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4
 local seq, ret = tonumber(ARGV[5]), tonumber(ARGV[6])
 local need, want, orgMax, share = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local waiting = tonumber(ARGV[11])
-local n = (#ARGV - 11) / 2
+local held = ARGV[12]
+local n = (#ARGV - 12) / 2
 
 local mine = redis.call('HMGET', KEYS[2], fu, ft, fs)
 local units = tonumber(mine[1] or '0')
@@ -58,13 +68,13 @@ end
 local vals = {}
 if n > 0 then
   local fields = {}
-  for i = 1, n do fields[i] = ARGV[10 + 2 * i] end
+  for i = 1, n do fields[i] = ARGV[11 + 2 * i] end
   local cur = redis.call('HMGET', KEYS[3], unpack(fields))
   local set = {}
   for i = 1, n do
     local v = tonumber(cur[i] or '0')
     if seq > 0 and dup == 0 then
-      local c = tonumber(ARGV[11 + 2 * i])
+      local c = tonumber(ARGV[12 + 2 * i])
       v = v + c
       units = units - c
       set[#set + 1] = fields[i]
@@ -116,6 +126,7 @@ if grant > 0 or (seq > 0 and dup == 0) then
   local set = {fu, string.format('%d', units), ft, string.format('%d', at + hold)}
   if seq > 0 and dup == 0 then
     set[5], set[6] = fs, string.format('%d', seq)
+    if held ~= '-' then set[7], set[8] = 'c:' .. h, held end
   end
   redis.call('HSET', KEYS[2], unpack(set))
   if not mine[2] and expireAt > 0 then redis.call('EXPIREAT', KEYS[2], expireAt) end

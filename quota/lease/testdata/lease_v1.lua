@@ -1,0 +1,126 @@
+-- lease.lua: one call of a lease holder (a sidecar) for one organization and
+-- window: settle what it owes (per-key counts, unspent units) and reserve a
+-- new block of the organization's quota, atomically.
+--
+-- KEYS[1] org counter   kg:{<org>}:q:org:<window>
+-- KEYS[2] holders hash  kg:{<org>}:q:lease:<window>: per holder h,
+--         u:<h> units booked into KEYS[1] not yet attributed to a key nor
+--         returned; t:<h> the claim's deadline, unix ms; s:<h> the last
+--         settlement applied
+-- KEYS[3] key counts    kg:{<org>}:q:keys:<window>: field = "<key>:<window>"
+--         (a key's counter name after "kg:{<org>}:q:key:"), value = its
+--         requests counted from lease blocks
+--
+-- ARGV[1]  holder id
+-- ARGV[2]  the call's instant, unix ms (the script never reads the clock)
+-- ARGV[3]  how long the claim stays live after this call, ms
+-- ARGV[4]  counters' expire-at, unix seconds, 0 = never
+-- ARGV[5]  settlement sequence number, 0 = no settlement
+-- ARGV[6]  settlement: unspent units given back to KEYS[1], >= 0
+-- ARGV[7]  reserve: the fewest units that help, 0 = no reserve
+-- ARGV[8]  reserve: the units wanted, >= ARGV[7]
+-- ARGV[9]  org max, -1 = unlimited
+-- ARGV[10] share: a grant is at most 1/share of the free units (>= 1) ...
+-- ARGV[11] ... or what requests waiting for this block need, if more (they
+--          spend it at once)
+-- ARGV[12+2(i-1)], ARGV[13+2(i-1)], i = 1..n: settlement: a key's field
+--          and the requests of that key to book under it
+--
+-- Reply {status, org counter after (-1 when the call neither reserved nor
+-- returned, so did not read it), grant, dup, then each key's count after}:
+-- status 1, or -1 when the reserve was refused (fewer free units than
+-- ARGV[7]; the settlement is applied all the same); dup 1 when settlement
+-- ARGV[5] was applied before (a retry): it is not applied twice.
+--
+-- A settlement is applied once, in the order of its sequence numbers, so a
+-- retried call never books a key's requests twice nor gives units back twice.
+-- Units go back only to the counter of the window they were taken from (the
+-- KEYS name it) and only to a counter that still exists, never below zero. A
+-- grant is booked into KEYS[1] at once: a block lost with its holder counts
+-- as used, never as free.
+
+local h = ARGV[1]
+local fu, ft, fs = 'u:' .. h, 't:' .. h, 's:' .. h
+local at, hold, expireAt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local seq, ret = tonumber(ARGV[5]), tonumber(ARGV[6])
+local need, want, orgMax, share = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local waiting = tonumber(ARGV[11])
+local n = (#ARGV - 11) / 2
+
+local mine = redis.call('HMGET', KEYS[2], fu, ft, fs)
+local units = tonumber(mine[1] or '0')
+local dup = 0
+if seq > 0 and tonumber(mine[3] or '0') >= seq then
+  dup = 1
+  ret = 0
+end
+
+local vals = {}
+if n > 0 then
+  local fields = {}
+  for i = 1, n do fields[i] = ARGV[10 + 2 * i] end
+  local cur = redis.call('HMGET', KEYS[3], unpack(fields))
+  local set = {}
+  for i = 1, n do
+    local v = tonumber(cur[i] or '0')
+    if seq > 0 and dup == 0 then
+      local c = tonumber(ARGV[11 + 2 * i])
+      v = v + c
+      units = units - c
+      set[#set + 1] = fields[i]
+      set[#set + 1] = string.format('%d', v)
+    end
+    vals[i] = v
+  end
+  if #set > 0 then
+    -- A hash HSET adds fields to may be new: give it its expiry.
+    if redis.call('HSET', KEYS[3], unpack(set)) > 0 and expireAt > 0 then
+      redis.call('EXPIREAT', KEYS[3], expireAt)
+    end
+  end
+end
+
+local org = nil
+if ret > 0 or need > 0 then
+  org = tonumber(redis.call('GET', KEYS[1]) or nil)
+end
+if ret > 0 then
+  units = units - ret
+  if org == nil then ret = 0 else ret = math.min(ret, org) end
+end
+
+local status, grant = 1, 0
+if need > 0 then
+  local used = (org or 0) - ret
+  if orgMax < 0 then
+    grant = want
+  else
+    local free = orgMax - used
+    if free < need then
+      status = -1
+    else
+      grant = math.min(want, math.max(need, math.floor(free / share), math.min(free, waiting)))
+    end
+  end
+end
+
+local after = -1 -- not read
+if org ~= nil or ret > 0 or need > 0 then after = org or 0 end
+if grant - ret ~= 0 then
+  after = redis.call('INCRBY', KEYS[1], grant - ret)
+  if org == nil and expireAt > 0 then redis.call('EXPIREAT', KEYS[1], expireAt) end
+end
+
+units = math.max(units + grant, 0)
+if grant > 0 or (seq > 0 and dup == 0) then
+  local set = {fu, string.format('%d', units), ft, string.format('%d', at + hold)}
+  if seq > 0 and dup == 0 then
+    set[5], set[6] = fs, string.format('%d', seq)
+  end
+  redis.call('HSET', KEYS[2], unpack(set))
+  if not mine[2] and expireAt > 0 then redis.call('EXPIREAT', KEYS[2], expireAt) end
+end
+
+local r = {status, after, grant, dup}
+for i = 1, n do r[4 + i] = vals[i] end
+return r
