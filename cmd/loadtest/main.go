@@ -188,6 +188,8 @@ type result struct {
 	lookups  float64 // credential lookups that went to the store, per request
 	redisUS  float64 // Redis CPU µs per request; keygate on Redis only
 	redisCmd float64 // Redis commands per request
+	// redisBy are the Redis commands per request by command.
+	redisBy map[string]float64
 	// failed counts non-2xx answers and socket errors: a loaded machine
 	// can push store calls past KEYGATE_REDIS_TIMEOUT (503).
 	failed float64
@@ -417,7 +419,16 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 			fmt.Println(row)
 		}
 	}
-	fmt.Printf("\nat one connection (p50): ")
+	for _, c := range o.conns {
+		for _, t := range targets {
+			if t.gw == nil || !t.gw.redis {
+				continue
+			}
+			r := median(runs[t.name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
+			fmt.Printf("\n%s at %d connections, Redis commands per request by command: %s", t.name, c, topCommands(r.redisBy, 8))
+		}
+	}
+	fmt.Printf("\n\nat one connection (p50): ")
 	names := append([]string{"upstream direct"}, func() []string {
 		var out []string
 		for _, t := range targets {
@@ -512,6 +523,12 @@ func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Dur
 		after := m.redisStats()
 		r.redisUS = (after.cpu - before.cpu) * 1e6 / r.requests
 		r.redisCmd = (after.calls - before.calls) / r.requests
+		r.redisBy = map[string]float64{}
+		for k, v := range after.byCmd {
+			if d := (v - before.byCmd[k]) / r.requests; d > 0 {
+				r.redisBy[k] = d
+			}
+		}
 	}
 	return r, nil
 }
@@ -520,6 +537,9 @@ func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Dur
 type redisStats struct {
 	cpu   float64 // seconds, user + system
 	calls float64 // commands, without the INFO calls that read them
+	// byCmd are the calls by command (scripts' own commands counted under
+	// theirs, EVALSHA under its own).
+	byCmd map[string]float64
 }
 
 func (m *meter) redisStats() redisStats {
@@ -534,7 +554,7 @@ func (m *meter) redisStats() redisStats {
 
 // parseRedisInfo sums CPU and command calls from INFO cpu and commandstats.
 func parseRedisInfo(info string) redisStats {
-	var s redisStats
+	s := redisStats{byCmd: map[string]float64{}}
 	for _, line := range strings.Split(info, "\n") {
 		line = strings.TrimSpace(line)
 		k, v, ok := strings.Cut(line, ":")
@@ -549,6 +569,7 @@ func parseRedisInfo(info string) redisStats {
 			calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
 			f, _ := strconv.ParseFloat(calls, 64)
 			s.calls += f
+			s.byCmd[strings.TrimPrefix(k, "cmdstat_")] += f
 		}
 	}
 	return s
@@ -875,6 +896,31 @@ func loadGo(addr string, keys []string, skew bool, conns int, dur time.Duration)
 	}
 	slices.Sort(lat)
 	return result{rps: float64(len(lat)) / dur.Seconds(), requests: float64(len(lat)), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], failed: float64(bad.Load())}, nil
+}
+
+// topCommands formats the n commands with the most calls per request.
+func topCommands(by map[string]float64, n int) string {
+	names := make([]string, 0, len(by))
+	for k := range by {
+		names = append(names, k)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		switch {
+		case by[a] > by[b]:
+			return -1
+		case by[a] < by[b]:
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	var parts []string
+	for _, k := range names[:min(n, len(names))] {
+		parts = append(parts, fmt.Sprintf("%s %.3f", k, by[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // median returns the result whose key is the median of rs, with the peak
