@@ -45,7 +45,7 @@ func (c *Counter) foldDue(ol *orgLease, now time.Time) bool {
 // pending count for the next settlement, and this one folds. Called with mu
 // held.
 func (c *Counter) settleKeys(ol *orgLease) *settlement {
-	s := &settlement{}
+	s := &settlement{first: !ol.heldListed}
 	now := c.opt.Now()
 	moved, full, left := false, false, false
 	kept := ol.dirty[:0]
@@ -109,4 +109,57 @@ func (c *Counter) settleKeys(ol *orgLease) *settlement {
 		}
 	}
 	return s
+}
+
+// settled records what an applied settlement s did to the holder's held
+// counts (before its keys' counts are read). Called with mu held.
+func (c *Counter) settled(ol *orgLease, s *settlement) {
+	if s.ack {
+		ol.ack = false
+	}
+	switch {
+	case s.fold:
+		ol.confirmed, ol.heldListed = nil, false
+	case s.held != nil:
+		ol.confirmed, ol.heldListed = s.held, true
+	}
+}
+
+// adopted rebuilds ol's held counts after the settlement s was refused
+// because another holder adopted them (it took this one for dead): those
+// Redis held for this holder (confirmed) are in the per-key hash now, so
+// they leave the held counts, their keys' counts are read again, and the
+// next settlement acknowledges. s's units go back with the next one.
+// Called with mu held.
+func (c *Counter) adopted(ol *orgLease, s *settlement) {
+	if s.fold { // undo the fold's move
+		for _, k := range s.keys {
+			if t := ol.keys[k.KeyID]; t != nil && k.N > 0 {
+				t.flying -= k.N
+				t.held += k.N
+			}
+		}
+	}
+	for _, k := range ol.confirmed {
+		if t := ol.keys[k.KeyID]; t != nil {
+			t.held -= k.N
+			t.known = false
+			if !t.listed {
+				t.listed = true
+				ol.dirty = append(ol.dirty, k.KeyID)
+			}
+		}
+	}
+	ol.toReturn += s.ret
+	ol.held, ol.heldSize, ol.heldSince = ol.held[:0], 0, time.Time{}
+	for k, t := range ol.keys {
+		if t.held > 0 {
+			if len(ol.held) == 0 {
+				ol.heldSince = c.opt.Now()
+			}
+			ol.held = append(ol.held, k)
+			ol.heldSize += rediscounter.HeldEntrySize(k)
+		}
+	}
+	ol.confirmed, ol.heldListed, ol.ack = nil, false, true
 }

@@ -360,3 +360,96 @@ func (c *Counter) unsent() int64 {
 	}
 	return n
 }
+
+// TestAdoptHeldCounts: the held counts of a sidecar killed with them are
+// folded by another sidecar's fold once its claim has been over for
+// rediscounter.AdoptAfter (the adopter's clock runs that far ahead here), so
+// they do not pile up; and a sidecar taken for dead that is alive after all
+// learns of it at its next settlement and books only what was not adopted:
+// every key is counted exactly once.
+func TestAdoptHeldCounts(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	now := time.Now()
+	w := quota.PeriodNone.Window(now)
+	charge := func(c *Counter, key string) {
+		t.Helper()
+		ch := orgCharge("org1", key, -1, now)
+		ch.Period = quota.PeriodNone
+		if _, err := c.Charge(t.Context(), ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored := func(c *Counter) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for c.unsent() > 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("counts not in Redis after 10s")
+			}
+			time.Sleep(20 * time.Millisecond) // no signal: the background call is the one under test
+		}
+	}
+	holders := func() map[string]string {
+		t.Helper()
+		m, err := rdb.HGetAll(t.Context(), "kg:{org1}:q:lease:"+w.ID).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	admitted := map[string]int64{}
+	// Neither folds by itself: not idle soon enough, nor by age or size.
+	keep := Options{IdleReturn: time.Minute, FlushEvery: 50 * time.Millisecond}
+	dead := newLease(t, redistest.NewClient(t, srv.Addr()), keep)
+	zombie := newLease(t, redistest.NewClient(t, srv.Addr()), keep)
+	for i := range 40 {
+		k := "k" + strconv.Itoa(i%8)
+		charge(dead, k)
+		charge(zombie, k)
+		admitted[k] += 2
+	}
+	stored(dead)
+	stored(zombie)
+	if h := holders(); h["c:"+dead.Holder()] == "" || h["c:"+zombie.Holder()] == "" {
+		t.Fatalf("no held counts in Redis: %v", h)
+	}
+	dead.abandon()
+
+	later := newLease(t, redistest.NewClient(t, srv.Addr()), Options{Now: func() time.Time { return time.Now().Add(rediscounter.AdoptAfter + time.Minute) }})
+	charge(later, "k0")
+	admitted["k0"]++
+	closeAll(t, later) // its fold adopts both others' held counts
+	h := holders()
+	for _, c := range []*Counter{dead, zombie} {
+		if h["c:"+c.Holder()] != "" || h["a:"+c.Holder()] != "1" {
+			t.Errorf("after the fold: held %q, adopted %q; want none held, adopted", h["c:"+c.Holder()], h["a:"+c.Holder()])
+		}
+	}
+	// The zombie was alive: it goes on, and books what it admitted since.
+	for i := range 16 {
+		k := "k" + strconv.Itoa(i%8)
+		charge(zombie, k)
+		admitted[k]++
+	}
+	closeAll(t, zombie)
+	if h := holders(); h["a:"+zombie.Holder()] != "" {
+		t.Errorf("the zombie did not acknowledge the adoption: %v", h)
+	}
+	plain := rediscounter.New(rdb)
+	for k, want := range admitted {
+		got, err := rdb.HGet(t.Context(), "kg:{org1}:q:keys:"+w.ID, k+":"+w.ID).Int64()
+		if err != nil || got != want {
+			t.Errorf("per-key hash %s = %d, %v; want %d", k, got, err, want)
+		}
+		// Read past the dead sidecar's claim: until then its unspent
+		// block counts for every key.
+		u, err := plain.Usage(t.Context(), "org1", k, quota.PeriodNone, now.Add(time.Minute))
+		if err != nil || u.Key != want {
+			t.Errorf("usage of %s = %d, %v; want %d", k, u.Key, err, want)
+		}
+	}
+	if n, err := rdb.ZCard(t.Context(), "kg:{org1}:q:held:"+w.ID).Result(); err != nil || n != 0 {
+		t.Errorf("holders listed with held counts after every fold: %d, %v", n, err)
+	}
+}

@@ -163,6 +163,13 @@ type orgLease struct {
 	held      []string
 	heldSize  int
 	heldSince time.Time
+	// confirmed are the held counts Redis holds for this holder as far
+	// as it knows (the last held counts applied); heldListed says Redis
+	// lists it as a holder of held counts; ack says its held counts were
+	// adopted and the next settlement says it knows (held.go).
+	confirmed  []rediscounter.KeyCount
+	heldListed bool
+	ack        bool
 	// seq numbers this holder's settlements; doubt is one sent whose reply
 	// was lost: it is sent again, unchanged, before any other.
 	seq   uint64
@@ -203,10 +210,11 @@ type settlement struct {
 	seq  uint64
 	keys []rediscounter.KeyCount
 	ret  int64
-	// held replaces the holder's held counts when not nil; fold says keys
-	// are those counts, folded into the per-key hash (held.go).
-	held []rediscounter.KeyCount
-	fold bool
+	// held replaces the holder's held counts when not nil (first: the
+	// first since a fold); fold says keys are those counts, folded into
+	// the per-key hash (held.go).
+	held             []rediscounter.KeyCount
+	fold, first, ack bool
 }
 
 // flight is one call in progress. need is the reservation it asks for (0
@@ -434,7 +442,7 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 		l.At = ol.window.End.Add(-time.Millisecond)
 	}
 	if s != nil {
-		l.Seq, l.Keys, l.Return, l.Held, l.Fold = s.seq, s.keys, s.ret, s.held, s.fold
+		l.Seq, l.Keys, l.Return, l.Held, l.Fold, l.HeldFirst, l.Ack = s.seq, s.keys, s.ret, s.held, s.fold, s.first, s.ack
 	}
 	if need > 0 {
 		if el := now.Sub(ol.since); el >= 50*time.Millisecond && ol.spent > 0 {
@@ -461,7 +469,7 @@ func (c *Counter) settlement(ol *orgLease) *settlement {
 		return nil
 	}
 	ol.seq++
-	s.seq = ol.seq
+	s.seq, s.ack = ol.seq, ol.ack
 	return s
 }
 
@@ -470,7 +478,7 @@ func (c *Counter) fly(ol *orgLease, f *flight, s *settlement, l rediscounter.Lea
 	ctx, cancel := context.WithTimeout(context.Background(), c.opt.Timeout)
 	rep, err := c.rc.Lease(ctx, l)
 	cancel()
-	if l.Need > 0 {
+	if l.Need > 0 && !rep.Adopted {
 		switch {
 		case err != nil:
 			c.opt.Observer.LeaseRenewal("failed")
@@ -494,8 +502,18 @@ func (c *Counter) fly(ol *orgLease, f *flight, s *settlement, l rediscounter.Lea
 		f.err = err
 		return
 	}
+	if rep.Adopted {
+		// Nothing was applied: the settlement is rebuilt without what
+		// another holder adopted, and whoever waits asks again.
+		if s != nil && ol.doubt == s {
+			ol.doubt = nil
+			c.adopted(ol, s)
+		}
+		return
+	}
 	if s != nil && ol.doubt == s {
 		ol.doubt = nil
+		c.settled(ol, s)
 		for i, k := range s.keys {
 			if t := ol.keys[k.KeyID]; t != nil {
 				t.flying -= k.N // a fold's counts are in the base now

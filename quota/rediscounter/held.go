@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // A lease holder's held counts (lease.lua's c:<holder>) are one string per
@@ -12,6 +13,20 @@ import (
 // field, and usage.lua finds a key's count with one plain search for
 // "\n<key>=". Key names are escaped (heldName) so that no key id can end
 // or forge an entry.
+
+// AdoptAfter is how long after a holder's claim ended another holder's
+// fold adopts its held counts (folds them into the per-key hash for it):
+// much longer than any live holder goes without a call while it has held
+// counts (it folds them when its organization goes idle).
+const AdoptAfter = 2 * time.Minute
+
+// flag is a script's boolean argument.
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
 
 // MaxHeldBytes bounds a holder's held counts, encoded.
 const MaxHeldBytes = 1 << 20

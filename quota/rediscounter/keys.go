@@ -54,3 +54,8 @@ func leaseKeyField(key, window string) string { return key + ":" + window }
 // "t:<holder>" until when that claim is live (unix ms), "s:<holder>" the
 // last settlement it applied.
 func leaseHoldersKey(org, window string) string { return prefix(org) + "q:lease:" + window }
+
+// leaseHeldKey is the sorted set of the lease holders of an organization in
+// one window that hold counts in leaseHoldersKey (c:<holder>), scored by
+// when those began (unix ms): for folds to find a dead holder's.
+func leaseHeldKey(org, window string) string { return prefix(org) + "q:held:" + window }

@@ -50,8 +50,15 @@ type Lease struct {
 	// field whatever the number of keys; usage readers add them to the
 	// keys' usage. Fold instead empties them: Keys are then those counts,
 	// booked into the keys' lease counts at once.
-	Held   []KeyCount
-	Fold   bool
+	Held []KeyCount
+	Fold bool
+	// HeldFirst says Held are the first since the holder's last fold (or
+	// since it acknowledged an adoption): it is listed as a holder with
+	// held counts, for the folds of others to adopt them if it dies.
+	HeldFirst bool
+	// Ack acknowledges that this holder's held counts were adopted
+	// (LeaseReply.Adopted) and that Held and Keys no longer count them.
+	Ack    bool
 	Return int64
 	// Need > 0 asks for a block of at least Need and at most Want units of
 	// the organization's quota (OrgMax, -1 unlimited), at most 1/Share of
@@ -77,6 +84,11 @@ type LeaseReply struct {
 	Grant int64
 	// Dup says the settlement had been applied before.
 	Dup bool
+	// Adopted: the holder's held counts were folded by another holder,
+	// which took it for dead; nothing was applied nor reserved. The holder
+	// drops what its held counts held and sends its settlement again, with
+	// Ack.
+	Adopted bool
 	// Keys are the keys' lease counts after the settlement, in order.
 	Keys   []int64
 	Window quota.Window
@@ -111,10 +123,11 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 	if at := w.ExpireAt(); !at.IsZero() {
 		expireAt = at.Unix()
 	}
-	keys := []string{orgCounterKey(l.OrgID, w.ID), leaseHoldersKey(l.OrgID, w.ID), leaseKeysKey(l.OrgID, w.ID)}
-	args := make([]any, 0, 12+2*len(l.Keys))
+	keys := []string{orgCounterKey(l.OrgID, w.ID), leaseHoldersKey(l.OrgID, w.ID), leaseKeysKey(l.OrgID, w.ID), leaseHeldKey(l.OrgID, w.ID)}
+	args := make([]any, 0, 15+2*len(l.Keys))
 	args = append(args, l.Holder, l.At.UnixMilli(), l.Hold.Milliseconds(), expireAt,
-		strconv.FormatUint(l.Seq, 10), l.Return, l.Need, l.Want, limit(l.OrgMax), l.Share, max(l.Waiting, 0), held)
+		strconv.FormatUint(l.Seq, 10), l.Return, l.Need, l.Want, limit(l.OrgMax), l.Share, max(l.Waiting, 0), held,
+		flag(l.HeldFirst), flag(l.Ack), AdoptAfter.Milliseconds())
 	for _, k := range l.Keys {
 		if k.N < 0 {
 			return LeaseReply{}, fmt.Errorf("lease of org %s: key %s: negative count %d", l.OrgID, k.KeyID, k.N)
@@ -124,6 +137,9 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 	v, err := leaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return LeaseReply{}, storeError("lease of org "+l.OrgID, err)
+	}
+	if len(v) == 4 && v[0] == -2 {
+		return LeaseReply{Adopted: true, Org: -1, Window: w}, nil
 	}
 	if len(v) != 4+len(l.Keys) {
 		return LeaseReply{}, fmt.Errorf("lease of org %s: lease script: %d values for %d keys", l.OrgID, len(v), len(l.Keys))

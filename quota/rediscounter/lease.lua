@@ -9,10 +9,14 @@
 --         claim's deadline, unix ms; s:<h> the last settlement applied;
 --         c:<h> its held counts: requests of keys it admitted and has not
 --         folded into KEYS[3] yet, as "<total>\n" then "<key>=<n>\n" per key
---         (rediscounter.encodeHeld; '' or absent = none)
+--         (rediscounter.encodeHeld; '' or absent = none); a:<h> '1' when
+--         another holder adopted its held counts (below) and it has not
+--         acknowledged that yet
 -- KEYS[3] key counts    kg:{<org>}:q:keys:<window>: field = "<key>:<window>"
 --         (a key's counter name after "kg:{<org>}:q:key:"), value = its
 --         requests counted from lease blocks
+-- KEYS[4] held since    kg:{<org>}:q:held:<window>, a sorted set: the holders
+--         with held counts, scored by when those began (unix ms)
 --
 -- ARGV[1]  holder id
 -- ARGV[2]  the call's instant, unix ms (the script never reads the clock)
@@ -29,20 +33,32 @@
 -- ARGV[12] settlement: the holder's held counts, all of them, replacing
 --          c:<h> ('-' = unchanged, '' = emptied: they are folded by this
 --          settlement, into the ARGV pairs below)
--- ARGV[13+2(i-1)], ARGV[14+2(i-1)], i = 1..n: settlement: a key's field
+-- ARGV[13] 1 = these held counts are the first since the holder's last fold
+-- ARGV[14] 1 = the holder acknowledges that its held counts were adopted
+-- ARGV[15] adopt after, ms: a fold adopts the held counts of up to two
+--          holders whose claim ended that long ago (they are dead)
+-- ARGV[16+2(i-1)], ARGV[17+2(i-1)], i = 1..n: settlement: a key's field
 --          and the requests of that key to book under it (0 = only read it)
 --
 -- Reply {status, org counter after (-1 when the call neither reserved nor
 -- returned, so did not read it), grant, dup, then each key's count after}:
 -- status 1, or -1 when the reserve was refused (fewer free units than
--- ARGV[7]; the settlement is applied all the same); dup 1 when settlement
--- ARGV[5] was applied before (a retry): it is not applied twice.
+-- ARGV[7]; the settlement is applied all the same), or -2 when the holder's
+-- held counts were adopted and this settlement, which would book them again,
+-- does not acknowledge it: nothing is applied nor reserved; dup 1 when
+-- settlement ARGV[5] was applied before (a retry): it is not applied twice.
 --
 -- A settlement is applied once, in the order of its sequence numbers, so a
 -- retried call never books a key's requests twice nor gives units back twice.
 -- Replacing c:<h> costs one field however many keys it names, and changes
 -- no key's usage (the counts are in u:<h> already); folding books them into
--- KEYS[3] and takes them out of u:<h>.
+-- KEYS[3] and takes them out of u:<h>. A holder that died with held counts
+-- (kill -9) leaves them in c:<h>, where readers keep counting them; the
+-- next fold of another holder after ARGV[15] folds them for it (adopts
+-- them), so dead holders' held counts do not pile up. Should that holder be
+-- alive after all (cut off from Redis that long), a:<h> makes its next
+-- settlement fail with -2 until it acknowledges (ARGV[14]) having dropped
+-- what it had stored: nothing is booked twice.
 -- Units go back only to the counter of the window they were taken from (the
 -- KEYS name it) and only to a counter that still exists, never below zero. A
 -- grant is booked into KEYS[1] at once: a block lost with its holder counts
@@ -55,26 +71,62 @@ local seq, ret = tonumber(ARGV[5]), tonumber(ARGV[6])
 local need, want, orgMax, share = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local waiting = tonumber(ARGV[11])
 local held = ARGV[12]
-local n = (#ARGV - 12) / 2
+local first, ack, adoptAfter = ARGV[13] == '1', ARGV[14] == '1', tonumber(ARGV[15])
+local n = (#ARGV - 15) / 2
+local window = string.sub(KEYS[3], select(2, string.find(KEYS[3], '}:q:keys:', 1, true)) + 1)
 
-local mine = redis.call('HMGET', KEYS[2], fu, ft, fs)
+local mine = redis.call('HMGET', KEYS[2], fu, ft, fs, 'a:' .. h)
 local units = tonumber(mine[1] or '0')
 local dup = 0
 if seq > 0 and tonumber(mine[3] or '0') >= seq then
   dup = 1
   ret = 0
 end
+if dup == 0 and mine[4] == '1' and not ack and (held ~= '-' or n > 0) then
+  return {-2, -1, 0, 0}
+end
+
+-- adopt books the held counts of dead holder d into KEYS[3].
+local function adopt(d)
+  local st = redis.call('HMGET', KEYS[2], 't:' .. d, 'c:' .. d, 'u:' .. d)
+  if tonumber(st[1] or '0') + adoptAfter > at then
+    -- Alive after all, or not dead long: look again later.
+    redis.call('ZADD', KEYS[4], at, d)
+    return
+  end
+  local v = st[2] or ''
+  local fields, counts, total = {}, {}, 0
+  for name, c in string.gmatch(v, '\n([^\n=]*)=(%d+)') do
+    name = string.gsub(name, '%%(%x%x)', function(x) return string.char(tonumber(x, 16)) end)
+    fields[#fields + 1] = name .. ':' .. window
+    counts[#counts + 1] = tonumber(c)
+    total = total + tonumber(c)
+  end
+  if #fields > 0 then
+    local cur = redis.call('HMGET', KEYS[3], unpack(fields))
+    local set = {}
+    for i = 1, #fields do
+      set[2 * i - 1], set[2 * i] = fields[i], string.format('%d', tonumber(cur[i] or '0') + counts[i])
+    end
+    if redis.call('HSET', KEYS[3], unpack(set)) > 0 and expireAt > 0 then
+      redis.call('EXPIREAT', KEYS[3], expireAt)
+    end
+  end
+  redis.call('HSET', KEYS[2], 'c:' .. d, '', 'a:' .. d, '1',
+    'u:' .. d, string.format('%d', math.max(tonumber(st[3] or '0') - total, 0)))
+  redis.call('ZREM', KEYS[4], d)
+end
 
 local vals = {}
 if n > 0 then
   local fields = {}
-  for i = 1, n do fields[i] = ARGV[11 + 2 * i] end
+  for i = 1, n do fields[i] = ARGV[14 + 2 * i] end
   local cur = redis.call('HMGET', KEYS[3], unpack(fields))
   local set = {}
   for i = 1, n do
     local v = tonumber(cur[i] or '0')
     if seq > 0 and dup == 0 then
-      local c = tonumber(ARGV[12 + 2 * i])
+      local c = tonumber(ARGV[15 + 2 * i])
       v = v + c
       units = units - c
       set[#set + 1] = fields[i]
@@ -126,10 +178,28 @@ if grant > 0 or (seq > 0 and dup == 0) then
   local set = {fu, string.format('%d', units), ft, string.format('%d', at + hold)}
   if seq > 0 and dup == 0 then
     set[5], set[6] = fs, string.format('%d', seq)
-    if held ~= '-' then set[7], set[8] = 'c:' .. h, held end
+    if held ~= '-' then
+      set[7], set[8] = 'c:' .. h, held
+    end
+    if ack then
+      set[#set + 1] = 'a:' .. h
+      set[#set + 1] = ''
+    end
   end
   redis.call('HSET', KEYS[2], unpack(set))
   if not mine[2] and expireAt > 0 then redis.call('EXPIREAT', KEYS[2], expireAt) end
+end
+
+if seq > 0 and dup == 0 then
+  if held == '' then
+    redis.call('ZREM', KEYS[4], h)
+    local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', at - adoptAfter, 'LIMIT', 0, 2)
+    for _, d in ipairs(old) do adopt(d) end
+  elseif held ~= '-' and first then
+    if redis.call('ZADD', KEYS[4], at, h) > 0 and expireAt > 0 then
+      redis.call('EXPIREAT', KEYS[4], expireAt)
+    end
+  end
 end
 
 local r = {status, after, grant, dup}
