@@ -50,9 +50,10 @@ func leaseKeyField(key, window string) string { return key + ":" + window }
 
 // leaseHoldersKey is the hash of the lease holders of an organization in one
 // window: per holder (a sidecar process), "u:<holder>" the units it booked
-// into the org counter and has neither attributed to a key nor returned,
-// "t:<holder>" until when that claim is live (unix ms), "s:<holder>" the
-// last settlement it applied.
+// into the org counter and has neither booked into leaseKeysKey nor
+// returned, "t:<holder>" until when that claim is live (unix ms),
+// "s:<holder>" the last settlement it applied, "c:<holder>" its held
+// counts (held.go) and "a:<holder>" whether another holder adopted them.
 func leaseHoldersKey(org, window string) string { return prefix(org) + "q:lease:" + window }
 
 // leaseHeldKey is the sorted set of the lease holders of an organization in
