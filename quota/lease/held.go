@@ -15,8 +15,10 @@ import (
 // with the keys. Usage readers add every holder's held counts to a key's
 // usage. Rarely, held counts are folded into the shared per-key hash and
 // the field is emptied: after FoldEvery, when they would pass MaxHeld or
-// maxHeldKeys, when the organization goes idle (with its block's return)
-// and at Close. Both are numbered settlements, applied once.
+// maxHeldKeys, when the organization goes idle (with its block's return),
+// when one of the keys is charged under a max of its own (so that the max
+// sees its counts), and at Close. Both are numbered settlements, applied
+// once.
 
 // maxHeldKeys bounds the keys in a holder's held counts of one
 // organization, and maxLearn the keys whose count one call reads: together
@@ -31,11 +33,14 @@ const (
 func (t *tally) unbooked() int64 { return t.pending + t.held + t.flying }
 
 // foldDue says ol's held counts are to be folded by its next settlement:
-// they are older than FoldEvery, the organization is idle, or the Counter
-// closes. Called with mu held.
+// they are older than FoldEvery, the organization is idle, a key of them
+// got a max of its own, or the Counter closes. Called with mu held.
 func (c *Counter) foldDue(ol *orgLease, now time.Time) bool {
-	return len(ol.held) > 0 &&
-		(c.closed || now.Sub(ol.lastUse) >= c.opt.IdleReturn || now.Sub(ol.heldSince) >= c.opt.FoldEvery)
+	if ol.foldSoon && ol.hasPending() {
+		return true
+	}
+	return len(ol.held) > 0 && (c.closed || ol.foldSoon ||
+		now.Sub(ol.lastUse) >= c.opt.IdleReturn || now.Sub(ol.heldSince) >= c.opt.FoldEvery)
 }
 
 // settleKeys moves the pending counts of ol's dirty keys to its held counts
@@ -81,6 +86,9 @@ func (c *Counter) settleKeys(ol *orgLease) *settlement {
 		t.listed = false
 	}
 	ol.dirty = kept
+	if len(ol.held) == 0 && !left {
+		ol.foldSoon = false // nothing for a max to see
+	}
 	if !left {
 		ol.oldest = time.Time{}
 	}
@@ -99,7 +107,7 @@ func (c *Counter) settleKeys(ol *orgLease) *settlement {
 				s.keys = append(s.keys, k)
 			}
 		}
-		ol.held, ol.heldSize, ol.heldSince = ol.held[:0], 0, time.Time{}
+		ol.held, ol.heldSize, ol.heldSince, ol.foldSoon = ol.held[:0], 0, time.Time{}, false
 		return s
 	}
 	if moved {

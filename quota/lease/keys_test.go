@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -451,5 +452,45 @@ func TestAdoptHeldCounts(t *testing.T) {
 	}
 	if n, err := rdb.ZCard(t.Context(), "kg:{org1}:q:held:"+w.ID).Result(); err != nil || n != 0 {
 		t.Errorf("holders listed with held counts after every fold: %d, %v", n, err)
+	}
+}
+
+// TestKeyGainsMaxWhileHeld: a key whose requests from blocks are still in
+// a sidecar's held counts gets a max of its own: the first charge under it
+// makes that sidecar fold them, so the max counts them from then on.
+func TestKeyGainsMaxWhileHeld(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	now := time.Now()
+	c := newLease(t, rdb, Options{IdleReturn: time.Minute, FlushEvery: 50 * time.Millisecond})
+	for range 5 {
+		if _, err := c.Charge(t.Context(), orgCharge("org1", "k1", 1000, now)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := quota.PeriodHour.Window(now)
+	capped := orgCharge("org1", "k1", 1000, now)
+	capped.KeyMax = 7
+	if res, err := c.Charge(t.Context(), capped); err != nil || res.KeyUsed != 6 {
+		t.Fatalf("sixth request under a max of 7 = %+v, %v; want admitted at 6", res, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, _ := rdb.HGet(t.Context(), "kg:{org1}:q:keys:"+w.ID, "k1:"+w.ID).Int64()
+		if n == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the held counts of k1 were not folded after it was charged under a max (hash: %d)", n)
+		}
+		time.Sleep(20 * time.Millisecond) // no signal: the fold is background work
+	}
+	plain := rediscounter.New(rdb)
+	if res, err := plain.Charge(t.Context(), capped); err != nil || res.KeyUsed != 7 {
+		t.Fatalf("seventh request under a max of 7 = %+v, %v; want admitted at 7", res, err)
+	}
+	var ex *quota.ExceededError
+	if _, err := plain.Charge(t.Context(), capped); !errors.As(err, &ex) || ex.Scope != quota.ScopeKey || ex.Used != 7 {
+		t.Errorf("eighth request under a max of 7: %v, want refused by the key at 7", err)
 	}
 }

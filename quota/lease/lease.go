@@ -46,8 +46,10 @@ type Options struct {
 	// FoldEvery bounds how long a key's count stays in this holder's held
 	// counts in Redis (one field per organization and window, see
 	// rediscounter.Lease.Held) before it is folded into the per-key hash
-	// while traffic goes on (30s); an idle organization's are folded with
-	// its block's return, and at Close.
+	// while traffic goes on (2m); an idle organization's are folded with
+	// its block's return, and at Close. Folding costs Redis per key, held
+	// counts per byte sent with each call: the default balances the two
+	// for keys seen every few seconds.
 	FoldEvery time.Duration
 	// MaxHeld bounds a holder's held counts of one organization, encoded
 	// (32 KiB): past it they are folded at once.
@@ -82,7 +84,7 @@ func (o *Options) defaults() {
 	def(&o.Span, 2*time.Second)
 	def(&o.Hold, 10*time.Second)
 	o.FlushEvery = min(o.FlushEvery, o.Hold/2)
-	def(&o.FoldEvery, 30*time.Second)
+	def(&o.FoldEvery, 2*time.Minute)
 	if o.MaxHeld <= 0 {
 		o.MaxHeld = 32 << 10
 	}
@@ -170,6 +172,10 @@ type orgLease struct {
 	confirmed  []rediscounter.KeyCount
 	heldListed bool
 	ack        bool
+	// foldSoon: a key with held counts was charged under a max of its
+	// own; its counts are folded with the next call, so that the max sees
+	// them (held.go).
+	foldSoon bool
 	// seq numbers this holder's settlements; doubt is one sent whose reply
 	// was lost: it is sent again, unchanged, before any other.
 	seq   uint64
@@ -588,6 +594,8 @@ func (c *Counter) correct(id orgWindow, key string, keyMax, org, keyUsed int64) 
 	if t := ol.keys[key]; t != nil && key != "" {
 		if keyMax < 0 {
 			keyUsed += t.base // charge.lua reads a key's lease count only for a key with a max
+		} else if t.held+t.pending > 0 {
+			ol.foldSoon = true
 		}
 		keyUsed += t.unbooked()
 	}
