@@ -7,10 +7,12 @@
 // many organizations (20,000 in 100 by default) cycled evenly; and the same
 // keys skewed, 1 % of them carrying 80 % of the requests. For each it
 // prints requests/s and its ratio to the bare proxy at every connection
-// count, p50 and p99, keygate's RSS and CPU per request, the credential
-// lookups that went to the store, Redis's CPU and commands per request
-// (INFO cpu and INFO commandstats deltas), and the median latency at one
-// connection.
+// count, p50 and p99, keygate's RSS and CPU per request (and the bare
+// proxy's own CPU per request), the credential lookups that went to the
+// store, Redis's CPU and commands per request (INFO cpu and INFO
+// commandstats deltas), and the median latency at one connection. Before
+// each case, every key is used once (unmeasured), so the figures are those
+// of steady traffic.
 //
 // With nginx installed, the one-key case also measures nginx alone in front
 // of the upstream and nginx asking keygate (the Redis gateway) through the
@@ -182,10 +184,12 @@ type result struct {
 	requests float64
 	p50, p99 time.Duration
 	rss      int64   // KiB, peak; keygate only
-	cpuUS    float64 // keygate CPU µs per request
+	cpuUS    float64 // CPU µs per request of keygate (or of the bare proxy)
 	lookups  float64 // credential lookups that went to the store, per request
 	redisUS  float64 // Redis CPU µs per request; keygate on Redis only
 	redisCmd float64 // Redis commands per request
+	// redisBy are the Redis commands per request by command.
+	redisBy map[string]float64
 	// failed counts non-2xx answers and socket errors: a loaded machine
 	// can push store calls past KEYGATE_REDIS_TIMEOUT (503).
 	failed float64
@@ -211,6 +215,9 @@ type target struct {
 	// gw is the gateway deciding, sampled around each measurement: nil
 	// for the bare proxy, the upstream and nginx alone.
 	gw *gateway
+	// pid, when not 0 and gw is nil, is a process whose CPU per request
+	// is sampled too (the bare proxy's own).
+	pid int
 }
 
 func run(o options) error {
@@ -249,7 +256,8 @@ func run(o options) error {
 	if _, err := start(nil, self, "upstream", upAddr); err != nil {
 		return err
 	}
-	if _, err := start(nil, self, "bareproxy", bareAddr, "http://"+upAddr); err != nil {
+	bareCmd, err := start(nil, self, "bareproxy", bareAddr, "http://"+upAddr)
+	if err != nil {
 		return err
 	}
 	redisAddr := port()
@@ -309,7 +317,7 @@ func run(o options) error {
 	fmt.Printf("loopback, %d cores, generator %s, %d rounds of %s per target and connection count (median round shown), KEYGATE_QUOTA_LEASES=%s %s\nload average before: %s\n",
 		runtime.NumCPU(), gen, o.rounds, o.dur, o.leases, strings.Join(o.env, " "), strings.TrimSpace(string(load)))
 
-	targets := []target{{name: "bare ReverseProxy", addr: bareAddr}}
+	targets := []target{{name: "bare ReverseProxy", addr: bareAddr, pid: bareCmd.Process.Pid}}
 	for _, g := range gws {
 		targets = append(targets, target{name: g.name, addr: g.data, gw: g})
 	}
@@ -345,10 +353,16 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 		}
 		return []string{g.one}
 	}
-	// Warm-up: connections, heap sizes, and every key once through each
-	// gateway's credential cache.
+	// Warm-up: every key once through each gateway (its credential cache
+	// and its per-key state, so that what is measured is steady traffic,
+	// not first sights), then connections and heap sizes.
 	for _, t := range targets {
 		ks := keysOf(t)
+		if t.gw != nil && len(ks) > 1 {
+			if n := touchEach(t.addr, ks, slices.Max(o.conns)); n > 0 {
+				fmt.Printf("%s warm-up: %d of %d keys got no 200 in three tries\n", t.name, n, len(ks))
+			}
+		}
 		warm := max(time.Second, o.dur)
 		if _, err := m.load(t, ks, false, slices.Max(o.conns), warm); err != nil {
 			return fmt.Errorf("%s warm-up: %w", t.name, err)
@@ -380,7 +394,7 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 	}
 
 	fmt.Printf("\n### %s\n\n", tr.title)
-	fmt.Println("| target | conns | req/s | × bare | p50 | p99 | RSS | keygate CPU µs/req | store lookups/req | Redis CPU µs/req | Redis cmds/req | failed, uncounted (all rounds) |")
+	fmt.Println("| target | conns | req/s | × bare | p50 | p99 | RSS | CPU µs/req (own process) | store lookups/req | Redis CPU µs/req | Redis cmds/req | failed, uncounted (all rounds) |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, c := range o.conns {
 		bare := median(runs[targets[0].name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
@@ -388,6 +402,8 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 			r := median(runs[t.name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
 			row := fmt.Sprintf("| %s | %d | %.0f | %.2f | %s | %s |", t.name, c, r.rps, r.rps/bare.rps, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond))
 			switch {
+			case t.gw == nil && t.pid != 0:
+				row += fmt.Sprintf(" | %.1f | | | |", r.cpuUS)
 			case t.gw == nil:
 				row += " | | | | |"
 			case t.gw.redis:
@@ -403,7 +419,16 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 			fmt.Println(row)
 		}
 	}
-	fmt.Printf("\nat one connection (p50): ")
+	for _, c := range o.conns {
+		for _, t := range targets {
+			if t.gw == nil || !t.gw.redis {
+				continue
+			}
+			r := median(runs[t.name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
+			fmt.Printf("\n%s at %d connections, Redis commands per request by command: %s", t.name, c, topCommands(r.redisBy, 8))
+		}
+	}
+	fmt.Printf("\n\nat one connection (p50): ")
 	names := append([]string{"upstream direct"}, func() []string {
 		var out []string
 		for _, t := range targets {
@@ -445,6 +470,9 @@ type meter struct {
 func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Duration) (result, error) {
 	var before redisStats
 	var cpu0, miss0, open0 float64
+	if t.gw == nil && t.pid != 0 {
+		cpu0 = cpuSeconds(t.pid)
+	}
 	if t.gw != nil {
 		cpu0 = cpuSeconds(t.gw.pid)
 		miss0 = metricSum(t.gw.metrics, "keygate_auth_cache_lookups_total", `result="miss"`)
@@ -481,6 +509,9 @@ func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Dur
 	}
 	close(done)
 	wg.Wait()
+	if err == nil && t.gw == nil && t.pid != 0 && r.requests > 0 {
+		r.cpuUS = (cpuSeconds(t.pid) - cpu0) * 1e6 / r.requests
+	}
 	if err != nil || t.gw == nil || r.requests == 0 {
 		return r, err
 	}
@@ -492,6 +523,12 @@ func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Dur
 		after := m.redisStats()
 		r.redisUS = (after.cpu - before.cpu) * 1e6 / r.requests
 		r.redisCmd = (after.calls - before.calls) / r.requests
+		r.redisBy = map[string]float64{}
+		for k, v := range after.byCmd {
+			if d := (v - before.byCmd[k]) / r.requests; d > 0 {
+				r.redisBy[k] = d
+			}
+		}
 	}
 	return r, nil
 }
@@ -500,6 +537,9 @@ func (m *meter) load(t target, keys []string, skew bool, conns int, dur time.Dur
 type redisStats struct {
 	cpu   float64 // seconds, user + system
 	calls float64 // commands, without the INFO calls that read them
+	// byCmd are the calls by command (scripts' own commands counted under
+	// theirs, EVALSHA under its own).
+	byCmd map[string]float64
 }
 
 func (m *meter) redisStats() redisStats {
@@ -514,7 +554,7 @@ func (m *meter) redisStats() redisStats {
 
 // parseRedisInfo sums CPU and command calls from INFO cpu and commandstats.
 func parseRedisInfo(info string) redisStats {
-	var s redisStats
+	s := redisStats{byCmd: map[string]float64{}}
 	for _, line := range strings.Split(info, "\n") {
 		line = strings.TrimSpace(line)
 		k, v, ok := strings.Cut(line, ":")
@@ -529,6 +569,7 @@ func parseRedisInfo(info string) redisStats {
 			calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
 			f, _ := strconv.ParseFloat(calls, 64)
 			s.calls += f
+			s.byCmd[strings.TrimPrefix(k, "cmdstat_")] += f
 		}
 	}
 	return s
@@ -758,6 +799,50 @@ func (m *meter) loadWrk(addr string, keys []string, skew bool, conns int, dur ti
 	return r, nil
 }
 
+// touchEach sends one request with each key, from conns connections: the
+// warm-up that makes every key known before anything is measured. A key
+// whose request fails (a loaded machine can push a first sight's store
+// call past KEYGATE_REDIS_TIMEOUT) is tried again, up to three times; it
+// returns how many keys never got a 200.
+func touchEach(addr string, keys []string, conns int) int {
+	tr := &http.Transport{MaxIdleConnsPerHost: conns}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	for range 3 {
+		var next atomic.Int64
+		var mu sync.Mutex
+		var failed []string
+		var wg sync.WaitGroup
+		for range conns {
+			wg.Go(func() {
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= len(keys) {
+						return
+					}
+					req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+					req.Header.Set("X-API-Key", keys[i])
+					resp, err := client.Do(req)
+					if err == nil {
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+					if err != nil || resp.StatusCode != http.StatusOK {
+						mu.Lock()
+						failed = append(failed, keys[i])
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if keys = failed; len(keys) == 0 {
+			break
+		}
+	}
+	return len(keys)
+}
+
 func loadGo(addr string, keys []string, skew bool, conns int, dur time.Duration) (result, error) {
 	tr := &http.Transport{MaxIdleConnsPerHost: conns}
 	defer tr.CloseIdleConnections()
@@ -814,6 +899,31 @@ func loadGo(addr string, keys []string, skew bool, conns int, dur time.Duration)
 	}
 	slices.Sort(lat)
 	return result{rps: float64(len(lat)) / dur.Seconds(), requests: float64(len(lat)), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], failed: float64(bad.Load())}, nil
+}
+
+// topCommands formats the n commands with the most calls per request.
+func topCommands(by map[string]float64, n int) string {
+	names := make([]string, 0, len(by))
+	for k := range by {
+		names = append(names, k)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		switch {
+		case by[a] > by[b]:
+			return -1
+		case by[a] < by[b]:
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	var parts []string
+	for _, k := range names[:min(n, len(names))] {
+		parts = append(parts, fmt.Sprintf("%s %.3f", k, by[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // median returns the result whose key is the median of rs, with the peak

@@ -11,13 +11,16 @@
 //     to about Span of the observed traffic, so blocks shrink to one unit,
 //     which is charging per request, as a quota nears its end.
 //   - One block serves every key of the organization that has no max of its
-//     own; each key's requests are booked exactly, in batches (a hash of
-//     per-key counts, one call for many keys), off the request path.
+//     own; each key's requests are counted exactly and sent off the request
+//     path, with the next call for the organization, as this holder's held
+//     counts: one field per organization and window for all its keys, so
+//     the Redis cost grows with the calls, not with the keys. They are
+//     folded into the shared hash of per-key counts rarely (held.go).
 //   - Unspent units go back to the same window at most IdleReturn+Tick after
 //     a block went idle (sooner when it was granted smaller than asked), at
 //     Close, and when the org's max changes. A settlement (per-key counts
-//     and units back) is numbered and applied once, so a retry after a lost
-//     reply never gives back or books twice.
+//     held or folded, and units back) is numbered and applied once, so a
+//     retry after a lost reply never gives back or books twice.
 //   - A charge refused for want of free units while other holders may hold
 //     unspent ones (they tell Redis what they hold) waits for them, up to
 //     RefusalWait and never past its deadline; the holders learn of the

@@ -38,10 +38,22 @@ type Options struct {
 	// booked (500ms). With Tick, what is held comes back within
 	// IdleReturn+Tick plus one round trip of going idle.
 	IdleReturn time.Duration
-	// FlushEvery bounds how long a key's count waits while traffic goes on
-	// (5s); less than Hold, so that other sidecars see a live claim for
-	// every count not booked yet.
+	// FlushEvery bounds how long a key's count waits in this process
+	// while traffic goes on and no renewal carries it (5s); less than
+	// Hold, so that other sidecars see a live claim for every count not
+	// in Redis yet.
 	FlushEvery time.Duration
+	// FoldEvery bounds how long a key's count stays in this holder's held
+	// counts in Redis (one field per organization and window, see
+	// rediscounter.Lease.Held) before it is folded into the per-key hash
+	// while traffic goes on (2m); an idle organization's are folded with
+	// its block's return, and at Close. Folding costs Redis per key, held
+	// counts per byte sent with each call: the default balances the two
+	// for keys seen every few seconds.
+	FoldEvery time.Duration
+	// MaxHeld bounds a holder's held counts of one organization, encoded
+	// (32 KiB): past it they are folded at once.
+	MaxHeld int
 	// Span sizes blocks: about this much of the observed traffic (2s).
 	Span time.Duration
 	// MaxBlock bounds a block (1<<20).
@@ -76,6 +88,11 @@ func (o *Options) defaults() {
 	def(&o.Span, 2*time.Second)
 	def(&o.Hold, 10*time.Second)
 	o.FlushEvery = min(o.FlushEvery, o.Hold/2)
+	def(&o.FoldEvery, 2*time.Minute)
+	if o.MaxHeld <= 0 {
+		o.MaxHeld = 32 << 10
+	}
+	o.MaxHeld = min(o.MaxHeld, rediscounter.MaxHeldBytes)
 	def(&o.Timeout, 250*time.Millisecond)
 	def(&o.RefusalWait, o.IdleReturn+2*o.Tick)
 	if o.MaxBlock <= 0 {
@@ -147,6 +164,23 @@ type orgLease struct {
 	// dirty lists the keys with pending counts or no known count, so a
 	// settlement does not walk every key of the organization.
 	dirty []string
+	// held lists the keys whose counts are in this holder's held counts
+	// (tally.held), heldSize bounds their encoding, heldSince is when the
+	// first of them went there (see held.go).
+	held      []string
+	heldSize  int
+	heldSince time.Time
+	// confirmed are the held counts Redis holds for this holder as far
+	// as it knows (the last held counts applied); heldListed says Redis
+	// lists it as a holder of held counts; ack says its held counts were
+	// adopted and the next settlement says it knows (held.go).
+	confirmed  []rediscounter.KeyCount
+	heldListed bool
+	ack        bool
+	// foldSoon: a key with held counts was charged under a max of its
+	// own; its counts are folded with the next call, so that the max sees
+	// them (held.go).
+	foldSoon bool
 	// seq numbers this holder's settlements; doubt is one sent whose reply
 	// was lost: it is sent again, unchanged, before any other.
 	seq   uint64
@@ -185,8 +219,10 @@ type tally struct {
 	// was read at least once.
 	base  int64
 	known bool
-	// pending are not sent yet; flying are in a settlement not confirmed.
-	pending, flying int64
+	// pending are not sent yet; held are in this holder's held counts in
+	// Redis (or in a settlement that puts them there); flying are in a
+	// fold not confirmed.
+	pending, held, flying int64
 	// listed: the key is on its organization's dirty list.
 	listed bool
 }
@@ -196,6 +232,11 @@ type settlement struct {
 	seq  uint64
 	keys []rediscounter.KeyCount
 	ret  int64
+	// held replaces the holder's held counts when not nil (first: the
+	// first since a fold); fold says keys are those counts, folded into
+	// the per-key hash (held.go).
+	held             []rediscounter.KeyCount
+	fold, first, ack bool
 }
 
 // flight is one call in progress. need is the reservation it asks for (0
@@ -378,7 +419,7 @@ func (c *Counter) admit(ol *orgLease, ch quota.Charge) (quota.Result, bool) {
 	if ol.flight == nil && !ol.exhausted && !ol.tight && ol.avail < max(ol.want/4, 1) {
 		c.start(ol, 1)
 	}
-	res := quota.Result{OrgUsed: ol.used(), KeyUsed: t.base + t.pending + t.flying, Window: ol.window}
+	res := quota.Result{OrgUsed: ol.used(), KeyUsed: t.base + t.unbooked(), Window: ol.window}
 	return res, !t.known
 }
 
@@ -396,7 +437,7 @@ func (c *Counter) learnBase(ctx context.Context, id orgWindow, key string, fallb
 		if t == nil || t.known {
 			var used int64
 			if t != nil {
-				used = t.base + t.pending + t.flying
+				used = t.base + t.unbooked()
 			}
 			c.mu.Unlock()
 			return max(used, fallback)
@@ -443,10 +484,9 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 		need = 1
 	}
 	s := ol.doubt
-	// A renewal carries the keys' counts only when they are due (or units
-	// go back): booking a key's count costs Redis the same for one request
-	// as for many, so counts wait for FlushEvery while traffic goes on.
-	if s == nil && !isProbe && (need == 0 || ol.toReturn > 0 || (ol.hasPending() && now.Sub(ol.oldest) >= c.opt.FlushEvery)) {
+	// A renewal carries the keys' pending counts: they go to this holder's
+	// held counts, one field whatever the number of keys (held.go).
+	if s == nil && !isProbe && (need == 0 || ol.toReturn > 0 || ol.hasPending() || c.foldDue(ol, now)) {
 		s = c.settlement(ol)
 	}
 	ol.doubt = s
@@ -461,7 +501,7 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 		l.At = ol.window.End.Add(-time.Millisecond)
 	}
 	if s != nil {
-		l.Seq, l.Keys, l.Return = s.seq, s.keys, s.ret
+		l.Seq, l.Keys, l.Return, l.Held, l.Fold, l.HeldFirst, l.Ack = s.seq, s.keys, s.ret, s.held, s.fold, s.first, s.ack
 	}
 	if need > 0 {
 		if el := now.Sub(ol.since); el >= 50*time.Millisecond && ol.spent > 0 {
@@ -476,29 +516,20 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 	return f
 }
 
-// settlement takes what ol owes Redis: the keys' pending counts (and keys
-// whose count is not known yet, to learn it) and the units to give back;
-// nil when there is nothing. Called with mu held.
+// settlement takes what ol owes Redis: the keys' pending counts, which go to
+// the holder's held counts or, when due, are folded with them into the
+// per-key hash (settleKeys, held.go); keys whose count is not known yet, to
+// learn it; and the units to give back. nil when there is nothing. Called
+// with mu held.
 func (c *Counter) settlement(ol *orgLease) *settlement {
-	var s settlement
-	for _, k := range ol.dirty {
-		t := ol.keys[k]
-		t.listed = false
-		if t.pending > 0 || !t.known {
-			s.keys = append(s.keys, rediscounter.KeyCount{KeyID: k, N: t.pending})
-			t.flying += t.pending
-			t.pending = 0
-		}
-	}
-	ol.dirty = ol.dirty[:0]
+	s := c.settleKeys(ol)
 	s.ret, ol.toReturn = ol.toReturn, 0
-	ol.oldest = time.Time{}
-	if len(s.keys) == 0 && s.ret == 0 {
+	if len(s.keys) == 0 && s.ret == 0 && s.held == nil && !s.fold {
 		return nil
 	}
 	ol.seq++
-	s.seq = ol.seq
-	return &s
+	s.seq, s.ack = ol.seq, ol.ack
+	return s
 }
 
 // fly runs one call and applies its reply.
@@ -506,7 +537,7 @@ func (c *Counter) fly(ol *orgLease, f *flight, s *settlement, l rediscounter.Lea
 	ctx, cancel := context.WithTimeout(context.Background(), c.opt.Timeout)
 	rep, err := c.rc.Lease(ctx, l)
 	cancel()
-	if l.Need > 0 {
+	if l.Need > 0 && !rep.Adopted {
 		switch {
 		case err != nil:
 			c.opt.Observer.LeaseRenewal("failed")
@@ -531,11 +562,21 @@ func (c *Counter) fly(ol *orgLease, f *flight, s *settlement, l rediscounter.Lea
 		f.err = err
 		return
 	}
+	if rep.Adopted {
+		// Nothing was applied: the settlement is rebuilt without what
+		// another holder adopted, and whoever waits asks again.
+		if s != nil && ol.doubt == s {
+			ol.doubt = nil
+			c.adopted(ol, s)
+		}
+		return
+	}
 	if s != nil && ol.doubt == s {
 		ol.doubt = nil
+		c.settled(ol, s)
 		for i, k := range s.keys {
 			if t := ol.keys[k.KeyID]; t != nil {
-				t.flying -= k.N
+				t.flying -= k.N // a fold's counts are in the base now
 				t.base, t.known = rep.Keys[i], true
 			}
 		}
@@ -620,8 +661,10 @@ func (c *Counter) correct(id orgWindow, key string, keyMax, org, keyUsed int64) 
 	if t := ol.keys[key]; t != nil && key != "" {
 		if keyMax < 0 {
 			keyUsed += t.base // charge.lua reads a key's lease count only for a key with a max
+		} else if t.held+t.pending > 0 {
+			ol.foldSoon = true
 		}
-		keyUsed += t.pending + t.flying
+		keyUsed += t.unbooked()
 	}
 	return org, keyUsed
 }
@@ -678,10 +721,10 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 			doubtSeq = ol.doubt.seq
 		}
 		for k, t := range ol.keys {
-			orgUnbooked += t.pending
+			orgUnbooked += t.pending + t.held
 			orgFlying += t.flying
 			if k == keyID {
-				keyUnbooked, keyFlying = t.pending, t.flying
+				keyUnbooked, keyFlying = t.pending+t.held, t.flying
 			}
 		}
 	}
@@ -698,7 +741,8 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 		keyUnbooked += keyFlying
 	}
 	// Mine is what Redis counts as held by this sidecar: its unspent units
-	// and what it admitted without booking it against a key yet.
+	// and what it admitted without booking it into the per-key hash yet
+	// (its held counts among it, which the read leaves out of the key's).
 	u.Org -= u.Mine - orgUnbooked
 	if keyID != "" {
 		u.Key += keyUnbooked + u.Pending
@@ -752,7 +796,7 @@ func (c *Counter) tick() {
 		if ol.avail > 0 && (idle >= c.opt.IdleReturn || (ol.tight && idle >= c.opt.Tick)) {
 			c.giveBack(ol)
 		}
-		due := ol.doubt != nil || ol.toReturn > 0 ||
+		due := ol.doubt != nil || ol.toReturn > 0 || c.foldDue(ol, now) ||
 			(ol.hasPending() && (idle >= c.opt.IdleReturn || now.Sub(ol.oldest) >= c.opt.FlushEvery))
 		if due {
 			c.start(ol, 0)
@@ -761,7 +805,7 @@ func (c *Counter) tick() {
 		if c.probe(ol, nil, now) {
 			continue
 		}
-		if ol.avail == 0 && !ol.hasPending() && idle >= forget && len(ol.kb) == 0 {
+		if ol.avail == 0 && !ol.hasPending() && len(ol.held) == 0 && idle >= forget && len(ol.kb) == 0 {
 			delete(c.orgs, id)
 		}
 	}
@@ -786,7 +830,7 @@ func (c *Counter) Close(ctx context.Context) error {
 		for _, ol := range c.orgs {
 			c.giveBack(ol)
 			f := ol.flight
-			if f == nil && (ol.doubt != nil || ol.toReturn > 0 || ol.hasPending()) {
+			if f == nil && (ol.doubt != nil || ol.toReturn > 0 || ol.hasPending() || len(ol.held) > 0) {
 				f = c.start(ol, 0)
 			}
 			if f != nil {

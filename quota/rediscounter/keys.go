@@ -50,12 +50,19 @@ func leaseKeyField(key, window string) string { return key + ":" + window }
 
 // leaseHoldersKey is the hash of the lease holders of an organization in one
 // window: per holder (a sidecar process), "u:<holder>" the units it booked
-// into the org counter and has neither attributed to a key nor returned,
-// "t:<holder>" until when that claim is live (unix ms), "s:<holder>" the
-// last settlement it applied, "a:<holder>" its org block's unspent units and
-// "k:<holder>" its key blocks' (as of its last call), "r:" the contention
-// mark of a refused reservation (lease.lua, keylease.lua).
+// into the org counter and has neither booked into leaseKeysKey nor
+// returned, "t:<holder>" until when that claim is live (unix ms),
+// "s:<holder>" the last settlement it applied, "a:<holder>" its org block's
+// unspent units and "k:<holder>" its key blocks' (as of its last call), "r:"
+// the contention mark of a refused reservation (lease.lua, keylease.lua),
+// "c:<holder>" its held counts (held.go) and "d:<holder>" whether another
+// holder adopted them.
 func leaseHoldersKey(org, window string) string { return prefix(org) + "q:lease:" + window }
+
+// leaseHeldKey is the sorted set of the lease holders of an organization in
+// one window that hold counts in leaseHoldersKey (c:<holder>), scored by
+// when those began (unix ms): for folds to find a dead holder's.
+func leaseHeldKey(org, window string) string { return prefix(org) + "q:held:" + window }
 
 // keyHoldersKey is the hash of the holders of blocks of one key in one
 // window: "a:<holder>" what its block held unspent at its last call,

@@ -37,11 +37,28 @@ type Lease struct {
 	// units it holds stays live after this call.
 	Holder string
 	Hold   time.Duration
-	// Seq numbers the settlement (Keys and Return), from 1 up per holder
-	// and window; 0 means none. A settlement is applied once: resending it
-	// after a lost reply is safe.
-	Seq    uint64
-	Keys   []KeyCount
+	// Seq numbers the settlement (Keys, Held, Fold and Return), from 1 up
+	// per holder and window; 0 means none. A settlement is applied once:
+	// resending it after a lost reply is safe.
+	Seq uint64
+	// Keys are booked into the keys' lease counts (the per-key hash) and
+	// answered with the counts after; N 0 only reads a key's count.
+	Keys []KeyCount
+	// Held, when not nil, replaces the holder's held counts: the requests
+	// of keys it admitted that no key's lease count shows yet, all of
+	// them (at most MaxHeldBytes encoded). Storing them costs Redis one
+	// field whatever the number of keys; usage readers add them to the
+	// keys' usage. Fold instead empties them: Keys are then those counts,
+	// booked into the keys' lease counts at once.
+	Held []KeyCount
+	Fold bool
+	// HeldFirst says Held are the first since the holder's last fold (or
+	// since it acknowledged an adoption): it is listed as a holder with
+	// held counts, for the folds of others to adopt them if it dies.
+	HeldFirst bool
+	// Ack acknowledges that this holder's held counts were adopted
+	// (LeaseReply.Adopted) and that Held and Keys no longer count them.
+	Ack    bool
 	Return int64
 	// Need > 0 asks for a block of at least Need and at most Want units of
 	// the organization's quota (OrgMax, -1 unlimited), at most 1/Share of
@@ -73,6 +90,11 @@ type LeaseReply struct {
 	Grant int64
 	// Dup says the settlement had been applied before.
 	Dup bool
+	// Adopted: the holder's held counts were folded by another holder,
+	// which took it for dead; nothing was applied nor reserved. The holder
+	// drops what its held counts held and sends its settlement again, with
+	// Ack.
+	Adopted bool
 	// Keys are the keys' lease counts after the settlement, in order.
 	Keys   []int64
 	Window quota.Window
@@ -90,19 +112,34 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 	if err := quota.CheckOrgID(l.OrgID); err != nil {
 		return LeaseReply{}, err
 	}
-	if l.Need < 0 || l.Want < l.Need || l.Return < 0 || l.Share < 1 {
-		return LeaseReply{}, fmt.Errorf("lease of org %s: need %d, want %d, return %d, share %d", l.OrgID, l.Need, l.Want, l.Return, l.Share)
+	if l.Need < 0 || l.Want < l.Need || l.Return < 0 || l.Share < 1 || (l.Fold && l.Held != nil) {
+		return LeaseReply{}, fmt.Errorf("lease of org %s: need %d, want %d, return %d, share %d, fold with held counts %t",
+			l.OrgID, l.Need, l.Want, l.Return, l.Share, l.Fold && l.Held != nil)
+	}
+	if len(l.Keys) > MaxLeaseKeys {
+		return LeaseReply{}, fmt.Errorf("lease of org %s: %d keys, at most %d in one call", l.OrgID, len(l.Keys), MaxLeaseKeys)
+	}
+	held := "-"
+	switch {
+	case l.Fold:
+		held = ""
+	case l.Held != nil:
+		var err error
+		if held, err = encodeHeld(l.Held); err != nil {
+			return LeaseReply{}, fmt.Errorf("lease of org %s: %w", l.OrgID, err)
+		}
 	}
 	w := l.Period.Window(l.At)
 	var expireAt int64
 	if at := w.ExpireAt(); !at.IsZero() {
 		expireAt = at.Unix()
 	}
-	keys := []string{orgCounterKey(l.OrgID, w.ID), leaseHoldersKey(l.OrgID, w.ID), leaseKeysKey(l.OrgID, w.ID)}
-	args := make([]any, 0, 13+2*len(l.Keys))
+	keys := []string{orgCounterKey(l.OrgID, w.ID), leaseHoldersKey(l.OrgID, w.ID), leaseKeysKey(l.OrgID, w.ID), leaseHeldKey(l.OrgID, w.ID)}
+	args := make([]any, 0, 17+2*len(l.Keys))
 	args = append(args, l.Holder, l.At.UnixMilli(), l.Hold.Milliseconds(), expireAt,
 		strconv.FormatUint(l.Seq, 10), l.Return, l.Need, l.Want, limit(l.OrgMax), l.Share, max(l.Waiting, 0),
-		max(l.Avail, 0), max(l.MarkFor.Milliseconds(), 1))
+		max(l.Avail, 0), max(l.MarkFor.Milliseconds(), 1),
+		held, flag(l.HeldFirst), flag(l.Ack), AdoptAfter.Milliseconds())
 	for _, k := range l.Keys {
 		if k.N < 0 {
 			return LeaseReply{}, fmt.Errorf("lease of org %s: key %s: negative count %d", l.OrgID, k.KeyID, k.N)
@@ -112,6 +149,9 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 	v, err := leaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return LeaseReply{}, storeError("lease of org "+l.OrgID, err)
+	}
+	if len(v) == 4 && v[0] == -2 {
+		return LeaseReply{Adopted: true, Org: -1, Window: w}, nil
 	}
 	n := len(l.Keys)
 	if len(v) != 6+n {
@@ -150,7 +190,7 @@ func (c *Counter) LeaseUsage(ctx context.Context, orgID, keyID string, period qu
 		readKey = "1"
 	}
 	keys := []string{orgCounterKey(orgID, w.ID), keyCounterKey(orgID, keyID, w.ID), leaseHoldersKey(orgID, w.ID), leaseKeysKey(orgID, w.ID)}
-	v, err := usageScript.Run(ctx, c.rdb, keys, holder, at.UnixMilli(), readKey).Int64Slice()
+	v, err := usageScript.Run(ctx, c.rdb, keys, holder, at.UnixMilli(), readKey, heldName(keyID)).Int64Slice()
 	if err != nil {
 		return HolderUsage{}, storeError("reading usage of org "+orgID, err)
 	}
