@@ -51,7 +51,9 @@ func redisCost(ctx context.Context, rdb redis.UniversalClient) (cmds, cpuMicros 
 // and for 20,000 keys in 100 organizations cycled evenly. It reports Redis
 // commands and Redis CPU per admitted request (INFO commandstats, INFO cpu)
 // besides ns/op. With leases off every charge carries a token, as the gate
-// sends them.
+// sends them. The "-rate" cases carry an organization and a key rate limit
+// (10⁶/s each, burst 10⁶, far above what the benchmark reaches) and date
+// each charge by the clock, as the gate does.
 func BenchmarkCharge(b *testing.B) {
 	for _, mode := range []string{"off", "auto"} {
 		for _, tr := range []struct {
@@ -60,8 +62,10 @@ func BenchmarkCharge(b *testing.B) {
 			// rate paces the charges (per second, 0 = as fast as they go):
 			// the per-key bookings cost Redis per key and per 5s, not per
 			// request, so their share depends on the rate.
-			rate int
-		}{{"one-key", 1, 1, 0}, {"20000-keys-100-orgs", 20000, 100, 0}, {"20000-keys-100-orgs-15000rps", 20000, 100, 15000}} {
+			rate  int
+			rated bool
+		}{{"one-key", 1, 1, 0, false}, {"20000-keys-100-orgs", 20000, 100, 0, false}, {"20000-keys-100-orgs-15000rps", 20000, 100, 15000, false},
+			{"one-key-rate", 1, 1, 0, true}, {"100-orgs-rate", 100, 100, 0, true}} {
 			b.Run(mode+"/"+tr.name, func(b *testing.B) {
 				srv := redistest.Start(b)
 				rdb := redistest.NewClient(b, srv.Addr())
@@ -76,10 +80,17 @@ func BenchmarkCharge(b *testing.B) {
 				}
 				now := time.Now()
 				var seq atomic.Int64
+				rates := []quota.RateLimit{
+					{Name: "org-rate", Scope: quota.ScopeOrg, Requests: 1_000_000, Per: time.Second},
+					{Name: "key-rate", Scope: quota.ScopeKey, Requests: 1_000_000, Per: time.Second},
+				}
 				charge := func(i int64) {
 					k := i % int64(tr.keys)
 					ch := quota.Charge{OrgID: "org" + strconv.FormatInt(k%int64(tr.orgs), 10), KeyID: "k" + strconv.FormatInt(k, 10),
 						Cost: 1, OrgMax: 1 << 40, KeyMax: -1, Period: quota.PeriodMonth, At: now}
+					if tr.rated {
+						ch.At, ch.RateLimits = time.Now(), rates
+					}
 					if mode == "off" {
 						ch.Token = "t" + strconv.FormatInt(i, 10)
 					}
@@ -103,6 +114,7 @@ func BenchmarkCharge(b *testing.B) {
 					waits0 = lcw.waits.Load()
 				}
 				b.SetParallelism(16)
+				b.ReportAllocs()
 				b.ResetTimer()
 				t0, n0 := time.Now(), seq.Load()
 				b.RunParallel(func(pb *testing.PB) {

@@ -53,6 +53,13 @@ func attempts(ch quota.Charge) int {
 	return maxAttempts
 }
 
+// rateHorizon is how far ahead a block reaches at least: RateSpan, and at
+// most 1/RateShare of the limit's burst tolerance, so that what one sidecar
+// holds ahead of its traffic stays a small part of the burst.
+func (c *Counter) rateHorizon(l quota.RateLimit) time.Duration {
+	return min(c.rateSpan(), time.Duration(l.EffectiveBurst())*l.Interval()/time.Duration(c.rateShare()))
+}
+
 // rateID names a rate limit's state: one per organization, or one per key
 // of the organization (key is empty for an organization's limit).
 type rateID struct {
@@ -265,7 +272,8 @@ func (c *Counter) startRates(ch quota.Charge, blocks []*rateBlock, need []int) *
 		b := blocks[i]
 		b.limit = ch.RateLimits[i]
 		b.resize(now, c.rateSpan())
-		ask := rediscounter.RateAsk{Limit: b.limit, Want: max(b.want, ch.Cost+b.waiting), Waiting: ch.Cost + b.waiting}
+		ask := rediscounter.RateAsk{Limit: b.limit, Want: max(b.want, ch.Cost+b.waiting), Waiting: ch.Cost + b.waiting,
+			Horizon: c.rateHorizon(b.limit)}
 		ask.End, ask.From = b.giveBack()
 		rl.Limits = append(rl.Limits, ask)
 		b.flight = f

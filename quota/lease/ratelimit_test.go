@@ -448,3 +448,79 @@ func TestRateRefusedWhileOthersHold(t *testing.T) {
 		t.Errorf("others held %d slots at a refusal, want at most %d", worst, bound)
 	}
 }
+
+// TestRateCrashCountsAsUsed: a sidecar that dies holding slots leaves them
+// counted as used: another finds the limit spent and is told how long to
+// wait.
+func TestRateCrashCountsAsUsed(t *testing.T) {
+	srv := redistest.Start(t)
+	lim := quota.RateLimit{Name: "org-rate", Scope: quota.ScopeOrg, Requests: 5, Per: time.Minute}
+	a := New(rediscounter.New(redistest.NewClient(t, srv.Addr())), "", Options{Timeout: 5 * time.Second, RateShare: 1, RateSpan: time.Hour})
+	at := time.Now()
+	ch := orgCharge("org1", "k1", -1, at)
+	ch.RateLimits = []quota.RateLimit{lim}
+	if _, err := a.Charge(t.Context(), ch); err != nil {
+		t.Fatal(err)
+	}
+	if held := a.rateHeld("org1", lim.Name, at); held != 4 {
+		t.Fatalf("held %d slots, want 4", held)
+	}
+	a.abandon() // kill -9: nothing goes back
+	b := newLease(t, redistest.NewClient(t, srv.Addr()), Options{})
+	var rl *quota.RateLimitedError
+	if _, err := b.Charge(t.Context(), ch); !errors.As(err, &rl) || rl.RetryAfter != 12*time.Second {
+		t.Errorf("after the crash: %v, want refused with Retry-After 12s (the dead sidecar's 4 slots count as used)", err)
+	}
+}
+
+// TestRateBelowLimit: four sidecars whose traffic together is about half an
+// organization limit of 1000/s, burst 100, paced: nothing is refused, and
+// the sidecars charge Redis far less than once per request.
+func TestRateBelowLimit(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	lim := quota.RateLimit{Name: "org-rate", Scope: quota.ScopeOrg, Requests: 1000, Per: time.Second, Burst: 100}
+	const n, workers, run, pace = 4, 2, time.Second, 16 * time.Millisecond // 4 × 2 × 62.5/s = 500/s
+	cs := make([]*Counter, n)
+	for i := range cs {
+		cs[i] = newLease(t, redistest.NewClient(t, srv.Addr()), Options{})
+	}
+	var admitted, refused atomic.Int64
+	var wg sync.WaitGroup
+	calls0 := scriptCalls(t, rdb)
+	start := time.Now()
+	for i, c := range cs {
+		for range workers {
+			wg.Go(func() {
+				for range int(run / pace) {
+					if time.Since(start) > run {
+						return
+					}
+					ch := orgCharge("org1", "k"+strconv.Itoa(i), -1, time.Now())
+					ch.RateLimits = []quota.RateLimit{lim}
+					_, err := c.Charge(t.Context(), ch)
+					var rl *quota.RateLimitedError
+					switch {
+					case err == nil:
+						admitted.Add(1)
+					case errors.As(err, &rl):
+						refused.Add(1)
+					default:
+						t.Error(err)
+						return
+					}
+					time.Sleep(pace) // paces the offered traffic
+				}
+			})
+		}
+	}
+	wg.Wait()
+	calls := scriptCalls(t, rdb) - calls0
+	t.Logf("admitted %d, refused %d, %d script calls (%.3f per request, quota blocks included)", admitted.Load(), refused.Load(), calls, float64(calls)/float64(admitted.Load()))
+	if refused.Load() > 0 {
+		t.Errorf("%d refused at half the limit", refused.Load())
+	}
+	if calls*2 > admitted.Load() {
+		t.Errorf("%d script calls for %d requests, want fewer than one per two", calls, admitted.Load())
+	}
+}

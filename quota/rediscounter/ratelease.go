@@ -43,6 +43,11 @@ type RateAsk struct {
 	// waiting for it need: the block is Cost, or up to 1/Share of the free
 	// slots, or up to Waiting if more, and never more than Want.
 	Want, Waiting int64
+	// Horizon extends a block that would end sooner to at least At +
+	// Horizon (at most the limit's burst tolerance): a sidecar spends a
+	// slot no earlier than it starts, so it needs slots that far ahead to
+	// admit for that long at a rate below the limit's.
+	Horizon time.Duration
 	// End and From give back the holder's unspent slots [From, End) of its
 	// last block (unix µs): applied only while the limit's TAT is still End
 	// and the holder's, so a retry or a stale give-back changes nothing.
@@ -82,13 +87,13 @@ func (c *Counter) RateLease(ctx context.Context, l RateLease) (RateLeaseReply, e
 		return RateLeaseReply{}, fmt.Errorf("rate lease of org %s: cost %d, share %d, %d limits", l.OrgID, l.Cost, l.Share, len(l.Limits))
 	}
 	keys := make([]string, 0, 2*len(l.Limits))
-	args := make([]any, 0, 4+7*len(l.Limits))
+	args := make([]any, 0, 4+8*len(l.Limits))
 	args = append(args, l.Holder, l.At.UnixMicro(), l.Cost, l.Share)
 	for _, a := range l.Limits {
 		if err := a.Limit.Validate(); err != nil {
 			return RateLeaseReply{}, fmt.Errorf("rate lease of org %s: %w", l.OrgID, err)
 		}
-		if a.Want < l.Cost || a.Waiting < 0 || a.End < 0 || a.From > a.End {
+		if a.Want < l.Cost || a.Waiting < 0 || a.Horizon < 0 || a.End < 0 || a.From > a.End {
 			return RateLeaseReply{}, fmt.Errorf("rate lease of org %s: limit %s: want %d, waiting %d, give back [%d, %d)", l.OrgID, a.Limit.Name, a.Want, a.Waiting, a.From, a.End)
 		}
 		keys = append(keys, rateKey(l.OrgID, l.KeyID, a.Limit), rateHolderKey(l.OrgID, l.KeyID, a.Limit))
@@ -96,7 +101,8 @@ func (c *Counter) RateLease(ctx context.Context, l RateLease) (RateLeaseReply, e
 		if a.Limit.Shadow {
 			shadow = 1
 		}
-		args = append(args, a.Limit.Interval().Microseconds(), a.Limit.EffectiveBurst(), shadow, a.Want, a.Waiting, a.End, a.From)
+		args = append(args, a.Limit.Interval().Microseconds(), a.Limit.EffectiveBurst(), shadow, a.Want, a.Waiting,
+			a.Horizon.Microseconds(), a.End, a.From)
 	}
 	v, err := rateLeaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
 	if err != nil {

@@ -18,12 +18,13 @@
 -- ARGV[2] the call's instant t, unix µs (the script never reads the clock)
 -- ARGV[3] cost c of the charge, >= 0; 0 reserves nothing (a give-back only)
 -- ARGV[4] share: a block is at most 1/share of the free slots (>= 1) ...
--- per limit i, the seven from ARGV[5 + 7(i-1)]:
+-- per limit i, the eight from ARGV[5 + 8(i-1)]:
 --   interval I (µs per unit, >= 1), burst B (units, >= 1), 1 = shadow,
 --   want (units wanted, >= c), waiting (units requests waiting for this block
---   need: ... or that many, if more, up to the free slots), and the give-back:
---   E the end of the holder's block (0 = nothing to give back) and L its
---   local TAT (the start of its unspent part, <= E)
+--   need: ... or that many, if more, up to the free slots), horizon H (µs,
+--   0 <= H <= B*I: a block reaches at least t + H, see below), and the
+--   give-back: E the end of the holder's block (0 = nothing to give back)
+--   and L its local TAT (the start of its unspent part, <= E)
 --
 -- Reply {status, then five integers per limit}: status 1, or -3 when an
 -- enforced limit has no room for c (nothing is reserved; give-backs and
@@ -36,7 +37,12 @@
 -- t iff c <= B and max(TAT, t) + c*I - t <= B*I. A grant of g >= c units is
 -- the slots [max(TAT, t), max(TAT, t) + g*I): TAT advances by g*I, so every
 -- slot of a block counts as used from the grant on, spent or not, and is
--- never counted twice. A give-back applies only when the TAT is still the
+-- never counted twice. A block that would end before t + H is extended to
+-- it: slots are spent no earlier than they start, so a sidecar whose own
+-- traffic is below the limit's rate needs slots up to H ahead to admit for
+-- H; the slots between the TAT and t + H are the limit's idle capacity,
+-- taken by the first holder after the TAT fell behind, and the others' blocks
+-- stack after it. A give-back applies only when the TAT is still the
 -- end of the holder's block (nobody took slots after it): the TAT goes back
 -- to L. A stored TAT more than B*I ahead counts as t + B*I and is stored so,
 -- as in charge.lua. Every number stays an integer below 2^53.
@@ -53,12 +59,13 @@ end
 local lims = {}
 local refused = false
 for i = 1, n do
-  local a = 4 + 7 * (i - 1)
+  local a = 4 + 8 * (i - 1)
   local l = {
     interval = tonumber(ARGV[a + 1]), burst = tonumber(ARGV[a + 2]), shadow = ARGV[a + 3] == '1',
-    want = tonumber(ARGV[a + 4]), waiting = tonumber(ARGV[a + 5]), store = false,
+    want = tonumber(ARGV[a + 4]), waiting = tonumber(ARGV[a + 5]), horizon = tonumber(ARGV[a + 6]),
+    store = false,
   }
-  local e, from = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local e, from = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
   local v = redis.call('GET', KEYS[2 * i - 1])
   if v then
     l.tat = tonumber(v)
@@ -100,6 +107,8 @@ for i = 1, n do
     start = t + l.debt
     local free = math.floor((l.burst * l.interval - l.debt) / l.interval)
     grant = math.min(l.want, math.max(cost, math.floor(free / share), math.min(free, l.waiting)), free)
+    local reach = math.floor((math.min(l.horizon, l.burst * l.interval) - l.debt) / l.interval)
+    grant = math.max(grant, math.min(reach, free))
     l.tat = start + grant * l.interval
     local ttl = px(l.tat)
     redis.call('SET', KEYS[2 * i - 1], string.format('%d', l.tat), 'PX', ttl)
