@@ -18,10 +18,14 @@
 //     Close, and when the org's max changes. A settlement (per-key counts
 //     and units back) is numbered and applied once, so a retry after a lost
 //     reply never gives back or books twice.
+//   - A charge's rate limits lease too (ratelimit.go): blocks of
+//     consecutive GCRA slots reserved in Redis (ratelease.lua), spent with a
+//     local TAT no earlier than a slot starts and no later than the burst
+//     tolerance allows, so the fleet never admits more than one GCRA would.
 //   - A charge the package cannot express exactly goes per request through
-//     the wrapped rediscounter.Counter: one with a token, a nonce, a rate
-//     limit, a key max, or cost 0. Such a charge carries a token of its own,
-//     so a retry after a lost reply counts once.
+//     the wrapped rediscounter.Counter: one with a token, a nonce, a key
+//     max, or cost 0. Such a charge carries a token of its own, so a retry
+//     after a lost reply counts once.
 //   - While Redis is unreachable, charges are admitted from the block held,
 //     exactly counted; past it they fail with quota.ErrUnavailable, and the
 //     caller's failure mode applies.
