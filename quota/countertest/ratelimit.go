@@ -30,6 +30,7 @@ var rateTests = []struct {
 	{"RateCostZero", testRateCostZero},
 	{"RateInvalid", testRateInvalid},
 	{"RateLimitChanged", testRateLimitChanged},
+	{"RateEarlyChargeLowersNothing", testRateEarlyChargeLowersNothing},
 }
 
 // rateBase is the rate cases' "now": mid-month, so that the minutes they
@@ -531,6 +532,26 @@ func testRateLimitChanged(t *testing.T, s *suite) {
 	res = s.admit(t, ch)
 	wantRate(t, res.RateLimits[0], 0, 100*time.Millisecond, time.Second, false)
 	s.wantUsage(t, "org1", "k1", ch.Period, rateBase, 10, 10)
+}
+
+func testRateEarlyChargeLowersNothing(t *testing.T, s *suite) {
+	lim := orgRate(10, time.Second, 10) // every 100ms, window 1s
+	ch := rcharge("org1", "k1")
+	ch.RateLimits = []quota.RateLimit{lim}
+	ch.Cost = 10
+	s.admit(t, ch) // debt 1s: full to the brim
+	// A charge dated 300ms earlier (it raced to the store) sees a debt
+	// beyond the window: refused, as if the bucket were just empty, and it
+	// lowers nothing, else the slots up to the brim would be handed out
+	// twice.
+	ch.Cost = 1
+	ch.At = rateBase.Add(-300 * time.Millisecond)
+	wantLimited(t, s.limited(t, ch), lim, 100*time.Millisecond, time.Second)
+	ch.At = rateBase.Add(50 * time.Millisecond)
+	wantLimited(t, s.limited(t, ch), lim, 50*time.Millisecond, 950*time.Millisecond)
+	ch.At = rateBase.Add(100 * time.Millisecond)
+	s.admit(t, ch)
+	s.wantUsage(t, "org1", "k1", ch.Period, rateBase, 11, 11)
 }
 
 // RunShared runs the cases of two counters on one store (two sidecars on
