@@ -262,7 +262,7 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 				if err := c.awaitRates(ctx, ch, w, err); err != nil {
 					return quota.Result{}, err
 				}
-				rf = w.f
+				rf = seen(rf, w)
 				continue
 			}
 			res, needBase := c.admit(ol, ch)

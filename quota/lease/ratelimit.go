@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"time"
 
@@ -164,6 +165,19 @@ type rateWait struct {
 	f      *rateFlight
 	blocks []*rateBlock
 	cost   int64
+}
+
+// seen is what the rate calls a charge waited for saw, the latest first:
+// prev's blocks and w's, so that a charge with several limits decides by
+// every call it waited for.
+func seen(prev *rateFlight, w *rateWait) *rateFlight {
+	if prev == nil || prev.err != nil || w.f.err != nil {
+		return w.f
+	}
+	f := &rateFlight{tats: make(map[*rateBlock]int64, len(prev.tats)+len(w.f.tats))}
+	maps.Copy(f.tats, prev.tats)
+	maps.Copy(f.tats, w.f.tats)
+	return f
 }
 
 // rateBlockOf returns the block of ch's limit l, creating it. Called with mu
