@@ -55,7 +55,10 @@ func redisCost(ctx context.Context, rdb redis.UniversalClient) (cmds, cpuMicros 
 // sends them. Every key is charged once before the timer starts, so the
 // figures are those of steady traffic; a paced case needs a -benchtime of
 // some seconds (e.g. 60000x at 6000 charges/s) to include renewals, held
-// counts and folds in their proportions.
+// counts and folds in their proportions. The "-rate" cases carry an
+// organization and a key rate limit (10⁶/s each, burst 10⁶, far above what
+// the benchmark reaches) and date each charge by the clock, as the gate
+// does.
 func BenchmarkCharge(b *testing.B) {
 	for _, mode := range []string{"off", "auto"} {
 		for _, tr := range []struct {
@@ -66,16 +69,19 @@ func BenchmarkCharge(b *testing.B) {
 			// request, so their share depends on the rate.
 			rate int
 			// fold overrides Options.FoldEvery.
-			fold time.Duration
+			fold  time.Duration
+			rated bool
 		}{
-			{"one-key", 1, 1, 0, 0},
-			{"one-key-with-max", 1, 1, 0, 0},
-			{"20000-keys-100-orgs", 20000, 100, 0, 0},
-			{"20000-keys-100-orgs-15000rps", 20000, 100, 15000, 0},
+			{"one-key", 1, 1, 0, 0, false},
+			{"one-key-with-max", 1, 1, 0, 0, false},
+			{"20000-keys-100-orgs", 20000, 100, 0, 0, false},
+			{"20000-keys-100-orgs-15000rps", 20000, 100, 15000, 0, false},
 			// The load test's rate on this machine; folding every 5s
 			// rather than 30s shows what folds cost at six times the rate.
-			{"20000-keys-100-orgs-6000rps", 20000, 100, 6000, 0},
-			{"20000-keys-100-orgs-6000rps-fold5s", 20000, 100, 6000, 5 * time.Second},
+			{"20000-keys-100-orgs-6000rps", 20000, 100, 6000, 0, false},
+			{"20000-keys-100-orgs-6000rps-fold5s", 20000, 100, 6000, 5 * time.Second, false},
+			{"one-key-rate", 1, 1, 0, 0, true},
+			{"100-orgs-rate", 100, 100, 0, 0, true},
 		} {
 			b.Run(mode+"/"+tr.name, func(b *testing.B) {
 				srv := redistest.Start(b)
@@ -95,10 +101,17 @@ func BenchmarkCharge(b *testing.B) {
 				if strings.HasSuffix(tr.name, "-with-max") {
 					keyMax = 1 << 40
 				}
+				rates := []quota.RateLimit{
+					{Name: "org-rate", Scope: quota.ScopeOrg, Requests: 1_000_000, Per: time.Second},
+					{Name: "key-rate", Scope: quota.ScopeKey, Requests: 1_000_000, Per: time.Second},
+				}
 				charge := func(i int64) {
 					k := i % int64(tr.keys)
 					ch := quota.Charge{OrgID: "org" + strconv.FormatInt(k%int64(tr.orgs), 10), KeyID: "k" + strconv.FormatInt(k, 10),
 						Cost: 1, OrgMax: 1 << 40, KeyMax: keyMax, Period: quota.PeriodMonth, At: now}
+					if tr.rated {
+						ch.At, ch.RateLimits = time.Now(), rates
+					}
 					if mode == "off" {
 						ch.Token = "t" + strconv.FormatInt(i, 10)
 					}
@@ -122,6 +135,7 @@ func BenchmarkCharge(b *testing.B) {
 					waits0 = lcw.waits.Load()
 				}
 				b.SetParallelism(16)
+				b.ReportAllocs()
 				b.ResetTimer()
 				t0, n0 := time.Now(), seq.Load()
 				b.RunParallel(func(pb *testing.PB) {

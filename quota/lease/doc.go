@@ -28,10 +28,15 @@
 //   - A key with a max of its own reserves key blocks from its own counter
 //     and its organization's in one call (rediscounter.Counter.KeyLease),
 //     booked into both at once (keyblock.go).
+//   - A charge's rate limits lease too (ratelimit.go): blocks of
+//     consecutive GCRA slots reserved in Redis (ratelease.lua), spent with a
+//     local TAT no earlier than a slot starts and no later than the burst
+//     tolerance allows, so the fleet never admits more than one GCRA would.
 //   - A charge the package cannot express exactly goes per request through
-//     the wrapped rediscounter.Counter: one with a token, a nonce, a rate
-//     limit, or cost 0, and a cold key's with a max. Such a charge carries a token of its own,
-//     so a retry after a lost reply counts once.
+//     the wrapped rediscounter.Counter: one with a token, a nonce, or cost 0,
+//     one whose key has both a max of its own and a rate limit, and a cold
+//     key's with a max. Such a charge carries a token of its own, so a retry
+//     after a lost reply counts once.
 //   - While Redis is unreachable, charges are admitted from the block held,
 //     exactly counted; past it they fail with quota.ErrUnavailable, and the
 //     caller's failure mode applies.

@@ -74,6 +74,13 @@ type Options struct {
 	// Now is the clock of the background work (time.Now); charges are
 	// dated by their At as always.
 	Now func() time.Time
+	// RateSpan sizes rate-limit blocks: about this much of the observed
+	// traffic, at most this much of the limit's rate (50ms). See
+	// ratelimit.go.
+	RateSpan time.Duration
+	// RateShare: a rate-limit block is at most 1/RateShare of the limit's
+	// free slots, unless requests wait for more (8).
+	RateShare int64
 }
 
 func (o *Options) defaults() {
@@ -140,6 +147,8 @@ type Counter struct {
 	mu     sync.Mutex
 	orgs   map[orgWindow]*orgLease
 	closed bool
+	// rates are the rate-limit blocks (ratelimit.go).
+	rates map[rateID]*rateBlock
 }
 
 var _ quota.Counter = (*Counter)(nil)
@@ -273,11 +282,11 @@ func New(rc *rediscounter.Counter, holder string, o Options) *Counter {
 func (c *Counter) Holder() string { return c.holder }
 
 // leasable says whether a charge can be admitted from a block: a positive
-// cost, no token (a retried charge must get its first answer), no nonce, no
-// rate limit and no max of the key's own. Every other charge is charged per
-// request, as without leases.
+// cost, no token (a retried charge must get its first answer), no nonce and
+// no max of the key's own; its rate limits lease too (ratelimit.go). Every
+// other charge is charged per request, as without leases.
 func leasable(ch quota.Charge) bool {
-	return ch.Cost > 0 && ch.Token == "" && ch.Nonce == "" && len(ch.RateLimits) == 0 && ch.KeyMax < 0 && ch.KeyID != ""
+	return ch.Cost > 0 && ch.Token == "" && ch.Nonce == "" && ch.KeyMax < 0 && ch.KeyID != ""
 }
 
 // Charge admits ch from the organization's block when it can (see
@@ -301,7 +310,9 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	var refusal *quota.ExceededError
 	var until time.Time
 	waits := 0
-	for attempt := 0; attempt < maxAttempts; attempt++ {
+	var rf *rateFlight // the rate call this charge waited for last
+	tries := attempts(ch)
+	for attempt := 0; attempt < tries; attempt++ {
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
@@ -316,7 +327,17 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 			ol.exhausted = false
 		}
 		if ol.avail >= ch.Cost {
+			rates, w, err := c.takeRates(ch, rf)
+			if w != nil || err != nil {
+				c.mu.Unlock()
+				if err := c.awaitRates(ctx, ch, w, err); err != nil {
+					return quota.Result{}, err
+				}
+				rf = seen(rf, w)
+				continue
+			}
 			res, needBase := c.admit(ol, ch)
+			res.RateLimits = rates
 			c.mu.Unlock()
 			if needBase {
 				res.KeyUsed = c.learnBase(ctx, id, ch.KeyID, res.KeyUsed)
@@ -626,6 +647,7 @@ func (c *Counter) perRequest(ctx context.Context, ch quota.Charge) (quota.Result
 		switch {
 		case err == nil:
 			res.OrgUsed, res.KeyUsed = c.correct(id, ch.KeyID, ch.KeyMax, res.OrgUsed, res.KeyUsed)
+			res.RateLimits = c.correctRates(ch, res.RateLimits)
 			return res, nil
 		case errors.As(err, &ex):
 			if attempt == 0 && ex.Scope == quota.ScopeOrg && ch.Token == "" && c.returnNow(ctx, id) {
@@ -809,6 +831,7 @@ func (c *Counter) tick() {
 			delete(c.orgs, id)
 		}
 	}
+	c.rateTick(now)
 }
 
 // Close stops the background work and gives back every unspent unit and
@@ -824,6 +847,7 @@ func (c *Counter) Close(ctx context.Context) error {
 	c.mu.Unlock()
 	close(c.stop)
 	<-c.done
+	c.closeRates(ctx)
 	for {
 		var wait []*flight
 		c.mu.Lock()

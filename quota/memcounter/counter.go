@@ -49,6 +49,10 @@ const (
 	kindKeyRate = "rl:key" // name is "<key>:<limit>"
 )
 
+// capSlack is how far beyond its window a limit's debt must be to be
+// stored capped, as in charge.lua.
+const capSlack = time.Second
+
 // rateGrace is how long an idle rate limit's state outlives its debt, as in
 // charge.lua (PX of the debt plus a minute).
 const rateGrace = time.Minute
@@ -224,10 +228,14 @@ func (c *Counter) rates(ch quota.Charge) rateCheck {
 		if v, ok := c.counts[k]; ok && live(v.expireAt, ch.At) {
 			debt = max(v.n-now, 0)
 			// As in charge.lua: what a changed limit left is an empty
-			// bucket of this one, stored so by the charge (storeCapped).
+			// bucket of this one, stored so by the charge (storeCapped)
+			// when more than capSlack beyond the window; less is what a
+			// charge dated before the limit's last one sees.
 			if debt > burst*interval {
+				if debt > burst*interval+capSlack.Microseconds() {
+					rc.capped = append(rc.capped, i)
+				}
 				debt = burst * interval
-				rc.capped = append(rc.capped, i)
 			}
 		}
 		rc.debts[i] = debt

@@ -51,7 +51,8 @@
 -- c <= B and max(TAT, t) + c*I - t <= B*I; then TAT = max(TAT, t) + c*I.
 -- A stored TAT more than B*I ahead (left by a limit since changed) counts as
 -- t + B*I, an empty bucket of the new limit, and is stored so by any charge
--- of cost > 0, admitted or refused: it lowers a debt, it counts nothing.
+-- of cost > 0, admitted or refused, when it is more than B*I + 1s ahead: it
+-- lowers a debt, it counts nothing.
 -- Every number stays an integer below 2^53, so the doubles of Lua are exact.
 
 local tokenTTL = tonumber(ARGV[5])
@@ -119,6 +120,7 @@ if cost > 0 then
 end
 
 local n = #KEYS - 5
+local capSlack = 1000000 -- µs, see the cap below
 local rates, tats, capped
 
 -- storeCapped stores the capped state of the limits this charge does not
@@ -150,10 +152,17 @@ if n > 0 then
       -- left: it carries over as an empty bucket of this one, no more, and
       -- is stored so (below) even if this charge is refused, else a raised
       -- limit would keep the old wait.
+      -- Only a debt more than capSlack beyond the window is stored capped:
+      -- a smaller excess is what a charge dated a little before the
+      -- limit's last one sees (requests race to Redis, lease holders
+      -- reserve up to their own instant plus the window), and lowering it
+      -- would hand out slots twice.
       if debt > burst * interval then
+        if debt > burst * interval + capSlack then
+          capped = capped or {}
+          capped[i] = t + burst * interval
+        end
         debt = burst * interval
-        capped = capped or {}
-        capped[i] = t + debt
       end
     end
     local limited = 0

@@ -98,7 +98,7 @@ func ClientOptions(o *redis.UniversalOptions) *redis.UniversalOptions {
 // Load loads the charge script into every master, so the first charges do
 // not pay for a NOSCRIPT round trip. It doubles as a readiness check.
 func (c *Counter) Load(ctx context.Context) error {
-	for _, s := range []*redis.Script{chargeScript, leaseScript, keyLeaseScript, usageScript} {
+	for _, s := range []*redis.Script{chargeScript, leaseScript, keyLeaseScript, usageScript, rateLeaseScript} {
 		if err := s.Load(ctx, c.rdb).Err(); err != nil {
 			return storeError("loading scripts", err)
 		}

@@ -6,7 +6,10 @@
 // A rate limit's state is one string key holding its theoretical arrival
 // time in unix microseconds ("kg:{<org>}:rl:org:<name>", or
 // "kg:{<org>}:rl:key:<key>:<name>"), set with a PX of its debt plus a minute,
-// so an idle limit's key vanishes once the limit is full again. The PX is
+// so an idle limit's key vanishes once the limit is full again. Lease
+// holders (quota/lease) reserve blocks of a limit's slots in the same key
+// (ratelease.lua, RateLease), beside a holder key "kg:{<org>}:rlh:…" that
+// makes their give-backs safe to retry. The PX is
 // relative, so a Redis clock that differs from the sidecars' cannot empty a
 // limit early; the sidecars sharing a limit must agree on the time, as they
 // must for the quota windows.
