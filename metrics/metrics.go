@@ -97,8 +97,8 @@ type Metrics struct {
 	wouldLimit       *prometheus.CounterVec
 	authCache        *prometheus.CounterVec
 	// Children resolved once, for the calls every request makes.
-	storeObs map[string]prometheus.Observer
-	authObs  map[string]prometheus.Counter
+	storeObs         map[string]prometheus.Observer
+	authObs          map[string]prometheus.Counter
 	revocations      prometheus.Counter
 	revocationLag    prometheus.Histogram
 	leaseOutstanding prometheus.Gauge
