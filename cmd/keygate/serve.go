@@ -193,6 +193,11 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	log.Info("keygate started", zap.String("upstream", upstreamField), zap.String("store", st.kind), zap.String("quota_leases", cfg.QuotaLeases),
 		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", sealer != nil))
 	logSigning(log, sealer)
+	if n, err := releaseStartupPages(); err != nil {
+		log.Debug("start-up pages kept", zap.Error(err))
+	} else {
+		log.Debug("start-up pages released", zap.Int64("bytes", n))
+	}
 	if ready != nil {
 		l := listeners{AuthzGRPC: authzGRPC.boundAddr()}
 		for _, s := range servers {
