@@ -42,20 +42,65 @@ type direct struct {
 	idle []*upConn // most recently used last
 }
 
+// maxResponseHeaderBytes bounds what the upstream may send before its
+// answer's body (status line, headers, informational answers), as
+// http.Transport's MaxResponseHeaderBytes does; past it the answer is a 502.
+const maxResponseHeaderBytes = 1 << 20
+
 // upConn is one connection to the upstream.
 type upConn struct {
-	conn      net.Conn
-	br        *bufio.Reader
-	bw        *bufio.Writer
-	idleSince time.Time
+	conn net.Conn
+	// headerBudget is what may still be read before the answer's body;
+	// negative while a body is read (no bound: it streams).
+	headerBudget int64
+	br           *bufio.Reader
+	bw           *bufio.Writer
+	idleSince    time.Time
 	// unwatch stops the watch on the request's context, which interrupts
 	// the connection's I/O when the client goes away; false when it did.
 	unwatch func() bool
+	// mu orders the watch's interruption with setReadDeadline, so that a
+	// deadline set as the client goes away cannot undo the interruption.
+	mu          sync.Mutex
+	interrupted bool
+}
+
+// errHeaderTooLarge is an upstream answer whose head exceeds
+// maxResponseHeaderBytes.
+var errHeaderTooLarge = errors.New("upstream answer's headers exceed 1 MiB")
+
+// Read reads from the connection within the header budget.
+func (c *upConn) Read(p []byte) (int, error) {
+	if c.headerBudget == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if c.headerBudget > 0 && int64(len(p)) > c.headerBudget {
+		p = p[:c.headerBudget]
+	}
+	n, err := c.conn.Read(p)
+	if c.headerBudget > 0 {
+		c.headerBudget -= int64(n)
+	}
+	return n, err
 }
 
 // watch makes the end of ctx interrupt c's I/O until unwatch.
 func (c *upConn) watch(ctx context.Context) {
-	c.unwatch = context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(aLongTimeAgo) })
+	c.unwatch = context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.interrupted = true
+		_ = c.conn.SetDeadline(aLongTimeAgo)
+	})
+}
+
+// setReadDeadline sets the read deadline unless the watch interrupted c.
+func (c *upConn) setReadDeadline(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.interrupted {
+		_ = c.conn.SetReadDeadline(t)
+	}
 }
 
 // newDirect returns the direct path's pool for a plain-HTTP upstream, or
@@ -114,7 +159,9 @@ func (d *direct) get(ctx context.Context) (*upConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &upConn{conn: conn, br: bufio.NewReaderSize(conn, 4<<10), bw: bufio.NewWriterSize(conn, 4<<10)}, false, nil
+	c := &upConn{conn: conn, headerBudget: -1, bw: bufio.NewWriterSize(conn, 4<<10)}
+	c.br = bufio.NewReaderSize(c, 4<<10)
+	return c, false, nil
 }
 
 // put keeps c for the next request, closing the oldest idle connection
@@ -176,8 +223,12 @@ func (d *direct) exchange(c *upConn, out *http.Request) (resp *http.Response, an
 		return nil, false, err
 	}
 	if d.upstreamTimeout > 0 {
-		_ = c.conn.SetReadDeadline(time.Now().Add(d.upstreamTimeout))
+		c.setReadDeadline(time.Now().Add(d.upstreamTimeout))
 	}
+	// The head of the answer is read within its budget, counting what the
+	// buffer already holds; the body is not bounded.
+	c.headerBudget = max(maxResponseHeaderBytes-int64(c.br.Buffered()), 1)
+	defer func() { c.headerBudget = -1 }()
 	if _, err := c.br.Peek(1); err != nil {
 		return nil, false, err
 	}
@@ -195,7 +246,7 @@ func (d *direct) exchange(c *upConn, out *http.Request) (resp *http.Response, an
 		return nil, true, errors.New("upstream switched protocols for a request that asked for no upgrade")
 	}
 	if d.upstreamTimeout > 0 {
-		_ = c.conn.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 	}
 	return resp, true, nil
 }

@@ -249,6 +249,19 @@ func TestDirectPathUpstreamFailures(t *testing.T) {
 			t.Fatalf("malformed answer: %d, want 502", resp.StatusCode)
 		}
 	})
+	t.Run("endless headers", func(t *testing.T) {
+		var head strings.Builder
+		head.WriteString("HTTP/1.1 200 OK\r\n")
+		for i := range 40000 { // 2 MiB of headers, past the 1 MiB bound
+			fmt.Fprintf(&head, "X-Pad-%d: %s\r\n", i, strings.Repeat("p", 40))
+		}
+		head.WriteString("Content-Length: 2\r\n\r\nok")
+		upURL, _ := oneShotUpstream(t, head.String())
+		base, secret := gateTo(t, upURL, nil)
+		if resp, _ := rawExchange(t, base, "GET / HTTP/1.1\r\nHost: h\r\nX-API-Key: "+secret+"\r\n\r\n"); resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("2 MiB of upstream headers: %d, want 502", resp.StatusCode)
+		}
+	})
 	t.Run("body cut short", func(t *testing.T) {
 		upURL, _ := oneShotUpstream(t, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
 		base, secret := gateTo(t, upURL, nil)
