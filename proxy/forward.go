@@ -38,6 +38,7 @@ func newTransport(upstreamTimeout time.Duration) *http.Transport {
 	t.ResponseHeaderTimeout = upstreamTimeout
 	t.DisableCompression = true // pass bodies through as the upstream sent them
 	t.ForceAttemptHTTP2 = false
+	t.MaxResponseHeaderBytes = maxResponseHeaderBytes // as on the direct path
 	return t
 }
 
