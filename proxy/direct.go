@@ -103,6 +103,14 @@ func (c *upConn) setReadDeadline(t time.Time) {
 	}
 }
 
+// directIdleTimeout is how long a pooled connection may wait for its next
+// request. It is below the keep-alive timeouts servers commonly use (5 s
+// for Node.js and Apache): a connection the upstream may have closed is
+// replaced by a fresh one (a loopback dial) rather than found closed by a
+// request, which would then be sent again. http.Transport learns of such
+// closes from its reader goroutine, which the direct path does without.
+const directIdleTimeout = 4 * time.Second
+
 // newDirect returns the direct path's pool for a plain-HTTP upstream, or
 // nil when the upstream is not one.
 func newDirect(up *url.URL, upstreamTimeout time.Duration) *direct {
@@ -114,7 +122,7 @@ func newDirect(up *url.URL, upstreamTimeout time.Duration) *direct {
 		addr = net.JoinHostPort(up.Hostname(), "80")
 	}
 	return &direct{addr: addr, dialer: net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second},
-		upstreamTimeout: upstreamTimeout, idleTimeout: 90 * time.Second, maxIdle: 512}
+		upstreamTimeout: upstreamTimeout, idleTimeout: directIdleTimeout, maxIdle: 512}
 }
 
 // eligible says whether r may take the direct path: a request that is
