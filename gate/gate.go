@@ -237,8 +237,8 @@ func (d *Decider) Decide(ctx context.Context, req *Request) (Verdict, error) {
 	if err != nil {
 		return Verdict{}, err
 	}
-	sctx, cancel := context.WithTimeout(ctx, d.opt.StoreTimeout)
-	defer cancel()
+	sctx := withLazyDeadline(ctx, time.Now().Add(d.opt.StoreTimeout))
+	defer sctx.release()
 	p, nonce, err := d.verify(sctx, req, cred)
 	if err != nil {
 		return Verdict{}, err
@@ -411,7 +411,10 @@ func (v *Verdict) SetHeaders(h http.Header, now time.Time) {
 		return
 	}
 	p, res := &v.Principal, v.Result
-	var policy, closest []byte
+	// Both values are built on the stack and become one string.
+	var policyBuf [192]byte
+	var closestBuf [96]byte
+	policy, closest := policyBuf[:0], closestBuf[:0]
 	best := int64(-1)
 	add := func(name string, q, window int64, remaining int64, reset time.Duration, enforced bool) {
 		if len(policy) > 0 {
@@ -446,9 +449,11 @@ func (v *Verdict) SetHeaders(h http.Header, now time.Time) {
 	}
 	// Canonical names, set directly: Header.Set would canonicalise them on
 	// every request.
-	h["Ratelimit-Policy"] = []string{string(policy)}
+	both := string(append(policy, closest...))
+	vals := &[2]string{both[:len(policy)], both[len(policy):]}
+	h["Ratelimit-Policy"] = vals[0:1:1]
 	if len(closest) > 0 {
-		h["Ratelimit"] = []string{string(closest)}
+		h["Ratelimit"] = vals[1:2:2]
 	}
 }
 

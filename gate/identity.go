@@ -19,10 +19,11 @@ const (
 
 // SetIdentity sets the identity headers of p on h.
 func SetIdentity(h http.Header, p *keys.Principal) {
-	h[HeaderOrgID] = []string{p.Key.OrgID}
-	h[HeaderKeyID] = []string{p.Key.UID}
-	h[HeaderKeyName] = []string{p.Key.Name}
-	h[HeaderPermissions] = []string{keys.JoinPermissions(p.Key.Permissions)}
+	v := &[4]string{p.Key.OrgID, p.Key.UID, p.Key.Name, keys.JoinPermissions(p.Key.Permissions)} // one allocation for all four
+	h[HeaderOrgID] = v[0:1:1]
+	h[HeaderKeyID] = v[1:2:2]
+	h[HeaderKeyName] = v[2:3:3]
+	h[HeaderPermissions] = v[3:4:4]
 }
 
 // CredentialHeaders are the headers a credential is read from, which must not

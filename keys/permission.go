@@ -66,6 +66,12 @@ func Allows(ps []Permission, need Permission) bool {
 // JoinPermissions renders ps as a comma-separated list, the format of the
 // X-Keygate-Permissions header.
 func JoinPermissions(ps []Permission) string {
+	switch len(ps) {
+	case 0:
+		return ""
+	case 1:
+		return string(ps[0]) // the common case, without an allocation
+	}
 	var b strings.Builder
 	for i, p := range ps {
 		if i > 0 {

@@ -42,7 +42,8 @@ func CheckSecret(s string) bool {
 		return false
 	}
 	var b [secretEntropy + secretChecksum]byte
-	n, err := base64.RawURLEncoding.Decode(b[:], []byte(s[len(SecretPrefix):]))
+	var src [SecretLen]byte // a copy on the stack: []byte(s) would allocate
+	n, err := base64.RawURLEncoding.Decode(b[:], src[:copy(src[:], s[len(SecretPrefix):])])
 	if err != nil || n != len(b) {
 		return false
 	}
@@ -53,7 +54,13 @@ func CheckSecret(s string) bool {
 type SecretHash [sha256.Size]byte
 
 // HashSecret returns the SHA-256 of secret.
-func HashSecret(secret string) SecretHash { return sha256.Sum256([]byte(secret)) }
+func HashSecret(secret string) SecretHash {
+	if len(secret) <= SecretLen {
+		var buf [SecretLen]byte // a copy on the stack: []byte(secret) would allocate
+		return sha256.Sum256(buf[:copy(buf[:], secret)])
+	}
+	return sha256.Sum256([]byte(secret))
+}
 
 // String returns the hash in hex, the form used in store keys.
 func (h SecretHash) String() string { return hex.EncodeToString(h[:]) }

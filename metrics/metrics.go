@@ -96,6 +96,9 @@ type Metrics struct {
 	failOpenAdmits   prometheus.Counter
 	wouldLimit       *prometheus.CounterVec
 	authCache        *prometheus.CounterVec
+	// Children resolved once, for the calls every request makes.
+	storeObs         map[string]prometheus.Observer
+	authObs          map[string]prometheus.Counter
 	revocations      prometheus.Counter
 	revocationLag    prometheus.Histogram
 	leaseOutstanding prometheus.Gauge
@@ -216,12 +219,14 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 	build.WithLabelValues(version, revision, goVersion()).Set(1)
 	// Series that dashboards and alerts rate() over exist from the start,
 	// at zero, so the first error or lookup is an increase, not a new series.
+	m.storeObs = make(map[string]prometheus.Observer, len(storeOps))
 	for _, op := range storeOps {
-		m.storeDuration.WithLabelValues(op)
+		m.storeObs[op] = m.storeDuration.WithLabelValues(op)
 		m.storeErrors.WithLabelValues(op)
 	}
+	m.authObs = make(map[string]prometheus.Counter, len(authLookupResults))
 	for _, r := range authLookupResults {
-		m.authCache.WithLabelValues(r)
+		m.authObs[r] = m.authCache.WithLabelValues(r)
 	}
 	for _, e := range changeLogEvents {
 		m.changeLog.WithLabelValues(e)
@@ -278,6 +283,22 @@ type orgLabels struct {
 type orgSeen struct {
 	requestsAt     atomic.Int64 // Unix nanoseconds; 0 = never
 	requestsPeriod atomic.Pointer[string]
+	// The series the organization's last request and last charge used,
+	// so that the next one with the same labels skips the label lookups.
+	lastRequest atomic.Pointer[requestSeries]
+	lastQuota   atomic.Pointer[quotaSeries]
+}
+
+// requestSeries is the keygate_requests_total child of one label set.
+type requestSeries struct {
+	front, outcome, class string
+	c                     prometheus.Counter
+}
+
+// quotaSeries are an organization's request-quota gauges under one period.
+type quotaSeries struct {
+	period              string
+	usage, limit, ratio prometheus.Gauge
 }
 
 // label returns org if it is (or can become) one of the first max
@@ -339,7 +360,17 @@ func (m *Metrics) Request(front, org, outcome string, status int, d time.Duratio
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(front, m.orgs.label(org), outcome, statusClass(status)).Inc()
+	l, seen := m.orgs.lookup(org)
+	class := statusClass(status)
+	if seen == nil {
+		m.requests.WithLabelValues(front, l, outcome, class).Inc()
+	} else if rs := seen.lastRequest.Load(); rs != nil && rs.front == front && rs.outcome == outcome && rs.class == class {
+		rs.c.Inc()
+	} else {
+		rs := &requestSeries{front: front, outcome: outcome, class: class, c: m.requests.WithLabelValues(front, l, outcome, class)}
+		seen.lastRequest.Store(rs)
+		rs.c.Inc()
+	}
 	m.requestDuration.Observe(d.Seconds())
 }
 
@@ -356,7 +387,11 @@ func (m *Metrics) Store(op string, d time.Duration, unavailable bool) {
 	if m == nil {
 		return
 	}
-	m.storeDuration.WithLabelValues(op).Observe(d.Seconds())
+	if o, ok := m.storeObs[op]; ok {
+		o.Observe(d.Seconds())
+	} else {
+		m.storeDuration.WithLabelValues(op).Observe(d.Seconds())
+	}
 	if unavailable {
 		m.storeErrors.WithLabelValues(op).Inc()
 	}
@@ -371,13 +406,21 @@ func (m *Metrics) Quota(org, period string, used, limit int64) {
 	if seen == nil {
 		return // a folded gauge would mix organizations' values
 	}
-	m.quotaUsage.WithLabelValues(l, meterRequests, period).Set(float64(used))
+	qs := seen.lastQuota.Load()
+	if qs == nil || qs.period != period || (limit >= 0 && qs.limit == nil) {
+		qs = &quotaSeries{period: period, usage: m.quotaUsage.WithLabelValues(l, meterRequests, period)}
+		if limit >= 0 { // an unlimited organization has no limit series
+			qs.limit, qs.ratio = m.quotaLimit.WithLabelValues(l, meterRequests, period), m.quotaRatio.WithLabelValues(l)
+		}
+		seen.lastQuota.Store(qs)
+	}
+	qs.usage.Set(float64(used))
 	if limit >= 0 {
-		m.quotaLimit.WithLabelValues(l, meterRequests, period).Set(float64(limit))
+		qs.limit.Set(float64(limit))
 		if limit > 0 {
-			m.quotaRatio.WithLabelValues(l).Set(float64(used) / float64(limit))
+			qs.ratio.Set(float64(used) / float64(limit))
 		} else {
-			m.quotaRatio.WithLabelValues(l).Set(1)
+			qs.ratio.Set(1)
 		}
 	}
 	if p := seen.requestsPeriod.Load(); p == nil || *p != period {
@@ -548,7 +591,11 @@ func (m *Metrics) FailOpen() {
 // AuthLookup counts a credential lookup; pass it as keys.AuthOptions.OnLookup.
 func (m *Metrics) AuthLookup(result string) {
 	if m != nil {
-		m.authCache.WithLabelValues(result).Inc()
+		if c, ok := m.authObs[result]; ok {
+			c.Inc()
+		} else {
+			m.authCache.WithLabelValues(result).Inc()
+		}
 	}
 }
 

@@ -5,7 +5,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,3 +93,68 @@ type metricsDiscardWriter struct {
 func (w *metricsDiscardWriter) Header() http.Header         { return w.h }
 func (w *metricsDiscardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *metricsDiscardWriter) WriteHeader(code int)        { w.code = code }
+
+// BenchmarkLoopback compares keygate's data path with a bare
+// httputil.ReverseProxy in front of the same upstream, over real loopback
+// connections from one in-process client, sequentially and with 32
+// requests in flight. The figure that matters is the ratio of the two.
+func BenchmarkLoopback(b *testing.B) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true,"items":[1,2,3]}`+"\n")
+	}))
+	b.Cleanup(up.Close)
+	upURL, _ := url.Parse(up.URL)
+
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 512
+	bare := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(upURL); pr.SetXForwarded() }, Transport: t, BufferPool: benchPool{}})
+	b.Cleanup(bare.Close)
+
+	e := sidecartest.New(b, sidecar.Options{Upstream: upURL, Metrics: metrics.NewMetrics(prometheus.NewRegistry(), 1000)})
+	secret := e.SetupOrg(b, 1, 1<<62, nil, benchOrg)
+	kg := httptest.NewServer(e.Data)
+	b.Cleanup(kg.Close)
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
+	get := func(b *testing.B, base string) {
+		req, _ := http.NewRequest("GET", base+"/v1/things", nil)
+		req.Header.Set("X-API-Key", secret)
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	for _, target := range []struct{ name, url string }{{"bare", bare.URL}, {"keygate", kg.URL}} {
+		b.Run(target.name+"/conns=1", func(b *testing.B) {
+			get(b, target.url)
+			b.ReportAllocs()
+			for b.Loop() {
+				get(b, target.url)
+			}
+		})
+		b.Run(target.name+"/conns=32", func(b *testing.B) {
+			get(b, target.url)
+			b.ReportAllocs()
+			b.SetParallelism(16) // 16 × GOMAXPROCS(2) = 32 in flight
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					get(b, target.url)
+				}
+			})
+		})
+	}
+}
+
+// benchPool gives the bare proxy the copy-buffer pool keygate has.
+type benchPool struct{}
+
+var benchBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (benchPool) Get() []byte  { return *benchBuffers.Get().(*[]byte) }
+func (benchPool) Put(b []byte) { benchBuffers.Put(&b) }

@@ -38,6 +38,7 @@ func newTransport(upstreamTimeout time.Duration) *http.Transport {
 	t.ResponseHeaderTimeout = upstreamTimeout
 	t.DisableCompression = true // pass bodies through as the upstream sent them
 	t.ForceAttemptHTTP2 = false
+	t.MaxResponseHeaderBytes = maxResponseHeaderBytes // as on the direct path
 	return t
 }
 
@@ -46,63 +47,82 @@ func (h *Handler) newReverseProxy() *httputil.ReverseProxy {
 	if transport == nil {
 		transport = newTransport(h.opt.UpstreamTimeout)
 	}
-	up := h.opt.Upstream
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(up)
-			pr.Out.Host = pr.In.Host // the backend sees the host the client asked for
 			info, _ := pr.In.Context().Value(forwardKey{}).(*forwardInfo)
-			gate.StripInbound(pr.Out.Header, info != nil && info.v.Bearer)
-			// X-Forwarded-Host and -Proto from the request itself; then
-			// X-Forwarded-For: the peer's address alone when it is not a
-			// trusted proxy (what it sent is its own invention), the chain
-			// behind it when it is.
-			pr.SetXForwarded()
-			if fwd := guard.ForwardedFor(pr.In.RemoteAddr, pr.In.Header["X-Forwarded-For"], h.opt.TrustedProxies); fwd != "" {
-				pr.Out.Header["X-Forwarded-For"] = []string{fwd}
-			} else {
-				delete(pr.Out.Header, "X-Forwarded-For")
-			}
-			if info != nil {
-				gate.SetIdentity(pr.Out.Header, &info.v.Principal)
-			}
+			h.rewrite(pr, info)
 		},
 		Transport: &timedTransport{next: transport, m: h.opt.Metrics},
 		// Streamed responses (SSE, or no Content-Length) are flushed on every
 		// write by ReverseProxy itself; others go out in as few writes as
 		// possible.
-		FlushInterval:  0,
-		BufferPool:     newBufferPool(),
-		ModifyResponse: h.bookReportedUsage,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if r.Context().Err() != nil {
-				if sw, ok := w.(*listener.Writer); ok {
-					sw.Outcome = metrics.OutcomeClientClosed
-				}
-				w.WriteHeader(gate.StatusClientClosed)
-				return
+		FlushInterval: 0,
+		BufferPool:    h.buffers,
+		ModifyResponse: func(resp *http.Response) error {
+			if info, ok := resp.Request.Context().Value(forwardKey{}).(*forwardInfo); ok {
+				h.bookUsage(resp.Header, info)
 			}
-			var ne net.Error
-			if sw, ok := w.(*listener.Writer); ok && sw.BodyFailed() {
-				// The client's body broke while it was sent on: not an
-				// upstream fault, and not the upstream's error metric.
-				err = errors.Join(gate.ErrBodyUnreadable, err)
-			} else if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
-				err = errors.Join(gate.ErrUpstreamTimeout, err)
-			} else {
-				err = errors.Join(gate.ErrUpstream, err)
-			}
-			p := gate.Classify(err, h.opt.Now())
-			if sw, ok := w.(*listener.Writer); ok {
-				sw.CountEgress = false // an error body is not the upstream's egress
-				sw.Outcome = p.Outcome
-			}
-			if p.Outcome == metrics.OutcomeUpstreamError || p.Outcome == metrics.OutcomeUpstreamTimeout {
-				h.log.Warn("upstream failed", zap.String("path", r.URL.Path), zap.Error(err))
-			}
-			gate.WriteDataProblem(w, p)
+			return nil
 		},
+		ErrorHandler: h.upstreamFailed,
 	}
+}
+
+// rewrite makes the upstream's request (pr.Out, a copy of pr.In without
+// hop-by-hop and forwarding headers) out of the client's: the upstream's
+// URL, the client's Host, no credential and no client-sent identity
+// header, fresh X-Forwarded-* headers, and the identity keygate vouches for
+// (info; nil when the request was not decided, which the data path never
+// forwards).
+func (h *Handler) rewrite(pr *httputil.ProxyRequest, info *forwardInfo) {
+	pr.SetURL(h.opt.Upstream)
+	pr.Out.Host = pr.In.Host // the backend sees the host the client asked for
+	gate.StripInbound(pr.Out.Header, info != nil && info.v.Bearer)
+	// X-Forwarded-Host and -Proto from the request itself; then
+	// X-Forwarded-For: the peer's address alone when it is not a trusted
+	// proxy (what it sent is its own invention), the chain behind it when
+	// it is.
+	pr.SetXForwarded()
+	if fwd := guard.ForwardedFor(pr.In.RemoteAddr, pr.In.Header["X-Forwarded-For"], h.opt.TrustedProxies); fwd != "" {
+		pr.Out.Header["X-Forwarded-For"] = []string{fwd}
+	} else {
+		delete(pr.Out.Header, "X-Forwarded-For")
+	}
+	if info != nil {
+		gate.SetIdentity(pr.Out.Header, &info.v.Principal)
+	}
+}
+
+// upstreamFailed answers a request the upstream did not answer: 499 when
+// the client went away, 400 when the client's body broke on the way, 504
+// on a timeout, 502 otherwise.
+func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		if sw, ok := w.(*listener.Writer); ok {
+			sw.Outcome = metrics.OutcomeClientClosed
+		}
+		w.WriteHeader(gate.StatusClientClosed)
+		return
+	}
+	var ne net.Error
+	if sw, ok := w.(*listener.Writer); ok && sw.BodyFailed() {
+		// The client's body broke while it was sent on: not an upstream
+		// fault, and not the upstream's error metric.
+		err = errors.Join(gate.ErrBodyUnreadable, err)
+	} else if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		err = errors.Join(gate.ErrUpstreamTimeout, err)
+	} else {
+		err = errors.Join(gate.ErrUpstream, err)
+	}
+	p := gate.Classify(err, h.opt.Now())
+	if sw, ok := w.(*listener.Writer); ok {
+		sw.CountEgress = false // an error body is not the upstream's egress
+		sw.Outcome = p.Outcome
+	}
+	if p.Outcome == metrics.OutcomeUpstreamError || p.Outcome == metrics.OutcomeUpstreamTimeout {
+		h.log.Warn("upstream failed", zap.String("path", r.URL.Path), zap.Error(err))
+	}
+	gate.WriteDataProblem(w, p)
 }
 
 // bufferPool recycles the copy buffers of ReverseProxy, which otherwise
@@ -174,18 +194,14 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// bookReportedUsage books the meters the upstream reports in X-Keygate-Usage
-// and removes the header before the response reaches the client.
-func (h *Handler) bookReportedUsage(resp *http.Response) error {
-	values := resp.Header.Values(headerUsage)
+// bookUsage books the meters the upstream reports in X-Keygate-Usage and
+// removes the header before the response reaches the client.
+func (h *Handler) bookUsage(header http.Header, info *forwardInfo) {
+	values := header[headerUsage]
 	if len(values) == 0 {
-		return nil
+		return
 	}
-	resp.Header.Del(headerUsage)
-	info, ok := resp.Request.Context().Value(forwardKey{}).(*forwardInfo)
-	if !ok {
-		return nil
-	}
+	delete(header, headerUsage)
 	for _, v := range values {
 		for _, item := range strings.Split(v, ",") {
 			name, delta, ok := meter.ParseItem(item)
@@ -196,5 +212,4 @@ func (h *Handler) bookReportedUsage(resp *http.Response) error {
 			h.opt.Book.Add(info.v.Principal.Key.OrgID, meter.ForName(name, info.v.Period), delta, info.at, info.v.Principal.Plan.Limits)
 		}
 	}
-	return nil
 }

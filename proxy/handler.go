@@ -51,7 +51,11 @@ type Options struct {
 type Handler struct {
 	opt     Options
 	log     *zap.Logger
+	buffers *bufferPool
 	forward *httputil.ReverseProxy
+	// direct forwards the common request itself (direct.go); nil when the
+	// upstream is not plain HTTP or a test supplies the transport.
+	direct *direct
 }
 
 // New returns a Handler for o. A missing required option is a programming
@@ -73,8 +77,11 @@ func New(o Options) *Handler {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
-	h := &Handler{opt: o, log: o.Log.Named("proxy")}
+	h := &Handler{opt: o, log: o.Log.Named("proxy"), buffers: newBufferPool()}
 	h.forward = h.newReverseProxy()
+	if o.Transport == nil {
+		h.direct = newDirect(o.Upstream, o.UpstreamTimeout)
+	}
 	return h
 }
 
@@ -106,7 +113,11 @@ func (h *Handler) Serve(w *listener.Writer, r *http.Request) {
 		r.Body = body
 	}
 	w.CountEgress = true
-	h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, info)))
+	if h.direct != nil && eligible(r) {
+		h.serveDirect(w, r, info)
+	} else {
+		h.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, info)))
+	}
 	if w.Egress > 0 {
 		h.opt.Book.Add(org, quota.Meter{Name: meter.Egress, Period: info.v.Period}, w.Egress, now, p.Plan.Limits)
 	}

@@ -193,6 +193,11 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	log.Info("keygate started", zap.String("upstream", upstreamField), zap.String("store", st.kind), zap.String("quota_leases", cfg.QuotaLeases),
 		zap.String("failure_mode", cfg.FailureMode), zap.Bool("signing", sealer != nil))
 	logSigning(log, sealer)
+	if n, err := releaseStartupPages(); err != nil {
+		log.Debug("start-up pages kept", zap.Error(err))
+	} else {
+		log.Debug("start-up pages released", zap.Int64("bytes", n))
+	}
 	if ready != nil {
 		l := listeners{AuthzGRPC: authzGRPC.boundAddr()}
 		for _, s := range servers {
@@ -387,6 +392,7 @@ func newRedisClient(rawURL string, timeout time.Duration) (redis.UniversalClient
 		opt.ContextTimeoutEnabled = true
 		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = max(timeout, time.Second), timeout, timeout
 		opt.PoolSize = max(opt.PoolSize, 64)
+		opt.ReadBufferSize, opt.WriteBufferSize = redisBufferSize, redisBufferSize
 		return redis.NewClusterClient(opt), nil
 	}
 	opt, err := redis.ParseURL(rawURL)
@@ -396,8 +402,15 @@ func newRedisClient(rawURL string, timeout time.Duration) (redis.UniversalClient
 	opt.ContextTimeoutEnabled = true
 	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = max(timeout, time.Second), timeout, timeout
 	opt.PoolSize = max(opt.PoolSize, 64)
+	opt.ReadBufferSize, opt.WriteBufferSize = redisBufferSize, redisBufferSize
 	return redis.NewClient(opt), nil
 }
+
+// redisBufferSize is each Redis connection's read and write buffer.
+// keygate's commands and replies are small (a charge, a lease, a key
+// record); go-redis's default of 32 KiB each would hold 4 MiB of buffers in
+// a full pool of 64 connections.
+const redisBufferSize = 4 << 10
 
 // redactURL drops the user info of a URL for logging.
 func redactURL(u *url.URL) string {
