@@ -85,10 +85,17 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.Ch
 	case err == nil:
 		rec.Status, rec.Outcome, rec.WouldLimit = http.StatusOK, metrics.OutcomeAdmitted, v.WouldLimit()
 		resp = okResponse(&v, req.Header, start)
-	case ctx.Err() != nil:
+	case ctx.Err() != nil || deadlinePassed(ctx):
+		// The caller gave up (or its deadline passed as the store call
+		// timed out by it, a moment before the context says so): nobody
+		// reads an answer now.
 		rec.Status, rec.Outcome = gate.StatusClientClosed, metrics.OutcomeClientClosed
 		s.finish(req.Method, req.Path, &rec, start)
-		return nil, status.FromContextError(ctx.Err()).Err()
+		cerr := ctx.Err()
+		if cerr == nil {
+			cerr = context.DeadlineExceeded
+		}
+		return nil, status.FromContextError(cerr).Err()
 	default:
 		p := gate.Classify(err, start)
 		if p.Internal {
@@ -276,4 +283,10 @@ func (w *bufferWriter) Write(b []byte) (int, error) {
 		w.status = http.StatusOK
 	}
 	return w.buf.Write(b)
+}
+
+// deadlinePassed says ctx's deadline, if it has one, is behind us.
+func deadlinePassed(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
