@@ -492,3 +492,69 @@ func TestKeyGainsMaxWhileHeld(t *testing.T) {
 		t.Errorf("eighth request under a max of 7: %v, want refused by the key at 7", err)
 	}
 }
+
+// TestSettlementsLostReplies drops the replies of lease calls that Redis
+// ran (renewals, held counts, folds, returns), again and again, once with
+// go-redis retrying the call and once with the Counter sending the
+// settlement in doubt again itself: every key's count is booked exactly
+// once.
+func TestSettlementsLostReplies(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		retries int
+	}{{"client retries", 3}, {"counter resends", -1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			rdb := redistest.NewClient(t, srv.Addr())
+			d := redistest.NewReplyDropper(t, srv.Addr())
+			client := redis.NewClient(&redis.Options{Addr: d.Addr(), MaxRetries: tc.retries, ContextTimeoutEnabled: true})
+			t.Cleanup(func() { _ = client.Close() })
+			c := newLease(t, client, Options{IdleReturn: 100 * time.Millisecond, FlushEvery: 50 * time.Millisecond, FoldEvery: 300 * time.Millisecond})
+			now := time.Now()
+			admitted := map[string]int64{}
+			for round := range 8 {
+				d.Arm()
+				for i := range 25 {
+					k := "k" + strconv.Itoa((round+i)%5)
+					ch := orgCharge("org1", k, -1, now)
+					ch.Period = quota.PeriodNone
+					_, err := c.Charge(t.Context(), ch)
+					if err != nil && tc.retries >= 0 {
+						t.Fatal(err)
+					}
+					if err == nil {
+						admitted[k]++
+					}
+				}
+				select {
+				case <-d.Dropped:
+				case <-time.After(5 * time.Second):
+					t.Fatalf("round %d: no reply dropped", round)
+				}
+				if round%2 == 1 {
+					// Idle: the next calls give back and fold.
+					time.Sleep(300 * time.Millisecond)
+				}
+			}
+			closeAll(t, c)
+			w := quota.PeriodNone.Window(now)
+			plain := rediscounter.New(rdb)
+			var total int64
+			for k, want := range admitted {
+				total += want
+				got, err := rdb.HGet(t.Context(), "kg:{org1}:q:keys:"+w.ID, k+":"+w.ID).Int64()
+				if err != nil || got != want {
+					t.Errorf("per-key hash %s = %d, %v; want %d", k, got, err, want)
+				}
+				// Past the claim: a reservation booked twice by a retry
+				// counts as used while it is live.
+				if u, err := plain.Usage(t.Context(), "org1", k, quota.PeriodNone, now.Add(time.Minute)); err != nil || u.Key != want {
+					t.Errorf("usage of %s = %d, %v; want %d", k, u.Key, err, want)
+				}
+			}
+			if u, err := plain.Usage(t.Context(), "org1", "", quota.PeriodNone, now); err != nil || u.Org < total {
+				t.Errorf("org used %d, %v; admitted %d", u.Org, err, total)
+			}
+		})
+	}
+}

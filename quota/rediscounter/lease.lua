@@ -126,7 +126,7 @@ local function adopt(d)
     local cur = redis.call('HMGET', KEYS[3], unpack(fields))
     local set = {}
     for i = 1, #fields do
-      set[2 * i - 1], set[2 * i] = fields[i], string.format('%d', tonumber(cur[i] or '0') + counts[i])
+      set[2 * i - 1], set[2 * i] = fields[i], tonumber(cur[i] or '0') + counts[i]
     end
     if redis.call('HSET', KEYS[3], unpack(set)) > 0 and expireAt > 0 then
       redis.call('EXPIREAT', KEYS[3], expireAt)
@@ -145,12 +145,14 @@ if n > 0 then
   local set = {}
   for i = 1, n do
     local v = tonumber(cur[i] or '0')
-    if seq > 0 and dup == 0 then
-      local c = tonumber(ARGV[17 + 2 * i])
+    local c = tonumber(ARGV[17 + 2 * i])
+    if seq > 0 and dup == 0 and c > 0 then
       v = v + c
       units = units - c
       set[#set + 1] = fields[i]
-      set[#set + 1] = string.format('%d', v)
+      -- A number: Redis writes an integer below 2^53 exactly, and faster
+      -- than string.format would.
+      set[#set + 1] = v
     end
     vals[i] = v
   end
