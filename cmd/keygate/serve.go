@@ -393,6 +393,7 @@ func newRedisClient(rawURL string, timeout time.Duration) (redis.UniversalClient
 		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = max(timeout, time.Second), timeout, timeout
 		opt.PoolSize = max(opt.PoolSize, 64)
 		opt.ReadBufferSize, opt.WriteBufferSize = redisBufferSize, redisBufferSize
+		opt.PipelineReadBufferSize, opt.PipelineWriteBufferSize = redisPipelineBufferSize, redisPipelineBufferSize
 		return redis.NewClusterClient(opt), nil
 	}
 	opt, err := redis.ParseURL(rawURL)
@@ -403,6 +404,7 @@ func newRedisClient(rawURL string, timeout time.Duration) (redis.UniversalClient
 	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = max(timeout, time.Second), timeout, timeout
 	opt.PoolSize = max(opt.PoolSize, 64)
 	opt.ReadBufferSize, opt.WriteBufferSize = redisBufferSize, redisBufferSize
+	opt.PipelineReadBufferSize, opt.PipelineWriteBufferSize = redisPipelineBufferSize, redisPipelineBufferSize
 	return redis.NewClient(opt), nil
 }
 
@@ -411,6 +413,12 @@ func newRedisClient(rawURL string, timeout time.Duration) (redis.UniversalClient
 // record); go-redis's default of 32 KiB each would hold 4 MiB of buffers in
 // a full pool of 64 connections.
 const redisBufferSize = 4 << 10
+
+// redisPipelineBufferSize is the same for go-redis's pipeline pool, whose
+// default is 128 KiB each: keygate's pipelines (a key record with its
+// organization and plan, a batch of last-used times) are a few KiB, and a
+// burst of credential lookups after a restart opens dozens of them.
+const redisPipelineBufferSize = 16 << 10
 
 // redactURL drops the user info of a URL for logging.
 func redactURL(u *url.URL) string {
