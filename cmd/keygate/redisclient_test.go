@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -36,5 +38,17 @@ func TestRedisClientLargeValues(t *testing.T) {
 	}
 	if got, err := rc.HGetAll(ctx, "h").Result(); err != nil || len(got) != 10000 {
 		t.Fatalf("HGETALL of 10,000 fields: %d, %v", len(got), err)
+	}
+	// The pipeline pool's buffers (redisPipelineBufferSize) too.
+	var get *redis.StringCmd
+	var all *redis.MapStringStringCmd
+	if _, err := rc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		get, all = p.Get(ctx, "big"), p.HGetAll(ctx, "h")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if get.Val() != big || len(all.Val()) != 10000 {
+		t.Fatalf("pipelined: %d bytes, %d fields", len(get.Val()), len(all.Val()))
 	}
 }
