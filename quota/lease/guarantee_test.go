@@ -597,7 +597,11 @@ func TestCloseDuringOutage(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := redistest.NewClient(t, srv.Addr())
 	obs := newObserver()
-	c := New(rediscounter.New(rdb), "", Options{Observer: obs, Timeout: 100 * time.Millisecond})
+	rc := rediscounter.New(rdb)
+	if err := rc.Load(t.Context()); err != nil { // no NOSCRIPT round trip within the 100ms below
+		t.Fatal(err)
+	}
+	c := New(rc, "", Options{Observer: obs, Timeout: 100 * time.Millisecond})
 	if _, err := c.Charge(t.Context(), orgCharge("org1", "k1", 1000, time.Now())); err != nil {
 		t.Fatal(err)
 	}
@@ -820,31 +824,64 @@ func TestHolderLooksForRefusals(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct {
-		name, hash string
-		held       func() int64
+		name, hash, org, key string
 	}{
-		{"org block", "kg:{org1}:q:lease:" + w.ID, func() int64 { return c.held() - c.keyBlockHeld("org2", "capped", now) }},
-		{"key block", "kg:{org2}:q:kl:capped:" + w.ID, func() int64 { return c.keyBlockHeld("org2", "capped", now) }},
+		{"org block", "kg:{org1}:q:lease:" + w.ID, "org1", ""},
+		{"key block", "kg:{org2}:q:kl:capped:" + w.ID, "org2", "capped"},
 	} {
-		if tc.held() == 0 {
-			t.Fatalf("%s: nothing held", tc.name)
+		if u := usage(t, rdb, tc.org, tc.key, now); u.Org == 2 {
+			t.Fatalf("%s: nothing held (org usage %d)", tc.name, u.Org)
 		}
 		marked := time.Now()
 		if err := rdb.HSet(t.Context(), tc.hash, "r:", marked.Add(5*time.Second).UnixMilli()).Err(); err != nil {
 			t.Fatal(err)
 		}
-		for tc.held() > 0 {
-			if time.Since(marked) > 3*time.Second {
-				t.Fatalf("%s: still held %s after a refusal was marked", tc.name, time.Since(marked))
+		// What every reader sees: the block back in the counters.
+		for {
+			u := usage(t, rdb, tc.org, tc.key, now)
+			if u.Org == 2 && (tc.key == "" || u.Key == 2) {
+				break
 			}
-			time.Sleep(10 * time.Millisecond) // polling the holder: its return has no signal
+			if time.Since(marked) > 3*time.Second {
+				t.Fatalf("%s: usage org %d, key %d %s after a refusal was marked; want 2", tc.name, u.Org, u.Key, time.Since(marked))
+			}
+			time.Sleep(10 * time.Millisecond) // polling Redis: the return has no signal a reader sees
 		}
 		t.Logf("%s given back %s after the mark", tc.name, time.Since(marked))
 	}
-	if u := usage(t, rdb, "org1", "free", now); u.Org != 2 {
-		t.Errorf("org usage %d after the block went back, want 2", u.Org)
+}
+
+// TestPerRequestWaitsForOthers: a charge that goes per request (a rate
+// limit applies to it) and that the org's quota refuses while another
+// sidecar holds a block of it waits for the block to come back, and is
+// admitted: together they admit the whole quota.
+func TestPerRequestWaitsForOthers(t *testing.T) {
+	srv := redistest.Start(t)
+	now := time.Now()
+	const max = 200
+	a := newLease(t, redistest.NewClient(t, srv.Addr()), Options{})
+	if _, err := a.Charge(t.Context(), orgCharge("org1", "ka", max, now)); err != nil {
+		t.Fatal(err)
 	}
-	if u := usage(t, rdb, "org2", "capped", now); u.Org != 2 || u.Key != 2 {
-		t.Errorf("usage org %d, key %d after the key block went back, want 2, 2", u.Org, u.Key)
+	if a.held() == 0 {
+		t.Fatal("no block held")
+	}
+	b := newLease(t, redistest.NewClient(t, srv.Addr()), Options{RefusalWait: 10 * time.Second})
+	ch := orgCharge("org1", "kb", max, now)
+	ch.RateLimits = []quota.RateLimit{{Name: "org-rate", Scope: quota.ScopeOrg, Requests: 1_000_000, Per: time.Second, Burst: 1_000_000}}
+	admitted := int64(1)
+	for range max {
+		_, err := b.Charge(t.Context(), ch)
+		var ex *quota.ExceededError
+		if errors.As(err, &ex) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		admitted++
+	}
+	if admitted != max {
+		t.Errorf("admitted %d, want the whole quota %d", admitted, max)
 	}
 }

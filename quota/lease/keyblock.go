@@ -84,7 +84,7 @@ func (c *Counter) chargeKey(ctx context.Context, ch quota.Charge) (quota.Result,
 	orgMax := max(ch.OrgMax, -1)
 	var refusal *quota.ExceededError
 	var until time.Time
-	waits := 0
+	waits, joined := 0, 0
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		c.mu.Lock()
 		if c.closed {
@@ -144,6 +144,11 @@ func (c *Counter) chargeKey(ctx context.Context, ch quota.Charge) (quota.Result,
 		if f.err != nil {
 			return quota.Result{}, fmt.Errorf("charging key %s of org %s: %w", ch.KeyID, ch.OrgID, f.err)
 		}
+		if f.need == 0 && joined < maxJoins {
+			// A settlement or a probe, not a reservation: not an attempt.
+			joined, attempt = joined+1, attempt-1
+			continue
+		}
 		if !f.refused || short <= 0 {
 			continue
 		}
@@ -154,11 +159,11 @@ func (c *Counter) chargeKey(ctx context.Context, ch quota.Charge) (quota.Result,
 		if f.scope == quota.ScopeKey {
 			ex.Limit, ex.Used = ch.KeyMax, keyUsed
 		}
-		if f.others+own > 0 && waits < maxWaits {
+		if f.others+own > 0 && waits < c.maxWaits() {
 			if until.IsZero() {
 				until = c.refusalUntil(ctx)
 			}
-			if waitForOthers(ctx, until, c.opt.Tick/5) {
+			if waitForOthers(ctx, until, c.retryEvery()) {
 				refusal, attempt = ex, attempt-1
 				waits++
 				continue

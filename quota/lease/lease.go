@@ -309,7 +309,7 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	// charge waits for them to come back, up to until (refusal.go).
 	var refusal *quota.ExceededError
 	var until time.Time
-	waits := 0
+	waits, joined := 0, 0
 	var rf *rateFlight // the rate call this charge waited for last
 	tries := attempts(ch)
 	for attempt := 0; attempt < tries; attempt++ {
@@ -369,6 +369,11 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 		if f.err != nil {
 			return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, f.err)
 		}
+		if f.need == 0 && joined < maxJoins {
+			// A settlement or a probe, not a reservation: not an attempt.
+			joined, attempt = joined+1, attempt-1
+			continue
+		}
 		if f.refused {
 			c.mu.Lock()
 			short := ch.Cost - ol.avail
@@ -385,11 +390,11 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 			}
 			if short > 0 {
 				ex := &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: used, Window: w}
-				if f.others+own > 0 && waits < maxWaits {
+				if f.others+own > 0 && waits < c.maxWaits() {
 					if until.IsZero() {
 						until = c.refusalUntil(ctx)
 					}
-					if waitForOthers(ctx, until, c.opt.Tick/5) {
+					if waitForOthers(ctx, until, c.retryEvery()) {
 						refusal, attempt = ex, attempt-1
 						waits++
 						continue
@@ -633,10 +638,13 @@ func (c *Counter) fly(ol *orgLease, f *flight, s *settlement, l rediscounter.Lea
 // token so that a retry after a lost reply counts once, and corrects the
 // usages it reports by what this sidecar holds. A charge the org's quota
 // refuses while this sidecar holds unspent units of it is tried once more
-// after they went back.
+// after they went back; one refused while other holders may hold some is
+// tried again while they come back (awaitOthers).
 func (c *Counter) perRequest(ctx context.Context, ch quota.Charge) (quota.Result, error) {
 	w := ch.Period.Window(ch.At)
 	id := orgWindow{ch.OrgID, w.ID}
+	var until time.Time // of the wait for other holders' units (refusal.go)
+	waits := 0
 	for attempt := 0; ; attempt++ {
 		try := ch
 		if try.Token == "" {
@@ -654,6 +662,9 @@ func (c *Counter) perRequest(ctx context.Context, ch quota.Charge) (quota.Result
 				continue
 			}
 			if attempt == 0 && ex.Scope == quota.ScopeKey && ch.Token == "" && c.returnKeyNow(ctx, id, ch.KeyID) {
+				continue
+			}
+			if ch.Token == "" && c.awaitOthers(ctx, ch, ex, &until, &waits) {
 				continue
 			}
 			if ex.Scope == quota.ScopeOrg {

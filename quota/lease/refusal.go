@@ -3,6 +3,8 @@ package lease
 import (
 	"context"
 	"time"
+
+	"github.com/keygate/keygate/quota"
 )
 
 // A reservation is refused when the organization's free units in Redis
@@ -20,9 +22,18 @@ import (
 // holds unspent and reads the contention mark (see start).
 const probeNeed = -1
 
-// maxWaits bounds the retries of one refused charge (RefusalWait bounds
-// them in time).
-const maxWaits = 64
+// retryEvery is how often a refused charge that waits asks again; the
+// retries of one charge are bounded in time by RefusalWait and in count by
+// maxWaits.
+func (c *Counter) retryEvery() time.Duration { return max(c.opt.Tick/5, time.Millisecond) }
+
+func (c *Counter) maxWaits() int { return int(c.opt.RefusalWait/c.retryEvery()) + 8 }
+
+// maxJoins bounds how often one charge waits for a call that reserves
+// nothing (a settlement, a probe) besides its maxAttempts: a charge that
+// runs out of attempts goes per request, where it does not wait for other
+// holders' units.
+const maxJoins = 16
 
 // probeSlow: a holder far from the end of a quota looks at the contention
 // mark every probeSlow ticks while it holds units.
@@ -151,4 +162,34 @@ func (c *Counter) peek(ol *orgLease, kl *keyLease) {
 			}
 		}
 	}()
+}
+
+// awaitOthers is the wait of a charge per request that ex refused: when
+// other holders may hold unspent units of the quota (LeaseContend, which
+// also marks the refusal for them), it waits a little before the charge is
+// tried again, bounded as a refused reservation's wait is; when none do
+// but the usage fell since the refusal (units came back in between), the
+// charge is tried once more at once. It says whether to try again.
+func (c *Counter) awaitOthers(ctx context.Context, ch quota.Charge, ex *quota.ExceededError, until *time.Time, waits *int) bool {
+	if *waits >= c.maxWaits() {
+		return false
+	}
+	if until.IsZero() {
+		*until = c.refusalUntil(ctx)
+	}
+	at := callAt(c.opt.Now(), ch.Period.Window(ch.At))
+	others, used, err := c.rc.LeaseContend(ctx, ch.OrgID, ch.KeyID, ex.Scope, ch.Period, at, c.holder, c.opt.RefusalWait)
+	switch {
+	case err != nil:
+		return false
+	case others == 0 && (*waits > 0 || used < ex.Used):
+		// What others held came back since the charge was refused (a
+		// holder's return and its a: are one step): once more, at once.
+		*waits = c.maxWaits()
+		return true
+	case others == 0 || !waitForOthers(ctx, *until, c.retryEvery()):
+		return false
+	}
+	*waits++
+	return true
 }

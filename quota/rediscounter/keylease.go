@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -132,4 +133,96 @@ func (c *Counter) LeaseMarked(ctx context.Context, orgID, keyID string, period q
 		return time.Time{}, nil
 	}
 	return time.UnixMilli(until), nil
+}
+
+// LeaseContend marks a refusal of the organization's quota (scope org) or
+// of a key's (scope key) in the window of at, as a refused reservation
+// does, so that the holders give back what they hold unspent, and returns
+// what the live holders other than holder may hold unspent of it (as
+// lease.lua and keylease.lua count it) and the quota's usage as charge.lua
+// reads it. For a charge per request that the quota refused: it may wait
+// for those units instead of refusing, or try again at once when the usage
+// fell since.
+func (c *Counter) LeaseContend(ctx context.Context, orgID, keyID string, scope quota.Scope, period quota.Period, at time.Time, holder string, markFor time.Duration) (others, used int64, err error) {
+	if err := quota.CheckOrgID(orgID); err != nil {
+		return 0, 0, err
+	}
+	w := period.Window(at)
+	orgHash := leaseHoldersKey(orgID, w.ID)
+	markHash := orgHash
+	if scope == quota.ScopeKey {
+		markHash = keyHoldersKey(orgID, keyID, w.ID)
+	}
+	var orgAll, keyAll *redis.MapStringStringCmd
+	var counter, leased *redis.StringCmd
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		orgAll = p.HGetAll(ctx, orgHash)
+		if scope == quota.ScopeKey {
+			keyAll = p.HGetAll(ctx, markHash)
+			counter = p.Get(ctx, keyCounterKey(orgID, keyID, w.ID))
+			leased = p.HGet(ctx, leaseKeysKey(orgID, w.ID), leaseKeyField(keyID, w.ID))
+		} else {
+			counter = p.Get(ctx, orgCounterKey(orgID, w.ID))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, 0, storeError("reading the lease holders of org "+orgID, err)
+	}
+	for _, cmd := range []*redis.StringCmd{counter, leased} {
+		if cmd == nil {
+			continue
+		}
+		n, err := cmd.Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return 0, 0, storeError("reading the usage of org "+orgID, err)
+		}
+		used += n
+	}
+	// Mark only a hash that exists: it has its expiry then.
+	if exists := len(orgAll.Val()) > 0 && (keyAll == nil || len(keyAll.Val()) > 0); exists {
+		if err := c.rdb.HSet(ctx, markHash, "r:", at.Add(markFor).UnixMilli()).Err(); err != nil {
+			return 0, 0, storeError("marking a refusal of org "+orgID, err)
+		}
+	}
+	fields := func(m map[string]string) map[string]map[string]int64 {
+		held := map[string]map[string]int64{}
+		for f, v := range m {
+			if len(f) < 3 || f[1] != ':' || f[2:] == holder {
+				continue
+			}
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				continue
+			}
+			h := held[f[2:]]
+			if h == nil {
+				h = map[string]int64{}
+				held[f[2:]] = h
+			}
+			h[f[:2]] = n
+		}
+		return held
+	}
+	orgs := fields(orgAll.Val())
+	live := func(h string) bool { return orgs[h]["t:"] > at.UnixMilli() }
+	if keyAll != nil {
+		for h, f := range fields(keyAll.Val()) {
+			if live(h) {
+				others += max(f["a:"], 0)
+			}
+		}
+		return others, used, nil
+	}
+	for h, f := range orgs {
+		if !live(h) {
+			continue
+		}
+		a, ok := f["a:"]
+		if !ok {
+			a = f["u:"]
+		}
+		others += max(a, 0) + max(f["k:"], 0)
+	}
+	return others, used, nil
 }
