@@ -282,6 +282,10 @@ func (h *Handler) serveDirect(w *listener.Writer, r *http.Request, info *forward
 		h.upstreamFailed(w, r, err)
 		return
 	}
+	// Hop-by-hop headers go first, as ReverseProxy drops them before its
+	// ModifyResponse: a usage header the upstream lists in Connection is
+	// not booked on either path.
+	removeHopHeaders(resp.Header)
 	h.bookUsage(resp.Header, info)
 	copyResponseHeader(w.Header(), resp)
 	w.WriteHeader(resp.StatusCode)
@@ -388,11 +392,10 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
-// copyResponseHeader sets dst to the upstream's response header without
-// its hop-by-hop fields, announcing its trailers. Values are taken over,
-// not copied: the response is the direct path's own.
+// copyResponseHeader adds the upstream's response header (its hop-by-hop
+// fields already removed) to dst, announcing its trailers. Values are
+// taken over, not copied: the response is the direct path's own.
 func copyResponseHeader(dst http.Header, resp *http.Response) {
-	removeHopHeaders(resp.Header)
 	for k, vv := range resp.Header {
 		if old, ok := dst[k]; ok {
 			dst[k] = append(old, vv...)

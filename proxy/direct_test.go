@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/sidecartest"
+	"github.com/keygate/keygate/meter"
+	"github.com/keygate/keygate/quota"
 	"github.com/keygate/keygate/sidecar"
 )
 
@@ -371,5 +373,43 @@ func TestDirectPathTrailers(t *testing.T) {
 	defer resp.Body.Close()
 	if b, _ := io.ReadAll(resp.Body); string(b) != "body" || resp.Trailer.Get("X-Checksum") != "abc" {
 		t.Fatalf("body %q trailer %v", b, resp.Trailer)
+	}
+}
+
+func TestDirectPathBooksUsageAsReverseProxy(t *testing.T) {
+	for _, c := range []struct {
+		name, connection string
+		want             int64
+	}{
+		{"reported", "", 5},
+		// Listed in Connection, the header is hop-by-hop: neither path books it.
+		{"hop-by-hop", "X-Keygate-Usage", 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if c.connection != "" {
+					w.Header().Set("Connection", c.connection)
+				}
+				w.Header().Set("X-Keygate-Usage", "widgets=5")
+				_, _ = io.WriteString(w, "ok")
+			}))
+			t.Cleanup(up.Close)
+			u, _ := url.Parse(up.URL)
+			for _, transport := range []http.RoundTripper{nil, http.DefaultTransport.(*http.Transport).Clone()} {
+				e := sidecartest.New(t, sidecar.Options{Upstream: u, Transport: transport})
+				secret := e.SetupOrg(t, 1, 1000, nil, benchOrg)
+				if got := sidecartest.Get(e.Data, secret); got != 200 {
+					t.Fatalf("status %d", got)
+				}
+				e.Book.Flush(context.Background())
+				got, err := e.Manage.Counter().Meters(context.Background(), benchOrg, time.Now(), []quota.Meter{meter.ForName("widgets", quota.PeriodMonth)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got[0] != c.want {
+					t.Errorf("direct path %t: widgets booked %d, want %d", transport == nil, got[0], c.want)
+				}
+			}
+		})
 	}
 }
