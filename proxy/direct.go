@@ -63,6 +63,7 @@ type upConn struct {
 	// deadline set as the client goes away cannot undo the interruption.
 	mu          sync.Mutex
 	interrupted bool
+	onDone      func() // c.interrupt
 }
 
 // errHeaderTooLarge is an upstream answer whose head exceeds
@@ -86,12 +87,18 @@ func (c *upConn) Read(p []byte) (int, error) {
 
 // watch makes the end of ctx interrupt c's I/O until unwatch.
 func (c *upConn) watch(ctx context.Context) {
-	c.unwatch = context.AfterFunc(ctx, func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		c.interrupted = true
-		_ = c.conn.SetDeadline(aLongTimeAgo)
-	})
+	if c.onDone == nil {
+		c.onDone = c.interrupt // bound once per connection, not per request
+	}
+	c.unwatch = context.AfterFunc(ctx, c.onDone)
+}
+
+// interrupt ends c's blocked I/O for good (until the connection closes).
+func (c *upConn) interrupt() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.interrupted = true
+	_ = c.conn.SetDeadline(aLongTimeAgo)
 }
 
 // setReadDeadline sets the read deadline unless the watch interrupted c.
@@ -322,8 +329,9 @@ var errUpstreamBody = errors.New("reading the upstream's response body")
 // (server-sent events, or a body of unknown length) as ReverseProxy does.
 func (h *Handler) copyBody(w *listener.Writer, resp *http.Response) error {
 	stream := resp.ContentLength == -1 || isEventStream(resp.Header)
-	buf := h.buffers.Get()
-	defer h.buffers.Put(buf)
+	bp := h.buffers.get()
+	defer h.buffers.put(bp)
+	buf := *bp
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {

@@ -134,7 +134,12 @@ func newBufferPool() *bufferPool {
 }
 
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
-func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) } // httputil.BufferPool's shape: one allocation per Put
+
+// get and put are the same pool without that allocation, for the direct
+// path, which keeps the pointer it got.
+func (b *bufferPool) get() *[]byte  { return b.p.Get().(*[]byte) }
+func (b *bufferPool) put(v *[]byte) { b.p.Put(v) }
 
 // timedTransport measures the upstream's time to response headers.
 type timedTransport struct {
