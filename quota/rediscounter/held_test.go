@@ -36,7 +36,7 @@ func keyUsage(t *testing.T, c *rediscounter.Counter, key string, at time.Time) r
 func TestHeldLostReply(t *testing.T) {
 	srv := redistest.Start(t)
 	direct := newClient(t, srv.Addr())
-	p := startDropProxy(t, srv.Addr())
+	p := redistest.NewReplyDropper(t, srv.Addr())
 	c := rediscounter.New(newClient(t, p.Addr()))
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
@@ -54,9 +54,9 @@ func TestHeldLostReply(t *testing.T) {
 
 	held := leaseCall("a", now, 1)
 	held.Held = []rediscounter.KeyCount{{KeyID: "k1", N: 3}, {KeyID: "k=2\n", N: 4}}
-	p.armed.Store(true)
+	p.Arm()
 	rep, err := c.Lease(ctx, held)
-	<-p.dropped
+	<-p.Dropped
 	if err != nil || !rep.Dup {
 		t.Fatalf("retried settlement = %+v, %v; want applied before (dup)", rep, err)
 	}
@@ -73,10 +73,9 @@ func TestHeldLostReply(t *testing.T) {
 	fold := leaseCall("a", now, 2)
 	fold.Fold = true
 	fold.Keys = []rediscounter.KeyCount{{KeyID: "k1", N: 3}, {KeyID: "k=2\n", N: 4}}
-	p.dropped = make(chan struct{})
-	p.armed.Store(true)
+	p.Arm()
 	rep, err = c.Lease(ctx, fold)
-	<-p.dropped
+	<-p.Dropped
 	if err != nil || !rep.Dup || len(rep.Keys) != 2 || rep.Keys[0] != 3 || rep.Keys[1] != 4 {
 		t.Fatalf("retried fold = %+v, %v; want applied before, counts 3 and 4", rep, err)
 	}

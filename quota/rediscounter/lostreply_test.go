@@ -1,11 +1,7 @@
 package rediscounter_test
 
 import (
-	"bytes"
 	"context"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,117 +9,6 @@ import (
 	"github.com/keygate/keygate/quota"
 	"github.com/keygate/keygate/quota/rediscounter"
 )
-
-// dropProxy relays TCP between go-redis and redis-server. Once armed, it
-// lets the next EVALSHA/EVAL through to Redis, waits for Redis's reply and,
-// instead of relaying it, closes the client's connection: the command ran,
-// but its reply is lost.
-type dropProxy struct {
-	ln      net.Listener
-	target  string
-	armed   atomic.Bool
-	dropped chan struct{} // closed when a reply has been dropped
-
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-func startDropProxy(t *testing.T, target string) *dropProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &dropProxy{ln: ln, target: target, dropped: make(chan struct{})}
-	p.wg.Go(p.accept)
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			_ = c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *dropProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *dropProxy) track(c net.Conn) {
-	p.mu.Lock()
-	p.conns = append(p.conns, c)
-	p.mu.Unlock()
-}
-
-func (p *dropProxy) accept() {
-	for {
-		client, err := p.ln.Accept()
-		if err != nil {
-			return // listener closed
-		}
-		server, err := net.Dial("tcp", p.target)
-		if err != nil {
-			_ = client.Close()
-			continue
-		}
-		p.track(client)
-		p.track(server)
-		var drop atomic.Bool
-		p.wg.Go(func() { p.up(client, server, &drop) })
-		p.wg.Go(func() { p.down(server, client, &drop) })
-	}
-}
-
-// up relays client → server, marking the connection when the armed proxy
-// sees a script call go by.
-func (p *dropProxy) up(client, server net.Conn, drop *atomic.Bool) {
-	defer server.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := client.Read(buf)
-		if n > 0 {
-			if isScriptCall(buf[:n]) && p.armed.CompareAndSwap(true, false) {
-				drop.Store(true) // before Redis can answer
-			}
-			if _, werr := server.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// down relays server → client, or drops the reply to a marked call.
-func (p *dropProxy) down(server, client net.Conn, drop *atomic.Bool) {
-	defer client.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := server.Read(buf)
-		if n > 0 {
-			if drop.Load() {
-				_ = server.Close()
-				close(p.dropped)
-				return
-			}
-			if _, werr := client.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// isScriptCall reports whether a RESP chunk holds an EVALSHA or EVAL command.
-func isScriptCall(b []byte) bool {
-	b = bytes.ToLower(b)
-	return bytes.Contains(b, []byte("\r\nevalsha\r\n")) || bytes.Contains(b, []byte("\r\neval\r\n"))
-}
 
 // TestLostReply drops the reply of a charge that Redis ran. go-redis retries
 // the command (MaxRetries); with a Token the retry returns the first reply
@@ -141,7 +26,7 @@ func TestLostReply(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := redistest.Start(t)
 			direct := newClient(t, srv.Addr())
-			p := startDropProxy(t, srv.Addr())
+			p := redistest.NewReplyDropper(t, srv.Addr())
 			c := rediscounter.New(newClient(t, p.Addr()))
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 			defer cancel()
@@ -149,12 +34,12 @@ func TestLostReply(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			p.armed.Store(true)
+			p.Arm()
 			ch := charge(time.Now())
 			ch.Token = tc.token
 			res, err := c.Charge(ctx, ch)
 			select {
-			case <-p.dropped:
+			case <-p.Dropped:
 			default:
 				t.Fatal("the proxy dropped no reply")
 			}
@@ -188,7 +73,7 @@ func TestLostReply(t *testing.T) {
 func TestLostRateLeaseReply(t *testing.T) {
 	srv := redistest.Start(t)
 	direct := newClient(t, srv.Addr())
-	p := startDropProxy(t, srv.Addr())
+	p := redistest.NewReplyDropper(t, srv.Addr())
 	c := rediscounter.New(newClient(t, p.Addr()))
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
@@ -210,10 +95,10 @@ func TestLostRateLeaseReply(t *testing.T) {
 	if g := lease(4, 0, 0); g.Start != t0 || g.Grant != 4 {
 		t.Fatalf("first block %+v, want 4 from %d", g, t0)
 	}
-	p.armed.Store(true)
+	p.Arm()
 	g := lease(2, t0+4*s, t0+s) // spent one: [t0+1s, t0+4s) goes back
 	select {
-	case <-p.dropped:
+	case <-p.Dropped:
 	default:
 		t.Fatal("the proxy dropped no reply")
 	}
