@@ -299,7 +299,7 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	if keyLeasable(ch) {
 		return c.chargeKey(ctx, ch)
 	}
-	if !leasable(ch) {
+	if !leasable(ch) || !c.rateLeasable(ch.RateLimits) {
 		return c.perRequest(ctx, ch)
 	}
 	w := ch.Period.Window(ch.At)

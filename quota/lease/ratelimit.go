@@ -47,6 +47,20 @@ func (c *Counter) rateShare() int64 {
 // charged per request: a charge with rate limits may wait for its quota
 // block and for a rate call of each limit, and a rate call shared by many
 // waiters may serve only the first.
+// rateLeasable says every rate limit is large enough to lease. A block is
+// at most 1/RateShare of the burst, so under a burst of 2×RateShare it is
+// one slot: it saves no call, and it holds a slot another sidecar may need
+// (a limit of 10 a minute shared by two sidecars would admit 9). Such a
+// charge goes per request, exact as without leases.
+func (c *Counter) rateLeasable(limits []quota.RateLimit) bool {
+	for _, l := range limits {
+		if l.EffectiveBurst() < 2*c.rateShare() {
+			return false
+		}
+	}
+	return true
+}
+
 func attempts(ch quota.Charge) int {
 	if len(ch.RateLimits) > 0 {
 		return 2 * maxAttempts
