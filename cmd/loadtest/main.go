@@ -74,6 +74,7 @@ func main() {
 	flag.StringVar(&o.leases, "leases", "auto", "KEYGATE_QUOTA_LEASES of both gateways: auto or off (a keygate without leases ignores it)")
 	flag.BoolVar(&o.nginx, "nginx", true, "with nginx installed, the one-key case also measures nginx alone and nginx + keygate authz (deploy/authz/nginx.conf); -nginx=false leaves them out")
 	flag.Var(&env, "env", "extra KEYGATE_*=value for both gateways (repeatable), e.g. -env KEYGATE_AUTH_CACHE_TTL=120s")
+	flag.DurationVar(&o.steady, "steady", 0, "after each case's rounds, load keygate on Redis alone this long at the first -c (e.g. 150s: longer than the background work's periods, last_used_at every minute and per-key folds every 2 minutes) and report Redis's CPU and commands per request over the whole of it; 0 leaves it out")
 	flag.Parse()
 	for _, c := range strings.Split(conns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(c))
@@ -100,6 +101,10 @@ func main() {
 	}
 	o.rounds = max(o.rounds, 1)
 	o.dur = max(o.dur, 500*time.Millisecond)
+	if o.steady < 0 || o.steady > time.Hour {
+		fmt.Fprintln(os.Stderr, "loadtest: -steady: want a duration from 0 to 1h")
+		os.Exit(2)
+	}
 	o.env = env
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
@@ -116,6 +121,9 @@ type options struct {
 	leases     string
 	env        []string
 	nginx      bool
+	// steady is the length of the steady-traffic measurement of keygate
+	// on Redis after each case; zero leaves it out.
+	steady time.Duration
 }
 
 // multiFlag is a repeatable string flag.
@@ -450,9 +458,32 @@ func runCase(m *meter, tr traffic, targets []target, upAddr string, o options) e
 	printNginxRatios(targets, o.conns, func(name string, c int) result {
 		return median(runs[name+"\x00"+strconv.Itoa(c)], func(r result) float64 { return r.rps })
 	}, p50)
+	if o.steady > 0 {
+		if err := steadyRedis(m, tr, targets, keysOf, o); err != nil {
+			return err
+		}
+	}
 	if n, err := m.redis.DBSize(context.Background()).Result(); err == nil {
 		fmt.Printf("Redis keys after this case: %d\n", n)
 	}
+	return nil
+}
+
+// steadyRedis loads keygate on Redis alone for o.steady: the rounds' short
+// measurements leave out background work that falls due once a minute or
+// two (last_used_at, per-key folds), which steady traffic pays for.
+func steadyRedis(m *meter, tr traffic, targets []target, keysOf func(target) []string, o options) error {
+	i := slices.IndexFunc(targets, func(t target) bool { return t.gw != nil && t.gw.redis })
+	if i < 0 {
+		return nil
+	}
+	t := targets[i]
+	r, err := m.load(t, keysOf(t), tr.skew, o.conns[0], o.steady)
+	if err != nil {
+		return fmt.Errorf("%s steady: %w", t.name, err)
+	}
+	fmt.Printf("%s alone, steady for %s at %d connections: %.0f req/s, RSS %.1f MiB, Redis CPU %.2f µs/req, Redis cmds/req %.3f (%s)\n",
+		t.name, o.steady, o.conns[0], r.rps, float64(r.rss)/1024, r.redisUS, r.redisCmd, topCommands(r.redisBy, 10))
 	return nil
 }
 
