@@ -40,6 +40,12 @@ type direct struct {
 
 	mu   sync.Mutex
 	idle []*upConn // most recently used last
+	// sweep, while armed, closes the connections that stayed idle past
+	// idleTimeout, so an idle sidecar does not keep them open (in
+	// CLOSE_WAIT once the upstream closed its end) until traffic returns.
+	// It is armed only while connections are idle: no goroutine or timer
+	// outlives them.
+	sweep *time.Timer
 }
 
 // maxResponseHeaderBytes bounds what the upstream may send before its
@@ -191,6 +197,28 @@ func (d *direct) put(c *upConn) {
 		d.idle = append(d.idle[:0], d.idle[1:]...)
 	}
 	d.idle = append(d.idle, c)
+	if d.sweep == nil {
+		d.sweep = time.AfterFunc(d.idleTimeout, d.closeStale)
+	}
+}
+
+// closeStale closes the connections idle for idleTimeout or longer and
+// arms the sweep again for the oldest of the others, if any.
+func (d *direct) closeStale() {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for n < len(d.idle) && now.Sub(d.idle[n].idleSince) >= d.idleTimeout {
+		_ = d.idle[n].conn.Close()
+		d.idle[n] = nil
+		n++
+	}
+	d.idle = append(d.idle[:0], d.idle[n:]...)
+	d.sweep = nil
+	if len(d.idle) > 0 {
+		d.sweep = time.AfterFunc(d.idleTimeout-now.Sub(d.idle[0].idleSince), d.closeStale)
+	}
 }
 
 // closeIdle closes every idle connection.
@@ -201,6 +229,10 @@ func (d *direct) closeIdle() {
 		_ = c.conn.Close()
 	}
 	d.idle = nil
+	if d.sweep != nil {
+		d.sweep.Stop()
+		d.sweep = nil
+	}
 }
 
 // aLongTimeAgo is a deadline in the past: it interrupts blocked I/O.

@@ -79,3 +79,61 @@ func TestDirectPoolReusesConnections(t *testing.T) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// TestDirectPoolClosesIdleConnections: a connection left idle past the
+// idle timeout is closed without a request coming to find it, so an idle
+// sidecar holds no upstream connections; one in use meanwhile is kept.
+func TestDirectPoolClosesIdleConnections(t *testing.T) {
+	closed := make(chan struct{}, 8)
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}))
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
+	up.Start()
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL)
+	d := newDirect(u, 5*time.Second)
+	d.idleTimeout = 100 * time.Millisecond
+	t.Cleanup(d.closeIdle)
+	roundTrip := func() *upConn {
+		out, _ := http.NewRequest("GET", up.URL+"/x", nil)
+		resp, c, err := d.roundTrip(context.Background(), out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadAll(resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		c.unwatch()
+		return c
+	}
+	first, second := roundTrip(), roundTrip() // two connections, both busy
+	d.put(first)
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("an idle pooled connection was still open 5 s after its idle timeout")
+	}
+	d.mu.Lock()
+	n := len(d.idle)
+	d.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d connections still pooled after the sweep, want 0", n)
+	}
+	// The connection that was busy during the sweep is pooled and reused.
+	d.put(second)
+	c := roundTrip()
+	if c != second {
+		t.Error("the connection put back after the sweep was not reused")
+	}
+	d.put(c)
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sweep was not armed again for the next idle connection")
+	}
+}
