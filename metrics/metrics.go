@@ -105,6 +105,10 @@ type Metrics struct {
 	leaseRenewals    *prometheus.CounterVec
 	leaseReturned    prometheus.Counter
 	leaseLost        prometheus.Counter
+	rateOutstanding  prometheus.Gauge
+	rateRenewals     *prometheus.CounterVec
+	rateReturned     prometheus.Counter
+	rateLost         prometheus.Counter
 	revalidations    prometheus.Counter
 	changeLog        *prometheus.CounterVec
 	// cacheStats reads the credential cache's size (AuthCacheStats).
@@ -207,6 +211,22 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 			Name: "keygate_quota_lease_lost_units_total",
 			Help: "Units of quota counted as used without being admitted: reservations whose reply was lost, blocks that could not be given back at shutdown (at most; the reservation may not have been booked).",
 		}),
+		rateOutstanding: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keygate_rate_lease_outstanding_slots",
+			Help: "Emission slots of rate limits this sidecar holds reserved in Redis, unspent and not yet past (KEYGATE_QUOTA_LEASES=auto), as of its latest tick (250ms).",
+		}),
+		rateRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_rate_lease_renewals_total",
+			Help: "Reservations of a block of a rate limit's slots, by result: granted, refused (a limit had no room for the request) or failed (the store did not answer).",
+		}, []string{"result"}),
+		rateReturned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_rate_lease_returned_slots_total",
+			Help: "Rate-limit slots offered back unspent by an answered call: blocks gone idle, at shutdown, before a new block. A give-back applies while nobody took slots after the block; otherwise the slots lapse within the limit's burst tolerance.",
+		}),
+		rateLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_rate_lease_lost_slots_total",
+			Help: "Rate-limit slots a call without an answer may have left counted as used (at most: those it gave back and those it asked for); they lapse within the limit's burst tolerance.",
+		}),
 		orgs:    &orgLabels{max: maxOrgs, seen: make(map[string]*orgSeen)},
 		meterAt: make(map[meterSeries]time.Time),
 		now:     time.Now,
@@ -242,9 +262,11 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamDuration, m.storeDuration, m.storeErrors,
 		quotaCollector{m}, m.quotaLimit, m.failOpenAdmits, m.wouldLimit, m.authCache, m.revocations, m.revocationLag,
 		m.revalidations, m.changeLog, cacheEntries, cacheBytes, build,
-		m.leaseOutstanding, m.leaseRenewals, m.leaseReturned, m.leaseLost)
+		m.leaseOutstanding, m.leaseRenewals, m.leaseReturned, m.leaseLost,
+		m.rateOutstanding, m.rateRenewals, m.rateReturned, m.rateLost)
 	for _, r := range []string{"granted", "refused", "failed"} {
 		m.leaseRenewals.WithLabelValues(r)
+		m.rateRenewals.WithLabelValues(r)
 	}
 	return m
 }
@@ -578,6 +600,36 @@ func (m *Metrics) LeaseReturned(n int64) {
 func (m *Metrics) LeaseLost(n int64) {
 	if m != nil && n > 0 {
 		m.leaseLost.Add(float64(n))
+	}
+}
+
+// RateLeaseOutstanding sets the rate-limit slots held unspent (quota/lease's
+// RateObserver, as are the three below).
+func (m *Metrics) RateLeaseOutstanding(slots int64) {
+	if m != nil {
+		m.rateOutstanding.Set(float64(slots))
+	}
+}
+
+// RateLeaseRenewal counts a rate-limit reservation by its result.
+func (m *Metrics) RateLeaseRenewal(result string) {
+	if m != nil {
+		m.rateRenewals.WithLabelValues(result).Inc()
+	}
+}
+
+// RateLeaseReturned counts rate-limit slots offered back unspent.
+func (m *Metrics) RateLeaseReturned(slots int64) {
+	if m != nil && slots > 0 {
+		m.rateReturned.Add(float64(slots))
+	}
+}
+
+// RateLeaseLost counts rate-limit slots a call without an answer may have
+// left counted as used.
+func (m *Metrics) RateLeaseLost(slots int64) {
+	if m != nil && slots > 0 {
+		m.rateLost.Add(float64(slots))
 	}
 }
 

@@ -363,6 +363,8 @@ func openStores(cfg config, log *zap.Logger, mtr *metrics.Metrics) (*stores, err
 	st := &stores{kind: "redis", keys: ks, counter: counter, remote: true,
 		closeCounter: func(context.Context) error { return nil }}
 	if cfg.QuotaLeases == "auto" {
+		// mtr is the leases' Observer and, for the rate limits, their
+		// RateObserver too (checked below at compile time).
 		lc := lease.New(counter, "", lease.Options{Timeout: cfg.RedisTimeout, Observer: mtr})
 		st.counter, st.remote, st.closeCounter = lc, false, lc.Close
 	}
@@ -484,3 +486,5 @@ func logSigning(log *zap.Logger, s *keys.Sealer) {
 	}
 	log.Info("request signing on: new secrets are sealed with AES-256-GCM under KEYGATE_SECRET_KEY", fields...)
 }
+
+var _ lease.RateObserver = (*metrics.Metrics)(nil)

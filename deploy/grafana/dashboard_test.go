@@ -131,6 +131,8 @@ func TestDashboardDecodesStrictly(t *testing.T) {
 		"keygate_auth_cache_entries", "keygate_auth_cache_bytes", "keygate_auth_cache_revalidations_total",
 		"keygate_auth_change_log_events_total",
 		"keygate_quota_lease_outstanding_units", "keygate_quota_lease_lost_units_total",
+		"keygate_rate_lease_outstanding_slots", "keygate_rate_lease_renewals_total",
+		"keygate_rate_lease_returned_slots_total", "keygate_rate_lease_lost_slots_total",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no dashboard query uses %s", want)
