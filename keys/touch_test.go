@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -124,6 +125,60 @@ func TestToucherOncePerInterval(t *testing.T) {
 	}
 }
 
+// TestToucherRefreshesWait: a key recorded before by this Toucher is
+// recorded again after Every, but written only with the refreshes (every
+// RefreshInterval in Run), while a first use — of a new key, or of one not
+// recorded for two Every — is written at the next flush.
+func TestToucherRefreshesWait(t *testing.T) {
+	st, ks := touchSetup(t, 3)
+	clk := &clock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	tc := keys.NewToucher(st, keys.ToucherOptions{Every: time.Minute, Now: clk.Now})
+	ctx := context.Background()
+	a, b, c := ks[0], ks[1], ks[2]
+	tc.Touch(a.Ref())
+	tc.Touch(c.Ref())
+	if err := tc.FlushFirstUses(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.lastBatch(); len(got) != 2 {
+		t.Fatalf("first uses of a and c: batch %v, want both", got)
+	}
+
+	clk.Add(time.Minute)
+	tc.Touch(a.Ref()) // a refresh
+	tc.Touch(b.Ref()) // a first use
+	if err := tc.FlushFirstUses(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.lastBatch(); len(got) != 1 || !got[b.Ref()].Equal(clk.Now()) {
+		t.Errorf("flush of first uses wrote %v, want only b at %v", got, clk.Now())
+	}
+	if err := tc.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.lastBatch(); len(got) != 1 || !got[a.Ref()].Equal(clk.Now()) {
+		t.Errorf("full flush wrote %v, want a's refresh at %v", got, clk.Now())
+	}
+	if got := lastUsed(t, st, a); got == nil || !got.Equal(clk.Now()) {
+		t.Errorf("a last used %v after its refresh, want %v", got, clk.Now())
+	}
+
+	// c was last recorded two minutes ago: it is forgotten, and its next
+	// use is a first use again.
+	clk.Add(time.Minute)
+	if err := tc.FlushFirstUses(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tc.Touch(c.Ref())
+	calls := st.calls()
+	if err := tc.FlushFirstUses(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.lastBatch(); st.calls() != calls+1 || len(got) != 1 || !got[c.Ref()].Equal(clk.Now()) {
+		t.Errorf("use of c after two minutes: batch %v, want c as a first use", got)
+	}
+}
+
 func TestToucherBoundedAndRetried(t *testing.T) {
 	st, ks := touchSetup(t, 5)
 	clk := &clock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
@@ -167,42 +222,59 @@ func TestToucherBoundedAndRetried(t *testing.T) {
 	}
 }
 
-// TestToucherRun: Run writes a first use within its flush interval, and a use
-// recorded just before it stops is written by its final flush.
+// TestToucherRun: Run writes a first use within its flush interval and a
+// refresh within its refresh interval, and a refresh recorded just before it
+// stops is written by its final flush.
 func TestToucherRun(t *testing.T) {
-	st, ks := touchSetup(t, 2)
-	flushed := make(chan int, 16)
-	tc := keys.NewToucher(st, keys.ToucherOptions{FlushInterval: 10 * time.Millisecond, OnFlush: func(n int, err error) {
-		if err == nil {
-			flushed <- n
-		}
-	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); tc.Run(ctx) }()
+	for _, refreshEvery := range []time.Duration{30 * time.Millisecond, time.Hour} {
+		t.Run(fmt.Sprint("refresh every ", refreshEvery), func(t *testing.T) {
+			st, ks := touchSetup(t, 1)
+			k := ks[0]
+			clk := &clock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+			flushed := make(chan int, 16)
+			tc := keys.NewToucher(st, keys.ToucherOptions{FlushInterval: 10 * time.Millisecond, RefreshInterval: refreshEvery, Now: clk.Now, OnFlush: func(n int, err error) {
+				if err == nil {
+					flushed <- n
+				}
+			}})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); tc.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			waitFlush := func(what string) {
+				t.Helper()
+				select {
+				case n := <-flushed:
+					if n != 1 {
+						t.Errorf("%s: flush wrote %d keys, want 1", what, n)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("%s: Run did not flush within 5s", what)
+				}
+				if got := lastUsed(t, st, k); got == nil || !got.Equal(clk.Now()) {
+					t.Errorf("%s: last used %v after Run's flush, want %v", what, got, clk.Now())
+				}
+			}
 
-	tc.Touch(ks[0].Ref())
-	select {
-	case n := <-flushed:
-		if n != 1 {
-			t.Errorf("first flush wrote %d keys, want 1", n)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not flush within 5s")
-	}
-	if lastUsed(t, st, ks[0]) == nil {
-		t.Error("first use not recorded after Run's flush")
-	}
-
-	tc.Touch(ks[1].Ref())
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return within 5s of its context's end")
-	}
-	if lastUsed(t, st, ks[1]) == nil {
-		t.Error("use recorded before shutdown was lost")
+			tc.Touch(k.Ref())
+			waitFlush("first use")
+			clk.Add(time.Minute)
+			tc.Touch(k.Ref())
+			if refreshEvery < time.Hour {
+				waitFlush("refresh")
+				return
+			}
+			// Only the final flush writes refreshes within the hour.
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("Run did not return within 5s of its context's end")
+			}
+			if got := lastUsed(t, st, k); got == nil || !got.Equal(clk.Now()) {
+				t.Errorf("refresh recorded before shutdown: last used %v, want %v", got, clk.Now())
+			}
+		})
 	}
 }
 
@@ -255,4 +327,63 @@ func BenchmarkToucherTouch(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// toucherHeap returns the heap bytes per key of a Toucher tracking n keys of
+// 100 organizations: while their uses wait for a flush, and once flushed
+// (each key in its quiet period). The refs themselves are not counted: they
+// belong to the caller (the credential cache's principals).
+func toucherHeap(n int) (pending, quiet float64) {
+	refs := make([]keys.KeyRef, n)
+	orgs := make([]string, 100)
+	for i := range orgs {
+		orgs[i] = fmt.Sprintf("org-%03d", i)
+	}
+	for i := range refs {
+		uid, _ := keys.NewUUID()
+		refs[i] = keys.KeyRef{OrgID: orgs[i%len(orgs)], UID: uid}
+	}
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	base := heap()
+	tc := keys.NewToucher(memstore.New(), keys.ToucherOptions{MaxPending: n, Now: func() time.Time { return now }})
+	for _, ref := range refs {
+		tc.Touch(ref)
+	}
+	pending = float64(heap()-base) / float64(n)
+	if err := tc.Flush(context.Background()); err != nil {
+		panic(err)
+	}
+	quiet = float64(heap()-base) / float64(n)
+	runtime.KeepAlive(tc)
+	runtime.KeepAlive(refs)
+	return pending, quiet
+}
+
+// TestToucherBytesPerKey bounds what a Toucher keeps per key it tracks, for
+// 20,000 keys.
+func TestToucherBytesPerKey(t *testing.T) {
+	pending, quiet := toucherHeap(20000)
+	t.Logf("20,000 keys: %.0f B per key waiting for a flush, %.0f B per key in its quiet period", pending, quiet)
+	// Before the compact form: 210 B either way (two maps by KeyRef of
+	// time.Time).
+	if pending > 160 || quiet > 64 {
+		t.Errorf("%.0f B per pending key and %.0f B per quiet key, want at most 160 and 64", pending, quiet)
+	}
+}
+
+// BenchmarkToucherBytesPerKey reports TestToucherBytesPerKey's figures as
+// metrics (pending-B/key, quiet-B/key).
+func BenchmarkToucherBytesPerKey(b *testing.B) {
+	var pending, quiet float64
+	for b.Loop() {
+		pending, quiet = toucherHeap(20000)
+	}
+	b.ReportMetric(pending, "pending-B/key")
+	b.ReportMetric(quiet, "quiet-B/key")
 }

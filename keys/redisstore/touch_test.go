@@ -194,8 +194,8 @@ func TestTouchKeysCommandsPerChunk(t *testing.T) {
 	t1 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	// Steady state: every key of the flush exists.
 	by, total := touch("first uses", t1, false)
-	if want := map[string]int64{"eval": chunks, "exists": chunks, "mget": chunks, "mset": chunks}; fmt.Sprint(by) != fmt.Sprint(want) {
-		t.Errorf("first uses: commands %v, want %v", by, want)
+	if want := map[string]int64{"eval": chunks, "exists": chunks, "mget": chunks, "mset": chunks}; fmt.Sprint(by) != fmt.Sprint(want) || total != 4*chunks {
+		t.Errorf("first uses: %d commands %v, want %v", total, by, want)
 	}
 	wantUsed("first uses", t1)
 
