@@ -23,10 +23,10 @@ type ToucherOptions struct {
 	// 2s), so a key's first use shows within about that much.
 	FlushInterval time.Duration
 	// RefreshInterval is how often Run writes the later recordings of keys
-	// it recorded within the last two Every (default 10s). Writing them
-	// together costs the store a few commands per organization each time,
-	// whatever the number of keys, so refreshing 20,000 keys of 100
-	// organizations costs a fifth of what it would at every FlushInterval.
+	// it recorded within the last two Every (default 10s), or sooner once
+	// half of MaxPending uses wait. A write costs the store a few commands
+	// per organization, whatever the number of keys, so writing refreshes
+	// together costs a fraction of writing them at every FlushInterval.
 	RefreshInterval time.Duration
 	// MaxPending bounds the uses waiting for a flush (default 10000). Uses
 	// of further keys are dropped, and counted, until the next flush.
@@ -65,6 +65,8 @@ type Toucher struct {
 	// pending counts the uses in every shard's lists.
 	pending atomic.Int64
 	dropped atomic.Int64
+	// wake tells Run that half of MaxPending uses wait.
+	wake chan struct{}
 	// flushing serializes flushes.
 	flushing sync.Mutex
 }
@@ -110,7 +112,7 @@ func NewToucher(store TouchStore, opt ToucherOptions) *Toucher {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	t := &Toucher{store: store, opt: opt, seed: maphash.MakeSeed(), epoch: opt.Now()}
+	t := &Toucher{store: store, opt: opt, seed: maphash.MakeSeed(), epoch: opt.Now(), wake: make(chan struct{}, 1)}
 	t.every = uint32(max(1, (opt.Every+time.Second-1)/time.Second))
 	for i := range t.shards {
 		t.shards[i].quiet = make(map[uint64]uint32)
@@ -156,7 +158,12 @@ func (t *Toucher) Touch(ref KeyRef) {
 		t.dropped.Add(1)
 		return
 	}
-	t.pending.Add(1)
+	if t.pending.Add(1) == int64(max(1, t.opt.MaxPending/2)) {
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
+	}
 	use := touchUse{ref: ref, at: now.UnixNano()}
 	if known {
 		sh.refresh = append(sh.refresh, use)
@@ -240,20 +247,29 @@ func (t *Toucher) requeue(batch map[KeyRef]time.Time) {
 }
 
 // Run flushes first uses every FlushInterval and everything every
-// RefreshInterval until ctx is done, then flushes everything once more
-// (bounded by Timeout) so uses recorded before a shutdown are not lost.
-// Store errors are reported through OnFlush and retried at the next flush.
+// RefreshInterval, and everything at once when half of MaxPending uses wait
+// (so that waiting refreshes do not crowd out first uses), until ctx is done;
+// then it flushes everything once more (bounded by Timeout) so uses recorded
+// before a shutdown are not lost. Store errors are reported through OnFlush
+// and retried at the next flush.
 func (t *Toucher) Run(ctx context.Context) {
 	tick := time.NewTicker(t.opt.FlushInterval)
 	defer tick.Stop()
-	every := max(1, int((t.opt.RefreshInterval+t.opt.FlushInterval-1)/t.opt.FlushInterval))
 	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			_ = t.Flush(context.WithoutCancel(ctx))
 			return
 		case <-tick.C:
-			_ = t.flush(ctx, n%every == 0)
+			_ = t.tick(ctx, n)
+		case <-t.wake:
+			_ = t.Flush(ctx)
 		}
 	}
+}
+
+// tick is Run's n-th flush (from 1).
+func (t *Toucher) tick(ctx context.Context, n int) error {
+	every := max(1, int((t.opt.RefreshInterval+t.opt.FlushInterval-1)/t.opt.FlushInterval))
+	return t.flush(ctx, n%every == 0)
 }
