@@ -29,7 +29,8 @@ type ToucherOptions struct {
 	// together costs a fraction of writing them at every FlushInterval.
 	RefreshInterval time.Duration
 	// MaxPending bounds the uses waiting for a flush (default 10000). Uses
-	// of further keys are dropped, and counted, until the next flush.
+	// beyond it are dropped, and counted, until the next flush; a dropped
+	// key is recorded at its next use after that.
 	MaxPending int
 	// Timeout bounds each flush's store call (default 5s).
 	Timeout time.Duration
@@ -48,9 +49,10 @@ type ToucherOptions struct {
 // RefreshInterval. It is safe for concurrent use; create it with NewToucher.
 //
 // Memory is small and bounded. A key is known by a 64-bit hash of its ref
-// and costs one map entry of 12 bytes (the hash and the end of its quiet
-// period in seconds) for two Every after its last recording; only a use
-// waiting for a flush holds the ref itself, and at most MaxPending do. Two
+// and costs one map entry (the hash and the end of its quiet period in
+// seconds: about 30 bytes of heap with the map's own, TestToucherBytesPerKey)
+// for two Every after its last recording; only a use waiting for a flush
+// holds the ref itself (about 80 bytes), and at most MaxPending do. Two
 // refs with the same hash (odds about n²/2⁶⁵ for n keys: 1 in 10¹¹ for
 // 20,000) share a quiet period, so one of them may be recorded up to Every
 // late; nothing else depends on the hash.

@@ -286,6 +286,37 @@ func TestToucherRun(t *testing.T) {
 	}
 }
 
+// TestToucherRunWakes: once half of MaxPending uses wait, Run writes them
+// all at once, without waiting for its intervals.
+func TestToucherRunWakes(t *testing.T) {
+	st, ks := touchSetup(t, 4)
+	flushed := make(chan int, 16)
+	tc := keys.NewToucher(st, keys.ToucherOptions{FlushInterval: time.Hour, MaxPending: 4, OnFlush: func(n int, err error) {
+		if err == nil {
+			flushed <- n
+		}
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); tc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	tc.Touch(ks[0].Ref())
+	tc.Touch(ks[1].Ref())
+	select {
+	case n := <-flushed:
+		if n != 2 {
+			t.Errorf("woken flush wrote %d keys, want 2", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not flush within 5s of half of MaxPending uses waiting")
+	}
+	for _, k := range ks[:2] {
+		if lastUsed(t, st, k) == nil {
+			t.Errorf("key %s not recorded by the woken flush", k.Name)
+		}
+	}
+}
+
 // TestToucherConcurrent exercises Touch from many goroutines while flushing,
 // for the race detector, and checks every key ends up recorded.
 func TestToucherConcurrent(t *testing.T) {

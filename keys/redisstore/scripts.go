@@ -55,8 +55,8 @@ var replaceKeySrc string
 var replaceKeyScript = redis.NewScript(replaceKeySrc)
 
 // touchKeysScript moves the last-used times of n keys of one organization
-// forward, skipping keys that no longer exist, with one EXISTS, one MGET and
-// one MSET for all of them. It runs in pipelines, with EVAL (Script.Eval), so
+// forward, skipping keys that no longer exist, with one MGET, one MSET and
+// (for the keys without a time yet) one EXISTS for all of them. It runs in pipelines, with EVAL (Script.Eval), so
 // it never meets a server that lacks it.
 //
 //	KEYS[i] kg:{org}:key:<uid>  KEYS[n+i] kg:{org}:used:<uid>

@@ -745,9 +745,10 @@ const touchChunk = 256
 // TouchKeys moves last_used_at of keys forward, to the millisecond: one
 // script per organization (and per 256 keys), all in one pipeline, so one
 // round trip on a single server and one per node on a Cluster. Each script
-// runs a few multi-key commands (EXISTS, MGET, MSET; see touch_keys.lua), so
-// a flush costs Redis a handful of commands per organization, whatever the
-// number of keys. Keys that no longer exist are skipped.
+// runs a few multi-key commands (MGET, MSET, and EXISTS for keys without a
+// time yet; see touch_keys.lua), so a flush costs Redis three or four
+// commands per organization, whatever the number of keys. Keys that no
+// longer exist are skipped.
 func (s *Store) TouchKeys(ctx context.Context, used map[keys.KeyRef]time.Time) error {
 	if len(used) == 0 {
 		return nil
