@@ -257,13 +257,14 @@ func (t *Toucher) requeue(batch map[KeyRef]time.Time) {
 func (t *Toucher) Run(ctx context.Context) {
 	tick := time.NewTicker(t.opt.FlushInterval)
 	defer tick.Stop()
-	for n := 1; ; n++ {
+	for n := 1; ; {
 		select {
 		case <-ctx.Done():
 			_ = t.Flush(context.WithoutCancel(ctx))
 			return
 		case <-tick.C:
 			_ = t.tick(ctx, n)
+			n++
 		case <-t.wake:
 			_ = t.Flush(ctx)
 		}
