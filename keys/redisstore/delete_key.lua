@@ -1,5 +1,6 @@
 -- delete_key.lua removes a key from its organization: its record, its name,
--- its share of the allocation and its last-used time, in one atomic step.
+-- its share of the allocation and its last-used time, in one atomic step
+-- (touch_keys.lua relies on a time never outliving its record).
 --
 -- KEYS[1]  names hash, name -> uid      kg:{org}:keynames
 -- KEYS[2]  allocation hash, uid -> max  kg:{org}:alloc

@@ -54,11 +54,12 @@ var deleteKeyScript = redis.NewScript(deleteKeySrc)
 var replaceKeySrc string
 var replaceKeyScript = redis.NewScript(replaceKeySrc)
 
-// touchKeysScript moves the last-used times of keys of one organization
-// forward, skipping keys that no longer exist. It runs in pipelines, with
-// EVAL (Script.Eval), so it never meets a server that lacks it.
+// touchKeysScript moves the last-used times of n keys of one organization
+// forward, skipping keys that no longer exist, with one MGET, one MSET and
+// (for the keys without a time yet) one EXISTS for all of them. It runs in pipelines, with EVAL (Script.Eval), so
+// it never meets a server that lacks it.
 //
-//	KEYS[2i-1] kg:{org}:key:<uid>  KEYS[2i] kg:{org}:used:<uid>
+//	KEYS[i] kg:{org}:key:<uid>  KEYS[n+i] kg:{org}:used:<uid>
 //	ARGV[i] the i-th key's use in Unix milliseconds
 //	reply: how many times moved forward
 //

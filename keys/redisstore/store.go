@@ -744,7 +744,10 @@ const touchChunk = 256
 
 // TouchKeys moves last_used_at of keys forward, to the millisecond: one
 // script per organization (and per 256 keys), all in one pipeline, so one
-// round trip on a single server and one per node on a Cluster. Keys that no
+// round trip on a single server and one per node on a Cluster. Each script
+// runs a few multi-key commands (MGET, MSET, and EXISTS for keys without a
+// time yet; see touch_keys.lua), so a flush costs Redis three or four
+// commands per organization, whatever the number of keys. Keys that no
 // longer exist are skipped.
 func (s *Store) TouchKeys(ctx context.Context, used map[keys.KeyRef]time.Time) error {
 	if len(used) == 0 {
@@ -762,11 +765,11 @@ func (s *Store) TouchKeys(ctx context.Context, used map[keys.KeyRef]time.Time) e
 			for len(refs) > 0 {
 				chunk := refs[:min(len(refs), touchChunk)]
 				refs = refs[len(chunk):]
-				ks := make([]string, 0, 2*len(chunk))
-				args := make([]any, 0, len(chunk))
-				for _, ref := range chunk {
-					ks = append(ks, keyKey(orgID, ref.UID), usedKey(orgID, ref.UID))
-					args = append(args, used[ref].UnixMilli())
+				ks := make([]string, 2*len(chunk))
+				args := make([]any, len(chunk))
+				for i, ref := range chunk {
+					ks[i], ks[len(chunk)+i] = keyKey(orgID, ref.UID), usedKey(orgID, ref.UID)
+					args[i] = used[ref].UnixMilli()
 				}
 				touchKeysScript.Eval(ctx, p, ks, args...)
 			}

@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
+	"os"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/keys/redisstore"
+	"github.com/keygate/keygate/keys/storetest"
 )
 
 // The records below are byte for byte what the store wrote before rate
@@ -199,4 +203,151 @@ func TestSearchFindsOrgsOfEarlierVersion(t *testing.T) {
 	if n, err := rdb.Exists(ctx, "kg:orgterms:built").Result(); err != nil || n != 1 {
 		t.Errorf("index marker: %d, %v", n, err)
 	}
+}
+
+// touchV1 records uses the way sidecars before the multi-key touch script
+// did: testdata/touch_keys_v1.lua is that version's script, byte for byte
+// (EXISTS, GET and SET per key; KEYS interleaved record, time).
+func touchV1(t *testing.T, ctx context.Context, rdb redis.UniversalClient, orgID string, used map[string]time.Time) {
+	t.Helper()
+	src, err := os.ReadFile("testdata/touch_keys_v1.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ks []string
+	var args []any
+	for uid, at := range used {
+		ks = append(ks, "kg:{"+orgID+"}:key:"+uid, "kg:{"+orgID+"}:used:"+uid)
+		args = append(args, at.UnixMilli())
+	}
+	if err := redis.NewScript(string(src)).Eval(ctx, rdb, ks, args...).Err(); err != nil {
+		t.Fatalf("old touch script: %v", err)
+	}
+}
+
+// TestTouchMixedFleet: last-used times recorded by sidecars of the version
+// before the multi-key touch script read after the upgrade with no step in
+// between, and while old and new sidecars record uses of the same keys side
+// by side (a rolling upgrade) no key's time ever moves backwards, whichever
+// sidecar writes last, and a deleted key keeps nothing. Both write one string
+// per key, so an old sidecar also reads what a new one wrote. It also measures
+// the commands each version runs for the same 200 keys.
+func TestTouchMixedFleet(t *testing.T) {
+	ctx := ctxFor(t, 60*time.Second)
+	sealer, err := keys.NewSealer([]byte("0123456789abcdef0123456789abcdef"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redistest.Client(t)
+	writeV1(t, ctx, rdb, sealer)
+	s := redisstore.New(rdb)
+	uids := []string{v1UID, v1BareUID}
+	for i := range 198 {
+		k, _ := storetest.NewKey(t, "org", fmt.Sprintf("n%d", i), nil)
+		if err := s.CreateKey(ctx, k, -1); err != nil {
+			t.Fatal(err)
+		}
+		uids = append(uids, k.UID)
+	}
+
+	// Uses recorded before the upgrade read after it.
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	old := map[string]time.Time{}
+	for i, uid := range uids {
+		old[uid] = t0.Add(time.Duration(i) * time.Millisecond)
+	}
+	by, total := commandsDuring(t, ctx, rdb, func() { touchV1(t, ctx, rdb, "org", old) })
+	t.Logf("old script, %d keys: %d commands %v", len(old), total, by)
+	newUsed := map[keys.KeyRef]time.Time{}
+	for uid, at := range old {
+		newUsed[keys.KeyRef{OrgID: "org", UID: uid}] = at.Add(time.Minute)
+	}
+	by, total = commandsDuring(t, ctx, rdb, func() {
+		if err := s.TouchKeys(ctx, map[keys.KeyRef]time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if total != 0 {
+		t.Errorf("TouchKeys(nothing) ran %d commands %v", total, by)
+	}
+	want := maps.Clone(old)
+	check := func(what string) {
+		t.Helper()
+		ks, err := s.Keys(ctx, "org")
+		if err != nil || len(ks) != len(want) {
+			t.Fatalf("%s: Keys: %d keys, %v; want %d", what, len(ks), err, len(want))
+		}
+		for _, k := range ks {
+			if k.LastUsedAt == nil || !k.LastUsedAt.Equal(want[k.UID]) {
+				t.Fatalf("%s: key %s last used %v, want %v", what, k.Name, k.LastUsedAt, want[k.UID])
+			}
+		}
+		for _, uid := range []string{v1UID, v1BareUID} {
+			if _, ok := want[uid]; !ok {
+				continue
+			}
+			k, err := s.KeyByUID(ctx, uid)
+			if err != nil || k.LastUsedAt == nil || !k.LastUsedAt.Equal(want[uid]) {
+				t.Fatalf("%s: KeyByUID(%s) last used %v, %v; want %v", what, uid, k.LastUsedAt, err, want[uid])
+			}
+			// What an old sidecar reads: the string it wrote itself.
+			if ms, err := rdb.Get(ctx, "kg:{org}:used:"+uid).Int64(); err != nil || ms != want[uid].UnixMilli() {
+				t.Fatalf("%s: old form of %s holds %d, %v; want %d", what, uid, ms, err, want[uid].UnixMilli())
+			}
+		}
+	}
+	check("after the upgrade")
+
+	// A rolling upgrade: old and new sidecars record uses of the same keys
+	// in random order with times that are early, late or equal.
+	by, total = commandsDuring(t, ctx, rdb, func() {
+		if err := s.TouchKeys(ctx, newUsed); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("new script, %d keys: %d commands %v", len(newUsed), total, by)
+	for ref, at := range newUsed {
+		want[ref.UID] = at
+	}
+	check("after a new sidecar's flush")
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 50 {
+		batch := map[string]time.Time{}
+		for range 1 + rng.IntN(20) {
+			uid := uids[rng.IntN(len(uids))]
+			batch[uid] = want[uid].Add(time.Duration(rng.IntN(2001)-1000) * time.Millisecond)
+		}
+		if round%2 == 0 {
+			touchV1(t, ctx, rdb, "org", batch)
+		} else {
+			used := map[keys.KeyRef]time.Time{}
+			for uid, at := range batch {
+				used[keys.KeyRef{OrgID: "org", UID: uid}] = at
+			}
+			if err := s.TouchKeys(ctx, used); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for uid, at := range batch {
+			if at.After(want[uid]) {
+				want[uid] = at
+			}
+		}
+		check(fmt.Sprintf("round %d", round))
+	}
+
+	// A key deleted by a new sidecar keeps nothing, whichever version
+	// records a use of it afterwards.
+	if _, err := s.DeleteKey(ctx, "org", "bare"); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, v1BareUID)
+	touchV1(t, ctx, rdb, "org", map[string]time.Time{v1BareUID: t0.Add(time.Hour)})
+	if err := s.TouchKeys(ctx, map[keys.KeyRef]time.Time{{OrgID: "org", UID: v1BareUID}: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rdb.Exists(ctx, "kg:{org}:used:"+v1BareUID).Result(); err != nil || n != 0 {
+		t.Errorf("deleted key has a last-used time (%d, %v)", n, err)
+	}
+	check("after deleting a key")
 }

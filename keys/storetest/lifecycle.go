@@ -682,6 +682,81 @@ func testTouchKeys(t *testing.T, s keys.Store) {
 	}
 }
 
+// testTouchManyKeys: one TouchKeys call with the uses of 600 keys of one
+// organization (more than one of the Redis store's script chunks) and of a
+// few of another moves exactly the times that are later than the stored
+// ones, skips the keys deleted since their use and leaves nothing of them
+// behind: a key re-created with a deleted key's uid starts unused.
+func testTouchManyKeys(t *testing.T, s keys.Store) {
+	ctx := ctxFor(t)
+	mustCreateOrg(t, s, newOrg("org1"))
+	mustCreateOrg(t, s, newOrg("org2"))
+	var all []keys.Key
+	for i := range 600 {
+		k, _ := NewKey(t, "org1", fmt.Sprintf("k%03d", i), nil)
+		mustCreateKey(t, s, k, -1)
+		all = append(all, k)
+	}
+	for i := range 5 {
+		k, _ := NewKey(t, "org2", fmt.Sprintf("k%03d", i), nil)
+		mustCreateKey(t, s, k, -1)
+		all = append(all, k)
+	}
+	first := map[keys.KeyRef]time.Time{}
+	want := map[string]time.Time{}
+	for i, k := range all {
+		first[k.Ref()] = tStore.Add(time.Duration(i) * time.Millisecond)
+		want[k.UID] = first[k.Ref()]
+	}
+	if err := s.TouchKeys(ctx, first); err != nil {
+		t.Fatalf("TouchKeys: %v", err)
+	}
+	deleted := map[string]keys.Key{}
+	for _, i := range []int{0, 255, 256, 599, 601} {
+		if _, err := s.DeleteKey(ctx, all[i].OrgID, all[i].Name); err != nil {
+			t.Fatalf("DeleteKey: %v", err)
+		}
+		deleted[all[i].UID] = all[i]
+		delete(want, all[i].UID)
+	}
+	// Even keys get an earlier time, odd ones a later one.
+	second := map[keys.KeyRef]time.Time{}
+	for i, k := range all {
+		d := time.Second
+		if i%2 == 0 {
+			d = -time.Second
+		}
+		second[k.Ref()] = first[k.Ref()].Add(d)
+		if _, ok := want[k.UID]; ok && d > 0 {
+			want[k.UID] = second[k.Ref()]
+		}
+	}
+	if err := s.TouchKeys(ctx, second); err != nil {
+		t.Fatalf("TouchKeys: %v", err)
+	}
+	for _, org := range []string{"org1", "org2"} {
+		ks, err := s.Keys(ctx, org)
+		if err != nil {
+			t.Fatalf("Keys(%s): %v", org, err)
+		}
+		for _, k := range ks {
+			if k.LastUsedAt == nil || !k.LastUsedAt.Equal(want[k.UID]) {
+				t.Errorf("key %s/%s last used %v, want %v", org, k.Name, k.LastUsedAt, want[k.UID])
+			}
+			delete(want, k.UID)
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("%d keys not listed", len(want))
+	}
+	for _, k := range deleted {
+		mustCreateKey(t, s, k, -1)
+		if got := mustKeyByName(t, s, k.OrgID, k.Name); got.LastUsedAt != nil {
+			t.Errorf("key %s re-created after its deletion has last_used_at %v, want none", k.Name, got.LastUsedAt)
+		}
+	}
+}
+
 // testWatchLifecycle: key updates and rotations revoke the key, plan updates
 // revoke the plan.
 func testWatchLifecycle(t *testing.T, s keys.Store) {

@@ -49,6 +49,7 @@ func Run(t *testing.T, newStore func(t *testing.T, now func() time.Time) keys.St
 		{"RotateWithoutGrace", testRotateWithoutGrace},
 		{"ConcurrentRotate", testConcurrentRotate},
 		{"TouchKeys", testTouchKeys},
+		{"TouchManyKeys", testTouchManyKeys},
 		{"DeleteKey", testDeleteKey},
 		{"SetSealedSecret", testSetSealedSecret},
 		{"Copies", testCopies},
