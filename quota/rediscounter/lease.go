@@ -146,7 +146,7 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 		}
 		args = append(args, leaseKeyField(k.KeyID, w.ID), k.N)
 	}
-	v, err := leaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
+	v, err := int64s(c.run(ctx, leaseScript, keys, args...))
 	if err != nil {
 		return LeaseReply{}, storeError("lease of org "+l.OrgID, err)
 	}
