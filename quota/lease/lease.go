@@ -441,12 +441,35 @@ func (c *Counter) admit(ol *orgLease, ch quota.Charge) (quota.Result, bool) {
 	}
 	// Renew ahead of exhaustion, in the background; not near the end of
 	// the quota (the last grant was cut), where a block reserved ahead
-	// would be held while other sidecars are refused.
-	if ol.flight == nil && !ol.exhausted && !ol.tight && ol.avail < max(ol.want/4, 1) {
+	// would be held while other sidecars are refused. The tick renews a
+	// block before it gets this low (renewDue), together with the other
+	// organizations' calls of that tick, in one pipeline; a request
+	// renews it only when traffic outran the tick.
+	if ol.flight == nil && c.mayRenew(ol) && ol.avail < max(ol.want/8, 2) {
 		c.start(ol, 1)
 	}
 	res := quota.Result{OrgUsed: ol.used(), KeyUsed: t.base + t.unbooked(), Window: ol.window}
 	return res, !t.known
+}
+
+// mayRenew says ol's block may be renewed ahead: the last reservation was
+// neither refused nor cut (near the end of the quota a block reserved
+// ahead would be held while other sidecars are refused). Called with mu
+// held.
+func (c *Counter) mayRenew(ol *orgLease) bool { return !ol.exhausted && !ol.tight }
+
+// renewDue says the tick renews ol's block now: it is in use and would
+// fall below what a request renews at (a quarter of a block) before the
+// next tick, at the traffic it was sized for. Renewals started by the tick
+// go out with the other calls of that tick in one pipeline, where a call
+// costs Redis a fraction of a lone one. Called with mu held and no flight
+// of ol in progress.
+func (c *Counter) renewDue(ol *orgLease, now time.Time) bool {
+	if c.closed || !c.mayRenew(ol) || ol.orgMax == -2 || ol.toReturn > 0 || now.Sub(ol.lastUse) >= c.opt.IdleReturn {
+		return false
+	}
+	perTick := int64(float64(ol.want) * c.opt.Tick.Seconds() / c.opt.Span.Seconds())
+	return ol.avail < max(ol.want/4+perTick, 2)
 }
 
 // learnBase books a key seen for the first time at once, so that its
@@ -828,6 +851,10 @@ func (c *Counter) tick() {
 		idle := now.Sub(ol.lastUse)
 		if ol.avail > 0 && (idle >= c.opt.IdleReturn || (ol.tight && idle >= c.opt.Tick)) {
 			c.giveBack(ol)
+		}
+		if c.renewDue(ol, now) {
+			c.start(ol, 1)
+			continue
 		}
 		due := ol.doubt != nil || ol.toReturn > 0 || c.foldDue(ol, now) ||
 			(ol.hasPending() && (idle >= c.opt.IdleReturn || now.Sub(ol.oldest) >= c.opt.FlushEvery))

@@ -1,0 +1,75 @@
+package lease
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/quota"
+	"github.com/keygate/keygate/quota/rediscounter"
+)
+
+// TestSteadyManyOrgs: steady traffic over many keys of many organizations,
+// none with a max of its own, is admitted from org blocks: no charge goes
+// per request (none creates a key's counter, as charges per request do),
+// and Redis runs well under 0.1 commands per charge (renewals, carrying the
+// keys' counts, about one per organization and 1.5 s), as a real
+// redis-server counts them.
+func TestSteadyManyOrgs(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	ctx := t.Context()
+	c := New(rediscounter.New(rdb), "", Options{Timeout: 2 * time.Second})
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	const orgs, keys, rate = 20, 1000, 2000 // charges per second
+	charge := func(i int) {
+		k := i % keys
+		ch := quota.Charge{OrgID: "org" + strconv.Itoa(k%orgs), KeyID: "k" + strconv.Itoa(k), Cost: 1,
+			OrgMax: 1 << 40, KeyMax: -1, Period: quota.PeriodMonth, At: time.Now()}
+		if _, err := c.Charge(ctx, ch); err != nil {
+			t.Error(err)
+		}
+	}
+	// paced charges n charges from 8 goroutines at rate, each due at its
+	// instant (bounded: at most n charges).
+	paced := func(from, n int) {
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for g := range 8 {
+			wg.Go(func() {
+				for i := from + g; i < from+n; i += 8 {
+					time.Sleep(time.Until(t0.Add(time.Duration(i-from) * time.Second / rate)))
+					charge(i)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	paced(0, 2*rate) // warm-up: every key seen, blocks sized to the traffic
+	cmds0, _, err := redisCost(ctx, rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3 * rate
+	paced(2*rate, n)
+	cmds, _, err := redisCost(ctx, rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perCharge := (cmds - cmds0) / n
+	t.Logf("%d charges over %d organizations: %.3f Redis commands per charge", n, orgs, perCharge)
+	if perCharge > 0.1 {
+		t.Errorf("%.3f Redis commands per charge, want at most 0.1", perCharge)
+	}
+	// A charge per request creates its key's counter; leased ones never do.
+	found, _, err := rdb.Scan(ctx, 0, "kg:{*}:q:key:*", 10000).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) > 0 {
+		t.Errorf("%d key counters in Redis (e.g. %s): charges went per request", len(found), found[0])
+	}
+}
