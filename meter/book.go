@@ -202,6 +202,11 @@ func (b *Book) Flush(ctx context.Context) {
 	for g := range batches {
 		byOrg[g.org] = append(byOrg[g.org], g)
 	}
+	// The Adds go out together and wait behind one another in the store's
+	// pipelines: each gets the flush's deadline, half the flush interval,
+	// at least the store timeout, so that a store slow for one timeout
+	// does not fail them all.
+	timeout := max(b.opt.StoreTimeout, flushInterval/2)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, flushConcurrency)
 	for _, groups := range byOrg {
@@ -212,7 +217,7 @@ func (b *Book) Flush(ctx context.Context) {
 			defer func() { <-sem; wg.Done() }()
 			for _, g := range groups {
 				bt := batches[g]
-				b.book(ctx, g.org, g.sec, bt.deltas, bt.limits)
+				b.book(ctx, timeout, g.org, g.sec, bt.deltas, bt.limits)
 			}
 		}()
 	}
@@ -222,10 +227,10 @@ func (b *Book) Flush(ctx context.Context) {
 // flushConcurrency bounds the organizations one Flush books at once.
 const flushConcurrency = 64
 
-// book writes one organization's deltas dated sec and sets the gauges
-// from the totals.
-func (b *Book) book(ctx context.Context, org string, sec int64, deltas []quota.MeterDelta, limits map[string]int64) {
-	cctx, cancel := context.WithTimeout(ctx, b.opt.StoreTimeout)
+// book writes one organization's deltas dated sec within timeout and sets
+// the gauges from the totals.
+func (b *Book) book(ctx context.Context, timeout time.Duration, org string, sec int64, deltas []quota.MeterDelta, limits map[string]int64) {
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	start := time.Now()
 	totals, err := b.opt.Counter.Add(cctx, org, time.Unix(sec, 0), deltas)
 	cancel()
