@@ -553,6 +553,13 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 		l.Seq, l.Keys, l.Return, l.Held, l.Fold, l.HeldFirst, l.Ack = s.seq, s.keys, s.ret, s.held, s.fold, s.first, s.ack
 	}
 	if need > 0 {
+		if now.Sub(ol.lastUse) >= c.opt.IdleReturn {
+			// The first reservation after a pause: the traffic is measured
+			// again from now, and the block is sized as before the pause.
+			// Measured across the pause, it would be a fraction of the
+			// traffic that resumes, costing a few small blocks to grow back.
+			ol.spent, ol.since = 0, now
+		}
 		if el := now.Sub(ol.since); el >= 50*time.Millisecond && ol.spent > 0 {
 			rate := float64(ol.spent) / el.Seconds()
 			ol.want = min(max(int64(rate*c.opt.Span.Seconds()), minBlock), c.opt.MaxBlock)

@@ -73,3 +73,53 @@ func TestSteadyManyOrgs(t *testing.T) {
 		t.Errorf("%d key counters in Redis (e.g. %s): charges went per request", len(found), found[0])
 	}
 }
+
+// TestBlockSizeAfterPause: after a pause long enough for the block to go
+// back, the first block of the traffic that resumes is sized as before the
+// pause, not by the traffic averaged over the pause (which would take a
+// few small blocks, a call each, to grow back).
+func TestBlockSizeAfterPause(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redistest.NewClient(t, srv.Addr())
+	ctx := t.Context()
+	c := New(rediscounter.New(rdb), "", Options{Timeout: 2 * time.Second, Tick: 50 * time.Millisecond, IdleReturn: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	ch := quota.Charge{OrgID: "org1", KeyID: "k1", Cost: 1, OrgMax: 1 << 40, KeyMax: -1, Period: quota.PeriodMonth}
+	id := orgWindow{"org1", ch.Period.Window(time.Now()).ID}
+	state := func() (avail, want int64) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		ol := c.orgs[id]
+		return ol.avail, ol.want
+	}
+	// About 1,000 charges/s for a second: blocks of about 2 s of it.
+	t0 := time.Now()
+	for i := range 1000 {
+		time.Sleep(time.Until(t0.Add(time.Duration(i) * time.Millisecond)))
+		ch.At = time.Now()
+		if _, err := c.Charge(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, before := state()
+	if before < 500 {
+		t.Fatalf("block size %d after a second at about 1,000 charges/s, want about 2,000", before)
+	}
+	// A pause: the block goes back (polling: the return has no signal).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if avail, _ := state(); avail == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("block not given back 10 s into the pause")
+		}
+	}
+	time.Sleep(time.Second)
+	ch.At = time.Now()
+	if _, err := c.Charge(ctx, ch); err != nil {
+		t.Fatal(err)
+	}
+	if avail, want := state(); want < before/2 || avail+1 < before/2 {
+		t.Errorf("first block after the pause: %d held of %d wanted, want about %d as before the pause", avail, want, before)
+	}
+}
