@@ -24,9 +24,16 @@ import (
 // so no rule changes; a pipeline that go-redis retries after a lost reply
 // retries each call, as it would retry the call alone: charges carry their
 // token and lease settlements their number, so they count nothing twice.
+//
+// Background calls (lease holders' renewals and settlements, mark reads,
+// meter bookings), which no request waits for, gather for up to gatherFor
+// before their pipeline leaves: a lease holder's tick and a meter flush
+// start the calls of many organizations at once, and without the pause
+// the first calls would leave one by one, each in a pipeline of its own.
 const (
 	maxPipelines = 4
 	maxBatch     = 128
+	gatherFor    = time.Millisecond
 	// maxPipelineWait bounds a pipeline that carries a call without a
 	// deadline.
 	maxPipelineWait = 10 * time.Second
@@ -49,6 +56,8 @@ type call struct {
 	done   chan struct{}
 	val    any
 	err    error
+	// later: a background call (runLater).
+	later bool
 }
 
 // batcher groups script calls into pipelines. Its zero value is ready.
@@ -56,6 +65,8 @@ type batcher struct {
 	mu       sync.Mutex
 	queue    []*call
 	inflight int
+	// gathering: a drain starts after gatherFor, for background calls.
+	gathering bool
 }
 
 // run executes script with keys and args, batched with concurrent calls,
@@ -66,10 +77,16 @@ func (c *Counter) run(ctx context.Context, script *redis.Script, keys []string, 
 	return c.enqueue(&call{ctx: ctx, script: script, keys: keys, args: args, done: make(chan struct{})})
 }
 
-// do runs one command (args, e.g. "HGET", key, field), batched as run's
-// scripts are.
-func (c *Counter) do(ctx context.Context, args ...any) (any, error) {
-	return c.enqueue(&call{ctx: ctx, args: args, done: make(chan struct{})})
+// runLater is run for a background call: it gathers with the calls that
+// come within gatherFor (see above).
+func (c *Counter) runLater(ctx context.Context, script *redis.Script, keys []string, args ...any) (any, error) {
+	return c.enqueue(&call{ctx: ctx, script: script, keys: keys, args: args, done: make(chan struct{}), later: true})
+}
+
+// doLater runs one command (args, e.g. "HGET", key, field) in the
+// background, batched as runLater's scripts are.
+func (c *Counter) doLater(ctx context.Context, args ...any) (any, error) {
+	return c.enqueue(&call{ctx: ctx, args: args, done: make(chan struct{}), later: true})
 }
 
 // enqueue queues cl for a pipeline and waits for its reply or its end.
@@ -78,9 +95,21 @@ func (c *Counter) enqueue(cl *call) (any, error) {
 	b := &c.batch
 	b.mu.Lock()
 	b.queue = append(b.queue, cl)
-	if b.inflight < maxPipelines {
+	switch {
+	case b.inflight >= maxPipelines:
+		// A pipeline in flight takes it next.
+	case !cl.later:
 		b.inflight++
 		go c.drain() // takes this call and whatever queues meanwhile
+	case !b.gathering:
+		b.inflight++
+		b.gathering = true
+		time.AfterFunc(gatherFor, func() {
+			b.mu.Lock()
+			b.gathering = false
+			b.mu.Unlock()
+			c.drain()
+		})
 	}
 	b.mu.Unlock()
 	select {

@@ -238,7 +238,7 @@ func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []
 		}
 		args = append(args, d.Delta, exp)
 	}
-	out, err := int64s(c.run(ctx, addScript, keys, args...))
+	out, err := int64s(c.runLater(ctx, addScript, keys, args...))
 	if err != nil {
 		if strings.Contains(err.Error(), "keygate add: overflow") {
 			return nil, fmt.Errorf("booking meters of org %s: %w", orgID, quota.ErrOverflow)

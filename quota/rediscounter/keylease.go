@@ -113,7 +113,7 @@ func (c *Counter) LeaseMarked(ctx context.Context, orgID, keyID string, period q
 	if keyID == "" {
 		// The common read, batched with the other calls of the moment
 		// (a lease holder's tick reads many organizations' marks at once).
-		v, err := c.do(ctx, "HGET", leaseHoldersKey(orgID, w.ID), "r:")
+		v, err := c.doLater(ctx, "HGET", leaseHoldersKey(orgID, w.ID), "r:")
 		if errors.Is(err, redis.Nil) {
 			return time.Time{}, nil
 		}
