@@ -103,10 +103,14 @@ type Metrics struct {
 	revocationLag    prometheus.Histogram
 	leaseOutstanding prometheus.Gauge
 	leaseRenewals    *prometheus.CounterVec
-	leaseReturned    prometheus.Counter
-	leaseLost        prometheus.Counter
-	revalidations    prometheus.Counter
-	changeLog        *prometheus.CounterVec
+	// rateLease* are the rate-limit leases' (quota/lease ratelimit.go).
+	rateLeaseOutstanding prometheus.Gauge
+	rateLeaseRenewals    *prometheus.CounterVec
+	rateLeaseReturned    prometheus.Counter
+	leaseReturned        prometheus.Counter
+	leaseLost            prometheus.Counter
+	revalidations        prometheus.Counter
+	changeLog            *prometheus.CounterVec
 	// cacheStats reads the credential cache's size (AuthCacheStats).
 	cacheStats atomic.Pointer[func() (int, int64)]
 
@@ -207,6 +211,18 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 			Name: "keygate_quota_lease_lost_units_total",
 			Help: "Units of quota counted as used without being admitted: reservations whose reply was lost, blocks that could not be given back at shutdown (at most; the reservation may not have been booked).",
 		}),
+		rateLeaseOutstanding: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keygate_rate_lease_outstanding_slots",
+			Help: "Slots of rate limits this sidecar holds reserved in Redis and has not spent yet, including those that lapsed since the block's last charge until it is given back (KEYGATE_QUOTA_LEASES=auto).",
+		}),
+		rateLeaseRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_rate_lease_renewals_total",
+			Help: "Reservations of a block of a rate limit's slots, by result: granted, refused (the limit had no room) or failed (the store did not answer).",
+		}, []string{"result"}),
+		rateLeaseReturned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_rate_lease_returned_slots_total",
+			Help: "Slots of rate limits given back unspent: blocks gone idle, at shutdown, or given back to be reserved again.",
+		}),
 		orgs:    &orgLabels{max: maxOrgs, seen: make(map[string]*orgSeen)},
 		meterAt: make(map[meterSeries]time.Time),
 		now:     time.Now,
@@ -242,9 +258,11 @@ func NewMetrics(reg prometheus.Registerer, maxOrgs int) *Metrics {
 	reg.MustRegister(m.requests, m.requestDuration, m.upstreamDuration, m.storeDuration, m.storeErrors,
 		quotaCollector{m}, m.quotaLimit, m.failOpenAdmits, m.wouldLimit, m.authCache, m.revocations, m.revocationLag,
 		m.revalidations, m.changeLog, cacheEntries, cacheBytes, build,
-		m.leaseOutstanding, m.leaseRenewals, m.leaseReturned, m.leaseLost)
+		m.leaseOutstanding, m.leaseRenewals, m.leaseReturned, m.leaseLost,
+		m.rateLeaseOutstanding, m.rateLeaseRenewals, m.rateLeaseReturned)
 	for _, r := range []string{"granted", "refused", "failed"} {
 		m.leaseRenewals.WithLabelValues(r)
+		m.rateLeaseRenewals.WithLabelValues(r)
 	}
 	return m
 }
@@ -578,6 +596,27 @@ func (m *Metrics) LeaseReturned(n int64) {
 func (m *Metrics) LeaseLost(n int64) {
 	if m != nil && n > 0 {
 		m.leaseLost.Add(float64(n))
+	}
+}
+
+// RateLeaseOutstanding adds delta to the rate-limit slots held unspent.
+func (m *Metrics) RateLeaseOutstanding(delta int64) {
+	if m != nil {
+		m.rateLeaseOutstanding.Add(float64(delta))
+	}
+}
+
+// RateLeaseRenewal counts a reservation of a rate-limit block by its result.
+func (m *Metrics) RateLeaseRenewal(result string) {
+	if m != nil {
+		m.rateLeaseRenewals.WithLabelValues(result).Inc()
+	}
+}
+
+// RateLeaseReturned counts rate-limit slots given back unspent.
+func (m *Metrics) RateLeaseReturned(n int64) {
+	if m != nil && n > 0 {
+		m.rateLeaseReturned.Add(float64(n))
 	}
 }
 

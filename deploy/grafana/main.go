@@ -213,6 +213,10 @@ func buildDashboard() (dashboard.Dashboard, error) {
 			query(`sum(rate(keygate_quota_lease_returned_units_total[$__rate_interval]))`, "returned/s"),
 			query(`sum(rate(keygate_quota_lease_lost_units_total[$__rate_interval]))`, "lost/s"),
 			query(`sum by (result) (rate(keygate_quota_lease_renewals_total[$__rate_interval]))`, "reservations {{result}}/s"))).
+		WithPanel(series("Rate-limit leases", "Slots of rate limits held unspent by the sidecars (KEYGATE_QUOTA_LEASES=auto; lapsed ones included until their block goes back), and per second: given back unspent, blocks asked for by result.", "short", 12,
+			query(`sum(keygate_rate_lease_outstanding_slots)`, "held unspent"),
+			query(`sum(rate(keygate_rate_lease_returned_slots_total[$__rate_interval]))`, "returned/s"),
+			query(`sum by (result) (rate(keygate_rate_lease_renewals_total[$__rate_interval]))`, "reservations {{result}}/s"))).
 		WithPanel(series("Auth cache lookups", "Credential lookups served from the local cache (hit), the store (miss) or the stale cache during an outage.", "ops", 8,
 			query(`sum by (result) (rate(keygate_auth_cache_lookups_total[$__rate_interval]))`, "{{result}}"))).
 		WithPanel(series("Revocation lag (publish → applied)", "Time from a key's deletion to its eviction on each sidecar; the contract is under 1 s (alert KeygateRevocationLagHigh).", "s", 12,

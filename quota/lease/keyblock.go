@@ -79,7 +79,7 @@ func (c *Counter) keyLease(ol *orgLease, key string) *keyLease {
 // chargeKey admits ch from its key's block, reserving one when needed;
 // a cold key's charge, and one that waited too often, goes per request.
 func (c *Counter) chargeKey(ctx context.Context, ch quota.Charge) (quota.Result, error) {
-	w := ch.Period.Window(ch.At)
+	w := c.window(ch.Period, ch.At)
 	id := orgWindow{ch.OrgID, w.ID}
 	orgMax := max(ch.OrgMax, -1)
 	var refusal *quota.ExceededError

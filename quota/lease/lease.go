@@ -116,7 +116,27 @@ func (o *Options) defaults() {
 	}
 }
 
+// RateObserver learns what the rate-limit leases do (ratelimit.go), for
+// metrics; an Options.Observer that implements it is told. Its methods must
+// be cheap and safe for concurrent use.
+type RateObserver interface {
+	// RateLeaseOutstanding adds delta to the slots held unspent (those
+	// that lapsed since a block's last charge included, until it is given
+	// back).
+	RateLeaseOutstanding(delta int64)
+	// RateLeaseRenewal counts one block asked for by its result:
+	// "granted", "refused" (the limit had no room) or "failed" (no
+	// answer).
+	RateLeaseRenewal(result string)
+	// RateLeaseReturned counts slots given back unspent.
+	RateLeaseReturned(n int64)
+}
+
 type nopObserver struct{}
+
+func (nopObserver) RateLeaseOutstanding(int64) {}
+func (nopObserver) RateLeaseRenewal(string)    {}
+func (nopObserver) RateLeaseReturned(int64)    {}
 
 func (nopObserver) LeaseOutstanding(int64) {}
 func (nopObserver) LeaseRenewal(string)    {}
@@ -139,6 +159,8 @@ type Counter struct {
 	holder string
 
 	tokenSeq atomic.Uint64
+	// lastWindow is the window of the last leased charge (window).
+	lastWindow atomic.Pointer[windowMemo]
 	// waits counts charges that waited for a call (for the benchmark).
 	waits atomic.Int64
 	stop  chan struct{}
@@ -149,6 +171,8 @@ type Counter struct {
 	closed bool
 	// rates are the rate-limit blocks (ratelimit.go).
 	rates map[rateID]*rateBlock
+	// rateObs is told what they do (Options.Observer, when it is one).
+	rateObs RateObserver
 }
 
 var _ quota.Counter = (*Counter)(nil)
@@ -273,7 +297,10 @@ func New(rc *rediscounter.Counter, holder string, o Options) *Counter {
 		holder = hex.EncodeToString(b[:])
 	}
 	c := &Counter{rc: rc, opt: o, holder: holder, orgs: map[orgWindow]*orgLease{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), rateObs: nopObserver{}}
+	if ro, ok := o.Observer.(RateObserver); ok {
+		c.rateObs = ro
+	}
 	go c.loop()
 	return c
 }
@@ -302,7 +329,7 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	if !leasable(ch) || !c.rateLeasable(ch.RateLimits) {
 		return c.perRequest(ctx, ch)
 	}
-	w := ch.Period.Window(ch.At)
+	w := c.window(ch.Period, ch.At)
 	id := orgWindow{ch.OrgID, w.ID}
 	orgMax := max(ch.OrgMax, -1)
 	// refusal is the last refusal while other holders held units: the
@@ -405,6 +432,24 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 		}
 	}
 	return c.perRequest(ctx, ch)
+}
+
+// windowMemo is the last window a charge was dated in.
+type windowMemo struct {
+	p quota.Period
+	w quota.Window
+}
+
+// window is p.Window(at), without building it again (an allocation per
+// charge, for its ID) while the charges stay in the window of the last
+// one.
+func (c *Counter) window(p quota.Period, at time.Time) quota.Window {
+	if m := c.lastWindow.Load(); m != nil && m.p == p && !at.Before(m.w.Start) && (m.w.End.IsZero() || at.Before(m.w.End)) {
+		return m.w
+	}
+	w := p.Window(at)
+	c.lastWindow.Store(&windowMemo{p: p, w: w})
+	return w
 }
 
 // orgLease returns the lease of id, creating it. Called with mu held.

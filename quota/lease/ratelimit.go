@@ -130,6 +130,15 @@ func (b *rateBlock) fits(interval, burst, a, cost int64) bool {
 	return end <= b.e && end-a <= burst*interval
 }
 
+// held is the slots in [l, e), lapsed or not: what the outstanding-slots
+// gauge counts of the block.
+func (b *rateBlock) held() int64 {
+	if b.e <= b.l || b.interval <= 0 {
+		return 0
+	}
+	return (b.e - b.l) / b.interval
+}
+
 // giveBack takes the block's unspent slots out, for a call to give back.
 func (b *rateBlock) giveBack() (end, from int64) {
 	if b.e > b.l {
@@ -275,7 +284,9 @@ func (c *Counter) takeRates(ch quota.Charge, prev *rateFlight) ([]quota.RateLimi
 			continue
 		}
 		b := blocks[i]
+		before := b.held()
 		b.l = max(b.l, a) + ch.Cost*b.interval
+		c.rateObs.RateLeaseOutstanding(b.held() - before)
 		// What this sidecar could still admit: its block, and what Redis
 		// had left after its last call.
 		debts[i] = b.l - a + max(b.r-b.e, 0)
@@ -302,6 +313,7 @@ func (c *Counter) startRates(ch quota.Charge, blocks []*rateBlock, need []int) *
 		b.resize(now, c.rateSpan())
 		ask := rediscounter.RateAsk{Limit: b.limit, Want: max(b.want, ch.Cost+b.waiting), Waiting: ch.Cost + b.waiting,
 			Horizon: c.rateHorizon(b.limit)}
+		c.rateObs.RateLeaseOutstanding(-b.held())
 		ask.End, ask.From = b.giveBack()
 		rl.Limits = append(rl.Limits, ask)
 		b.flight = f
@@ -317,6 +329,7 @@ func (c *Counter) startRates(ch quota.Charge, blocks []*rateBlock, need []int) *
 func (c *Counter) giveBackRate(b *rateBlock) *rateFlight {
 	f := &rateFlight{done: make(chan struct{}), blocks: []*rateBlock{b}}
 	ask := rediscounter.RateAsk{Limit: b.limit}
+	c.rateObs.RateLeaseOutstanding(-b.held())
 	ask.End, ask.From = b.giveBack()
 	b.flight = f
 	rl := rediscounter.RateLease{OrgID: b.id.org, KeyID: b.id.key, At: b.lastAt, Holder: c.holder, Share: c.rateShare(),
@@ -337,16 +350,33 @@ func (c *Counter) flyRates(f *rateFlight, rl rediscounter.RateLease) {
 	f.tats = make(map[*rateBlock]int64, len(f.blocks))
 	for j, b := range f.blocks {
 		b.flight = nil
+		ask := rl.Limits[j]
 		if err != nil {
+			if ask.Want > 0 {
+				c.rateObs.RateLeaseRenewal("failed")
+			}
 			continue
+		}
+		if iv := ask.Limit.Interval().Microseconds(); ask.End > ask.From && iv > 0 {
+			// What was given back: the slots still ahead at the call.
+			c.rateObs.RateLeaseReturned(max(ask.End-max(ask.From, rl.At.UnixMicro()), 0) / iv)
 		}
 		g := rep.Limits[j]
 		b.r = g.TAT
 		f.tats[b] = g.TAT
+		if ask.Want > 0 {
+			if g.Grant > 0 {
+				c.rateObs.RateLeaseRenewal("granted")
+			} else {
+				c.rateObs.RateLeaseRenewal("refused")
+			}
+		}
 		if g.Grant > 0 {
-			l := rl.Limits[j].Limit
+			l := ask.Limit
 			b.interval, b.burst = l.Interval().Microseconds(), l.EffectiveBurst()
+			before := b.held()
 			b.l, b.e = g.Start, g.Start+g.Grant*b.interval
+			c.rateObs.RateLeaseOutstanding(b.held() - before)
 			if rl.At.After(b.lastAt) {
 				b.lastAt = rl.At
 			}
@@ -425,6 +455,7 @@ func (c *Counter) rateTick(now time.Time) {
 		idle := now.Sub(b.lastUse)
 		if b.e > b.l && idle >= c.opt.IdleReturn {
 			if b.e <= now.UnixMicro() { // all in the past: nothing to give
+				c.rateObs.RateLeaseOutstanding(-b.held())
 				b.l, b.e = 0, 0
 			} else {
 				c.giveBackRate(b)

@@ -123,3 +123,32 @@ func TestBlockSizeAfterPause(t *testing.T) {
 		t.Errorf("first block after the pause: %d held of %d wanted, want about %d as before the pause", avail, want, before)
 	}
 }
+
+// TestWindowMemo: the window a charge is booked in is its own instant's,
+// whatever the window of the charge before it (periods and instants back
+// and forth across a window's end).
+func TestWindowMemo(t *testing.T) {
+	c := &Counter{}
+	hour := time.Date(2026, 12, 2, 5, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		p  quota.Period
+		at time.Time
+	}{
+		{quota.PeriodHour, hour},
+		{quota.PeriodHour, hour.Add(time.Hour - time.Nanosecond)},
+		{quota.PeriodHour, hour.Add(time.Hour)},
+		{quota.PeriodHour, hour.Add(-time.Nanosecond)},
+		{quota.PeriodMonth, hour},
+		{quota.PeriodNone, hour},
+		{quota.PeriodHour, hour.Add(30 * time.Minute)},
+		{quota.PeriodDay, hour.Add(-5 * time.Hour)},
+		{quota.PeriodDay, hour.Add(-5*time.Hour - time.Nanosecond)},
+	} {
+		if got, want := c.window(tc.p, tc.at), tc.p.Window(tc.at); got != want {
+			t.Errorf("window(%s, %s) = %+v, want %+v", tc.p, tc.at, got, want)
+		}
+	}
+	if testing.AllocsPerRun(100, func() { c.window(quota.PeriodDay, hour.Add(-4*time.Hour)) }) != 0 {
+		t.Error("a charge in the window of the one before it allocates")
+	}
+}
