@@ -386,15 +386,8 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 		c.mu.Lock()
 		ol.waiting -= lack
 		c.mu.Unlock()
-		if refusal != nil && (ctx.Err() != nil || f.err != nil) {
-			// Refused moments ago; still refused, counting nothing.
-			return quota.Result{}, refusal
-		}
-		if err := ctx.Err(); err != nil {
-			return quota.Result{}, fmt.Errorf("charging org %s: %w: %w", ch.OrgID, quota.ErrUnavailable, err)
-		}
-		if f.err != nil {
-			return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, f.err)
+		if err := waitErr(ctx, f, refusal, "org "+ch.OrgID); err != nil {
+			return quota.Result{}, err
 		}
 		if f.need == 0 && joined < maxJoins {
 			// A settlement or a probe, not a reservation: not an attempt.
@@ -417,15 +410,9 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 			}
 			if short > 0 {
 				ex := &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: used, Window: w}
-				if f.others+own > 0 && waits < c.maxWaits() {
-					if until.IsZero() {
-						until = c.refusalUntil(ctx)
-					}
-					if waitForOthers(ctx, until, c.retryEvery()) {
-						refusal, attempt = ex, attempt-1
-						waits++
-						continue
-					}
+				if c.awaitRefused(ctx, f.others+own, &waits, &until) {
+					refusal, attempt = ex, attempt-1
+					continue
 				}
 				return quota.Result{}, ex
 			}
