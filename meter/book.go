@@ -131,8 +131,14 @@ func (b *Book) Run(ctx context.Context) {
 }
 
 // Flush writes booked meter usage to the store now: one Add per
-// organization and second, whose returned totals set the usage gauges (and
-// the plan's limits the limit gauges) of the meters booked.
+// organization (more only when its deltas fall in different windows),
+// whose returned totals set the usage gauges (and the plan's limits the
+// limit gauges) of the meters booked. Deltas of one meter in one window
+// are booked together, dated by their latest second: a flush spans two
+// seconds of requests, which would otherwise cost two store calls per
+// organization. The organizations' Adds are sent concurrently, so that a
+// store that pipelines concurrent calls (rediscounter) carries many in
+// one round trip.
 func (b *Book) Flush(ctx context.Context) {
 	type group struct {
 		org string
@@ -142,46 +148,106 @@ func (b *Book) Flush(ctx context.Context) {
 		deltas []quota.MeterDelta
 		limits map[string]int64
 	}
+	type inWindow struct {
+		org, window string
+		meter       quota.Meter
+	}
+	type merged struct {
+		sec int64
+		usageVal
+	}
+	byWindow := make(map[inWindow]merged)
+	var apart []usageKey // deltas whose sum with others would overflow
+	pending := b.take()
+	for k, v := range pending {
+		wk := inWindow{org: k.org, window: k.meter.Period.Window(time.Unix(k.sec, 0)).ID, meter: k.meter}
+		m, ok := byWindow[wk]
+		if !ok {
+			byWindow[wk] = merged{sec: k.sec, usageVal: v}
+			continue
+		}
+		sum, overflow := addInt64(m.delta, v.delta)
+		if overflow {
+			apart = append(apart, k)
+			continue
+		}
+		m.delta = sum
+		if k.sec > m.sec {
+			m.sec, m.limits = k.sec, v.limits
+		}
+		byWindow[wk] = m
+	}
 	batches := make(map[group]*batch)
-	for k, v := range b.take() {
-		g := group{k.org, k.sec}
+	add := func(org string, sec int64, m quota.Meter, v usageVal) {
+		g := group{org, sec}
 		bt := batches[g]
 		if bt == nil {
 			bt = &batch{}
 			batches[g] = bt
 		}
-		bt.deltas = append(bt.deltas, quota.MeterDelta{Meter: k.meter, Delta: v.delta})
+		bt.deltas = append(bt.deltas, quota.MeterDelta{Meter: m, Delta: v.delta})
 		if v.limits != nil {
 			bt.limits = v.limits
 		}
 	}
-	// Oldest second first, so a gauge ends with the latest total.
-	order := make([]group, 0, len(batches))
-	for g := range batches {
-		order = append(order, g)
+	for wk, m := range byWindow {
+		add(wk.org, m.sec, wk.meter, m.usageVal)
 	}
-	slices.SortFunc(order, func(a, b group) int { return cmp.Compare(a.sec, b.sec) })
-	for _, g := range order {
-		bt := batches[g]
-		cctx, cancel := context.WithTimeout(ctx, b.opt.StoreTimeout)
-		start := time.Now()
-		totals, err := b.opt.Counter.Add(cctx, g.org, time.Unix(g.sec, 0), bt.deltas)
-		cancel()
-		b.opt.Metrics.Store("add_usage", time.Since(start), errors.Is(err, quota.ErrUnavailable))
-		if err != nil {
-			b.log.Warn("booking metered usage failed; dropped", zap.String("org_id", g.org), zap.Int("meters", len(bt.deltas)), zap.Error(err))
-			continue
-		}
-		if len(totals) != len(bt.deltas) {
-			continue // a broken Counter; the store has the truth
-		}
-		for i, d := range bt.deltas {
-			limit, ok := bt.limits[d.Meter.Name]
-			if !ok {
-				limit = -1
+	for _, k := range apart {
+		add(k.org, k.sec, k.meter, pending[k])
+	}
+	// Per organization, oldest second first, so a gauge ends with the
+	// latest total.
+	byOrg := make(map[string][]group)
+	for g := range batches {
+		byOrg[g.org] = append(byOrg[g.org], g)
+	}
+	// The Adds go out together and wait behind one another in the store's
+	// pipelines: each gets the flush's deadline, half the flush interval,
+	// at least the store timeout, so that a store slow for one timeout
+	// does not fail them all.
+	timeout := max(b.opt.StoreTimeout, flushInterval/2)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, flushConcurrency)
+	for _, groups := range byOrg {
+		slices.SortFunc(groups, func(a, b group) int { return cmp.Compare(a.sec, b.sec) })
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			for _, g := range groups {
+				bt := batches[g]
+				b.book(ctx, timeout, g.org, g.sec, bt.deltas, bt.limits)
 			}
-			b.opt.Metrics.Meter(g.org, d.Meter.Name, d.Meter.Period.String(), totals[i], limit, time.Unix(g.sec, 0))
+		}()
+	}
+	wg.Wait()
+}
+
+// flushConcurrency bounds the organizations one Flush books at once.
+const flushConcurrency = 64
+
+// book writes one organization's deltas dated sec within timeout and sets
+// the gauges from the totals.
+func (b *Book) book(ctx context.Context, timeout time.Duration, org string, sec int64, deltas []quota.MeterDelta, limits map[string]int64) {
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	start := time.Now()
+	totals, err := b.opt.Counter.Add(cctx, org, time.Unix(sec, 0), deltas)
+	cancel()
+	b.opt.Metrics.Store("add_usage", time.Since(start), errors.Is(err, quota.ErrUnavailable))
+	if err != nil {
+		b.log.Warn("booking metered usage failed; dropped", zap.String("org_id", org), zap.Int("meters", len(deltas)), zap.Error(err))
+		return
+	}
+	if len(totals) != len(deltas) {
+		return // a broken Counter; the store has the truth
+	}
+	for i, d := range deltas {
+		limit, ok := limits[d.Meter.Name]
+		if !ok {
+			limit = -1
 		}
+		b.opt.Metrics.Meter(org, d.Meter.Name, d.Meter.Period.String(), totals[i], limit, time.Unix(sec, 0))
 	}
 }
 

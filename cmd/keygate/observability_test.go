@@ -141,7 +141,8 @@ func TestMetricsPromtoolClean(t *testing.T) {
 		"keygate_quota_usage_ratio", "keygate_fail_open_admits_total", "keygate_auth_cache_lookups_total",
 		"keygate_revocations_received_total", "keygate_revocation_lag_seconds", "keygate_build_info",
 		"keygate_quota_lease_outstanding_units", "keygate_quota_lease_renewals_total", "keygate_quota_lease_returned_units_total",
-		"keygate_quota_lease_lost_units_total"} {
+		"keygate_quota_lease_lost_units_total", "keygate_rate_lease_outstanding_slots", "keygate_rate_lease_renewals_total",
+		"keygate_rate_lease_returned_slots_total", "keygate_rate_lease_lost_slots_total"} {
 		if !strings.Contains(text, "\n# TYPE "+name+" ") {
 			t.Errorf("/metrics lacks %s", name)
 		}

@@ -2,7 +2,6 @@ package lease
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/keygate/keygate/quota"
@@ -79,7 +78,7 @@ func (c *Counter) keyLease(ol *orgLease, key string) *keyLease {
 // chargeKey admits ch from its key's block, reserving one when needed;
 // a cold key's charge, and one that waited too often, goes per request.
 func (c *Counter) chargeKey(ctx context.Context, ch quota.Charge) (quota.Result, error) {
-	w := ch.Period.Window(ch.At)
+	w := c.window(ch.Period, ch.At)
 	id := orgWindow{ch.OrgID, w.ID}
 	orgMax := max(ch.OrgMax, -1)
 	var refusal *quota.ExceededError
@@ -135,14 +134,8 @@ func (c *Counter) chargeKey(ctx context.Context, ch quota.Charge) (quota.Result,
 			own = c.yieldOwn(ol, kl)
 		}
 		c.mu.Unlock()
-		if refusal != nil && (ctx.Err() != nil || f.err != nil) {
-			return quota.Result{}, refusal
-		}
-		if err := ctx.Err(); err != nil {
-			return quota.Result{}, fmt.Errorf("charging key %s of org %s: %w: %w", ch.KeyID, ch.OrgID, quota.ErrUnavailable, err)
-		}
-		if f.err != nil {
-			return quota.Result{}, fmt.Errorf("charging key %s of org %s: %w", ch.KeyID, ch.OrgID, f.err)
+		if err := waitErr(ctx, f, refusal, "key "+ch.KeyID+" of org "+ch.OrgID); err != nil {
+			return quota.Result{}, err
 		}
 		if f.need == 0 && joined < maxJoins {
 			// A settlement or a probe, not a reservation: not an attempt.
@@ -159,15 +152,9 @@ func (c *Counter) chargeKey(ctx context.Context, ch quota.Charge) (quota.Result,
 		if f.scope == quota.ScopeKey {
 			ex.Limit, ex.Used = ch.KeyMax, keyUsed
 		}
-		if f.others+own > 0 && waits < c.maxWaits() {
-			if until.IsZero() {
-				until = c.refusalUntil(ctx)
-			}
-			if waitForOthers(ctx, until, c.retryEvery()) {
-				refusal, attempt = ex, attempt-1
-				waits++
-				continue
-			}
+		if c.awaitRefused(ctx, f.others+own, &waits, &until) {
+			refusal, attempt = ex, attempt-1
+			continue
 		}
 		return quota.Result{}, ex
 	}

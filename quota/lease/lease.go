@@ -116,7 +116,30 @@ func (o *Options) defaults() {
 	}
 }
 
+// RateObserver learns what the rate-limit leases do (ratelimit.go), for
+// metrics; an Options.Observer that implements it is told. Its methods must
+// be cheap and safe for concurrent use.
+type RateObserver interface {
+	// RateLeaseOutstanding sets the slots of rate limits held unspent and
+	// not yet past, as of the latest tick.
+	RateLeaseOutstanding(slots int64)
+	// RateLeaseRenewal counts one reservation call by its result:
+	// "granted", "refused" (a limit had no room) or "failed" (no answer).
+	RateLeaseRenewal(result string)
+	// RateLeaseReturned counts slots offered back unspent by a call that
+	// was answered.
+	RateLeaseReturned(slots int64)
+	// RateLeaseLost counts slots a call without an answer may have left
+	// counted as used: those it gave back, and at most those it asked for.
+	RateLeaseLost(slots int64)
+}
+
 type nopObserver struct{}
+
+func (nopObserver) RateLeaseOutstanding(int64) {}
+func (nopObserver) RateLeaseRenewal(string)    {}
+func (nopObserver) RateLeaseReturned(int64)    {}
+func (nopObserver) RateLeaseLost(int64)        {}
 
 func (nopObserver) LeaseOutstanding(int64) {}
 func (nopObserver) LeaseRenewal(string)    {}
@@ -139,6 +162,8 @@ type Counter struct {
 	holder string
 
 	tokenSeq atomic.Uint64
+	// lastWindow is the window of the last leased charge (window).
+	lastWindow atomic.Pointer[windowMemo]
 	// waits counts charges that waited for a call (for the benchmark).
 	waits atomic.Int64
 	stop  chan struct{}
@@ -149,6 +174,8 @@ type Counter struct {
 	closed bool
 	// rates are the rate-limit blocks (ratelimit.go).
 	rates map[rateID]*rateBlock
+	// rateObs is told what they do (Options.Observer, when it is one).
+	rateObs RateObserver
 }
 
 var _ quota.Counter = (*Counter)(nil)
@@ -273,7 +300,10 @@ func New(rc *rediscounter.Counter, holder string, o Options) *Counter {
 		holder = hex.EncodeToString(b[:])
 	}
 	c := &Counter{rc: rc, opt: o, holder: holder, orgs: map[orgWindow]*orgLease{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), rateObs: nopObserver{}}
+	if ro, ok := o.Observer.(RateObserver); ok {
+		c.rateObs = ro
+	}
 	go c.loop()
 	return c
 }
@@ -302,7 +332,7 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 	if !leasable(ch) || !c.rateLeasable(ch.RateLimits) {
 		return c.perRequest(ctx, ch)
 	}
-	w := ch.Period.Window(ch.At)
+	w := c.window(ch.Period, ch.At)
 	id := orgWindow{ch.OrgID, w.ID}
 	orgMax := max(ch.OrgMax, -1)
 	// refusal is the last refusal while other holders held units: the
@@ -359,15 +389,8 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 		c.mu.Lock()
 		ol.waiting -= lack
 		c.mu.Unlock()
-		if refusal != nil && (ctx.Err() != nil || f.err != nil) {
-			// Refused moments ago; still refused, counting nothing.
-			return quota.Result{}, refusal
-		}
-		if err := ctx.Err(); err != nil {
-			return quota.Result{}, fmt.Errorf("charging org %s: %w: %w", ch.OrgID, quota.ErrUnavailable, err)
-		}
-		if f.err != nil {
-			return quota.Result{}, fmt.Errorf("charging org %s: %w", ch.OrgID, f.err)
+		if err := waitErr(ctx, f, refusal, "org "+ch.OrgID); err != nil {
+			return quota.Result{}, err
 		}
 		if f.need == 0 && joined < maxJoins {
 			// A settlement or a probe, not a reservation: not an attempt.
@@ -390,21 +413,33 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 			}
 			if short > 0 {
 				ex := &quota.ExceededError{Scope: quota.ScopeOrg, Limit: ch.OrgMax, Used: used, Window: w}
-				if f.others+own > 0 && waits < c.maxWaits() {
-					if until.IsZero() {
-						until = c.refusalUntil(ctx)
-					}
-					if waitForOthers(ctx, until, c.retryEvery()) {
-						refusal, attempt = ex, attempt-1
-						waits++
-						continue
-					}
+				if c.awaitRefused(ctx, f.others+own, &waits, &until) {
+					refusal, attempt = ex, attempt-1
+					continue
 				}
 				return quota.Result{}, ex
 			}
 		}
 	}
 	return c.perRequest(ctx, ch)
+}
+
+// windowMemo is the last window a charge was dated in.
+type windowMemo struct {
+	p quota.Period
+	w quota.Window
+}
+
+// window is p.Window(at), without building it again (an allocation per
+// charge, for its ID) while the charges stay in the window of the last
+// one.
+func (c *Counter) window(p quota.Period, at time.Time) quota.Window {
+	if m := c.lastWindow.Load(); m != nil && m.p == p && !at.Before(m.w.Start) && (m.w.End.IsZero() || at.Before(m.w.End)) {
+		return m.w
+	}
+	w := p.Window(at)
+	c.lastWindow.Store(&windowMemo{p: p, w: w})
+	return w
 }
 
 // orgLease returns the lease of id, creating it. Called with mu held.
@@ -441,12 +476,35 @@ func (c *Counter) admit(ol *orgLease, ch quota.Charge) (quota.Result, bool) {
 	}
 	// Renew ahead of exhaustion, in the background; not near the end of
 	// the quota (the last grant was cut), where a block reserved ahead
-	// would be held while other sidecars are refused.
-	if ol.flight == nil && !ol.exhausted && !ol.tight && ol.avail < max(ol.want/4, 1) {
+	// would be held while other sidecars are refused. The tick renews a
+	// block before it gets this low (renewDue), together with the other
+	// organizations' calls of that tick, in one pipeline; a request
+	// renews it only when traffic outran the tick.
+	if ol.flight == nil && c.mayRenew(ol) && ol.avail < max(ol.want/8, 2) {
 		c.start(ol, 1)
 	}
 	res := quota.Result{OrgUsed: ol.used(), KeyUsed: t.base + t.unbooked(), Window: ol.window}
 	return res, !t.known
+}
+
+// mayRenew says ol's block may be renewed ahead: the last reservation was
+// neither refused nor cut (near the end of the quota a block reserved
+// ahead would be held while other sidecars are refused). Called with mu
+// held.
+func (c *Counter) mayRenew(ol *orgLease) bool { return !ol.exhausted && !ol.tight }
+
+// renewDue says the tick renews ol's block now: it is in use and would
+// fall below what a request renews at (a quarter of a block) before the
+// next tick, at the traffic it was sized for. Renewals started by the tick
+// go out with the other calls of that tick in one pipeline, where a call
+// costs Redis a fraction of a lone one. Called with mu held and no flight
+// of ol in progress.
+func (c *Counter) renewDue(ol *orgLease, now time.Time) bool {
+	if c.closed || !c.mayRenew(ol) || ol.orgMax == -2 || ol.toReturn > 0 || now.Sub(ol.lastUse) >= c.opt.IdleReturn {
+		return false
+	}
+	perTick := int64(float64(ol.want) * c.opt.Tick.Seconds() / c.opt.Span.Seconds())
+	return ol.avail < max(ol.want/4+perTick, 2)
 }
 
 // learnBase books a key seen for the first time at once, so that its
@@ -530,6 +588,13 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 		l.Seq, l.Keys, l.Return, l.Held, l.Fold, l.HeldFirst, l.Ack = s.seq, s.keys, s.ret, s.held, s.fold, s.first, s.ack
 	}
 	if need > 0 {
+		if now.Sub(ol.lastUse) >= c.opt.IdleReturn {
+			// The first reservation after a pause: the traffic is measured
+			// again from now, and the block is sized as before the pause.
+			// Measured across the pause, it would be a fraction of the
+			// traffic that resumes, costing a few small blocks to grow back.
+			ol.spent, ol.since = 0, now
+		}
 		if el := now.Sub(ol.since); el >= 50*time.Millisecond && ol.spent > 0 {
 			rate := float64(ol.spent) / el.Seconds()
 			ol.want = min(max(int64(rate*c.opt.Span.Seconds()), minBlock), c.opt.MaxBlock)
@@ -828,6 +893,10 @@ func (c *Counter) tick() {
 		idle := now.Sub(ol.lastUse)
 		if ol.avail > 0 && (idle >= c.opt.IdleReturn || (ol.tight && idle >= c.opt.Tick)) {
 			c.giveBack(ol)
+		}
+		if c.renewDue(ol, now) {
+			c.start(ol, 1)
+			continue
 		}
 		due := ol.doubt != nil || ol.toReturn > 0 || c.foldDue(ol, now) ||
 			(ol.hasPending() && (idle >= c.opt.IdleReturn || now.Sub(ol.oldest) >= c.opt.FlushEvery))

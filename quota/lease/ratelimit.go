@@ -23,39 +23,6 @@ import (
 // one GCRA does. Slots a block's local TAT passes unused are lost, never
 // banked: they count as used, as a lost block does.
 
-// RateObserver is told what rate-limit leases do. An Options.Observer that
-// also implements it gets these calls; the quota-lease Observer stays as it
-// was for those that do not.
-type RateObserver interface {
-	// RateLeaseOutstanding sets the slots of rate limits held unspent and
-	// not yet past, as of the latest tick.
-	RateLeaseOutstanding(slots int64)
-	// RateLeaseRenewal counts one reservation call by its result:
-	// "granted", "refused" (a limit had no room) or "failed" (no answer).
-	RateLeaseRenewal(result string)
-	// RateLeaseReturned counts slots offered back unspent by a call that
-	// was answered.
-	RateLeaseReturned(slots int64)
-	// RateLeaseLost counts slots a call without an answer may have left
-	// counted as used: those it gave back, and at most those it asked for.
-	RateLeaseLost(slots int64)
-}
-
-type nopRateObserver struct{}
-
-func (nopRateObserver) RateLeaseOutstanding(int64) {}
-func (nopRateObserver) RateLeaseRenewal(string)    {}
-func (nopRateObserver) RateLeaseReturned(int64)    {}
-func (nopRateObserver) RateLeaseLost(int64)        {}
-
-// rateObserver is the Observer's RateObserver side, if it has one.
-func (c *Counter) rateObserver() RateObserver {
-	if o, ok := c.opt.Observer.(RateObserver); ok {
-		return o
-	}
-	return nopRateObserver{}
-}
-
 // Defaults of the rate-lease options.
 const (
 	defaultRateSpan  = 50 * time.Millisecond
@@ -392,11 +359,13 @@ func (c *Counter) flyRates(f *rateFlight, rl rediscounter.RateLease) {
 // observeRateCall tells the RateObserver what one call did: a call that
 // asked for slots is a renewal, and every call gives back what it carried.
 func (c *Counter) observeRateCall(rl rediscounter.RateLease, rep rediscounter.RateLeaseReply, err error) {
-	o := c.rateObserver()
+	o := c.rateObs
 	var back, asked int64
+	at := rl.At.UnixMicro()
 	for _, ask := range rl.Limits {
-		if iv := ask.Limit.Interval().Microseconds(); ask.End > ask.From && iv > 0 {
-			back += (ask.End - ask.From) / iv
+		// What is given back: the slots still ahead at the call's instant.
+		if iv := ask.Limit.Interval().Microseconds(); ask.End > max(ask.From, at) && iv > 0 {
+			back += (ask.End - max(ask.From, at)) / iv
 		}
 		asked += ask.Want
 	}
@@ -482,7 +451,7 @@ func (c *Counter) correctRates(ch quota.Charge, states []quota.RateLimitState) [
 // ones idle for a minute. Called with mu held.
 func (c *Counter) rateTick(now time.Time) {
 	var held int64
-	defer func() { c.rateObserver().RateLeaseOutstanding(held) }()
+	defer func() { c.rateObs.RateLeaseOutstanding(held) }()
 	at := now.UnixMicro()
 	for id, b := range c.rates {
 		if b.flight == nil && b.interval > 0 && b.e > max(b.l, at) {

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/keygate/keygate/quota"
@@ -47,6 +48,40 @@ func (c *Counter) refusalUntil(ctx context.Context) time.Time {
 		until = d
 	}
 	return until
+}
+
+// waitErr is what a charge that waited for the call f returns when the
+// wait did not end in an answer: the refusal it had before the wait (still
+// refused, counting nothing), or quota.ErrUnavailable when ctx ended or the
+// call failed; nil when f answered. what names the quota ("org o").
+func waitErr(ctx context.Context, f *flight, refusal *quota.ExceededError, what string) error {
+	switch {
+	case refusal != nil && (ctx.Err() != nil || f.err != nil):
+		return refusal
+	case ctx.Err() != nil:
+		return fmt.Errorf("charging %s: %w: %w", what, quota.ErrUnavailable, ctx.Err())
+	case f.err != nil:
+		return fmt.Errorf("charging %s: %w", what, f.err)
+	}
+	return nil
+}
+
+// awaitRefused is the wait of a charge whose reservation was refused while
+// other holders (or this sidecar's other blocks) may hold unspent
+// units: it waits a little and says whether to ask again, within
+// RefusalWait (until, set at the first wait) and maxWaits (waits).
+func (c *Counter) awaitRefused(ctx context.Context, others int64, waits *int, until *time.Time) bool {
+	if others <= 0 || *waits >= c.maxWaits() {
+		return false
+	}
+	if until.IsZero() {
+		*until = c.refusalUntil(ctx)
+	}
+	if !waitForOthers(ctx, *until, c.retryEvery()) {
+		return false
+	}
+	*waits++
+	return true
 }
 
 // waitForOthers waits every (at most) before a refused charge asks again,

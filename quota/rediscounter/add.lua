@@ -10,7 +10,14 @@
 -- delta applied before it undone, so nothing is booked. The script never
 -- reads the clock.
 
-local out = {}
+-- Steady traffic costs one INCRBY per meter: the total is INCRBY's own
+-- reply, exact as a Lua number below 2^53 (a GET reads it past that), and
+-- EXPIREAT is sent only for a counter that was zero or absent before the
+-- delta (one that existed already got its expiry when it was created, by
+-- this script or an earlier version of it, which always sent EXPIREAT).
+
+local exact = 2 ^ 53
+local out, fresh = {}, {}
 for i = 1, #KEYS do
   local total = redis.pcall('INCRBY', KEYS[i], ARGV[2 * i - 1])
   if type(total) == 'table' and total.err then
@@ -21,13 +28,20 @@ for i = 1, #KEYS do
     end
     return redis.error_reply('ERR keygate add: overflow')
   end
-  -- The total as Redis keeps it: a Lua number (a double) would round
-  -- totals past 2^53.
-  out[i] = redis.call('GET', KEYS[i])
+  local delta = tonumber(ARGV[2 * i - 1])
+  if math.abs(total) < exact and math.abs(delta) < exact then
+    out[i] = string.format('%d', total)
+    fresh[i] = total == delta
+  else
+    -- The total as Redis keeps it: a Lua number (a double) would round
+    -- totals past 2^53.
+    out[i] = redis.call('GET', KEYS[i])
+    fresh[i] = true
+  end
 end
 for i = 1, #KEYS do
   local exp = tonumber(ARGV[2 * i])
-  if exp > 0 then
+  if exp > 0 and fresh[i] then
     redis.call('EXPIREAT', KEYS[i], exp)
   end
 end

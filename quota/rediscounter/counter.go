@@ -151,7 +151,7 @@ func (c *Counter) Charge(ctx context.Context, ch quota.Charge) (quota.Result, er
 			args = append(args, l.Interval().Microseconds(), l.EffectiveBurst(), shadow)
 		}
 	}
-	v, err := c.run(ctx, keys, args)
+	v, err := c.run(ctx, chargeScript, keys, args...)
 	if err != nil {
 		return quota.Result{}, storeError("charging org "+ch.OrgID, err)
 	}
@@ -238,7 +238,7 @@ func (c *Counter) Add(ctx context.Context, orgID string, at time.Time, deltas []
 		}
 		args = append(args, d.Delta, exp)
 	}
-	out, err := addScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
+	out, err := int64s(c.runLater(ctx, addScript, keys, args...))
 	if err != nil {
 		if strings.Contains(err.Error(), "keygate add: overflow") {
 			return nil, fmt.Errorf("booking meters of org %s: %w", orgID, quota.ErrOverflow)

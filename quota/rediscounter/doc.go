@@ -28,8 +28,16 @@
 // go-redis retries a command whose reply was lost (MaxRetries, 3 by default).
 // The charge script is safe to retry when Charge.Token is set: the first run
 // stores its reply under the token for a few seconds, and a retry returns it
-// without counting again. Add is a MULTI/EXEC of INCRBYs and carries no token,
-// so a retried Add after a lost reply may book its deltas twice.
+// without counting again. Add (add.lua, one INCRBY per meter) carries no
+// token, so a retried Add after a lost reply may book its deltas twice.
+//
+// # Pipelines
+//
+// Charges, lease calls, meter bookings and lease mark reads share up to
+// four pipelines in flight (batch.go): a call goes out at once when fewer
+// are in flight, else with the next pipeline. On a small machine a lone
+// call costs Redis most of its CPU in the round trip (20 to 50 µs on 2
+// cores), one in a pipeline of ten about 7 µs.
 //
 // # Errors
 //

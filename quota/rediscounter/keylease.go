@@ -78,9 +78,9 @@ func (c *Counter) KeyLease(ctx context.Context, l KeyLease) (KeyLeaseReply, erro
 	}
 	keys := []string{orgCounterKey(l.OrgID, w.ID), keyCounterKey(l.OrgID, l.KeyID, w.ID), leaseKeysKey(l.OrgID, w.ID),
 		leaseHoldersKey(l.OrgID, w.ID), keyHoldersKey(l.OrgID, l.KeyID, w.ID)}
-	v, err := keyLeaseScript.Run(ctx, c.rdb, keys, l.Holder, l.At.UnixMilli(), l.Hold.Milliseconds(), expireAt,
+	v, err := int64s(c.run(ctx, keyLeaseScript, keys, l.Holder, l.At.UnixMilli(), l.Hold.Milliseconds(), expireAt,
 		l.Returned, l.Need, l.Want, l.KeyMax, limit(l.OrgMax), l.Share, max(l.Waiting, 0),
-		max(l.Avail, 0), max(l.MarkFor.Milliseconds(), 1)).Int64Slice()
+		max(l.Avail, 0), max(l.MarkFor.Milliseconds(), 1)))
 	if err != nil {
 		return KeyLeaseReply{}, storeError("key lease of org "+l.OrgID, err)
 	}
@@ -110,6 +110,22 @@ func (c *Counter) LeaseMarked(ctx context.Context, orgID, keyID string, period q
 		return time.Time{}, err
 	}
 	w := period.Window(at)
+	if keyID == "" {
+		// The common read, batched with the other calls of the moment
+		// (a lease holder's tick reads many organizations' marks at once).
+		v, err := c.doLater(ctx, "HGET", leaseHoldersKey(orgID, w.ID), "r:")
+		if errors.Is(err, redis.Nil) {
+			return time.Time{}, nil
+		}
+		if err != nil {
+			return time.Time{}, storeError("reading the lease mark of org "+orgID, err)
+		}
+		until, err := parseCount(v)
+		if err != nil || until <= 0 {
+			return time.Time{}, err
+		}
+		return time.UnixMilli(until), nil
+	}
 	cmds := []*redis.StringCmd{}
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		cmds = append(cmds, p.HGet(ctx, leaseHoldersKey(orgID, w.ID), "r:"))

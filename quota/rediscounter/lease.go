@@ -146,7 +146,11 @@ func (c *Counter) Lease(ctx context.Context, l Lease) (LeaseReply, error) {
 		}
 		args = append(args, leaseKeyField(k.KeyID, w.ID), k.N)
 	}
-	v, err := leaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
+	send := c.runLater // in the background: gathered with other calls
+	if l.Waiting > 0 {
+		send = c.run // requests wait for it
+	}
+	v, err := int64s(send(ctx, leaseScript, keys, args...))
 	if err != nil {
 		return LeaseReply{}, storeError("lease of org "+l.OrgID, err)
 	}

@@ -164,35 +164,54 @@ if n > 0 then
   end
 end
 
-local org = nil
-if ret > 0 or need > 0 then
-  org = tonumber(redis.call('GET', KEYS[1]) or nil)
-end
-if ret > 0 then
-  units = units - ret
-  if org == nil then ret = 0 else ret = math.min(ret, org) end
-end
-
 local status, grant = 1, 0
-if need > 0 then
-  local used = (org or 0) - ret
-  if orgMax < 0 then
-    grant = want
-  else
-    local free = orgMax - used
-    if free < need then
-      status = -1
-    else
-      grant = math.min(want, math.max(need, math.floor(free / share), math.min(free, waiting)))
+local after = -1 -- the org counter after the call; -1: not read
+-- grantOf is the block granted of the org's quota at counter value used.
+local function grantOf(used)
+  if orgMax < 0 then return want end
+  local free = orgMax - used
+  if free < need then
+    status = -1
+    return 0
+  end
+  return math.min(want, math.max(need, math.floor(free / share), math.min(free, waiting)))
+end
+if need > 0 and ret == 0 then
+  -- A renewal (the common call): the block wanted is booked at once and the
+  -- counter read from INCRBY's reply, one command instead of GET and
+  -- INCRBY; the part not granted (near the end of the quota, or all of it
+  -- when refused) goes back in the same step, so no other call sees it.
+  after = redis.call('INCRBY', KEYS[1], want)
+  local org = after - want
+  grant = grantOf(org)
+  if grant ~= want then after = redis.call('INCRBY', KEYS[1], grant - want) end
+  if org == 0 then
+    if after == 0 then
+      -- Refused at zero: no counter is left behind (one at zero counts
+      -- as none for every reader).
+      redis.call('DEL', KEYS[1])
+    elseif expireAt > 0 then
+      -- Created by this call (or at zero, when it has its expiry already).
+      redis.call('EXPIREAT', KEYS[1], expireAt)
     end
   end
-end
-
-local after = -1 -- not read
-if org ~= nil or ret > 0 or need > 0 then after = org or 0 end
-if grant - ret ~= 0 then
-  after = redis.call('INCRBY', KEYS[1], grant - ret)
-  if org == nil and expireAt > 0 then redis.call('EXPIREAT', KEYS[1], expireAt) end
+else
+  local org = nil
+  if ret > 0 or need > 0 then
+    org = tonumber(redis.call('GET', KEYS[1]) or nil)
+  end
+  if ret > 0 then
+    units = units - ret
+    if org == nil then ret = 0 else ret = math.min(ret, org) end
+  end
+  if need > 0 then
+    grant = grantOf((org or 0) - ret)
+  end
+  if org ~= nil or ret > 0 or need > 0 then after = org or 0 end
+  if grant - ret ~= 0 then
+    after = redis.call('INCRBY', KEYS[1], grant - ret)
+    if org == nil and expireAt > 0 then redis.call('EXPIREAT', KEYS[1], expireAt) end
+  end
 end
 
 units = math.max(units + grant, 0)

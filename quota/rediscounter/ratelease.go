@@ -104,7 +104,7 @@ func (c *Counter) RateLease(ctx context.Context, l RateLease) (RateLeaseReply, e
 		args = append(args, a.Limit.Interval().Microseconds(), a.Limit.EffectiveBurst(), shadow, a.Want, a.Waiting,
 			a.Horizon.Microseconds(), a.End, a.From)
 	}
-	v, err := rateLeaseScript.Run(ctx, c.rdb, keys, args...).Int64Slice()
+	v, err := int64s(c.run(ctx, rateLeaseScript, keys, args...))
 	if err != nil {
 		return RateLeaseReply{}, storeError("rate lease of org "+l.OrgID, err)
 	}
