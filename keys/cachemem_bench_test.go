@@ -3,7 +3,9 @@ package keys_test
 import (
 	"context"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,8 +15,11 @@ import (
 
 // BenchmarkCacheBytesPerKey measures the heap the credential cache holds
 // per cached key: 20,000 keys in 100 organizations, each authenticated once,
-// the heap measured before and after with runtime.ReadMemStats. The figure
-// is the bytes/key metric; issue 14 asks for at most about 500.
+// the heap measured before and after with runtime.ReadMemStats, so the
+// figure (bytes/key) includes the map and ring as they grew, and the
+// strings: the store is read through freshStrings, which hands out its
+// own copies as the Redis store does (the embedded store shares them, and
+// costs less). Issue 14 asks for at most about 500.
 // estimated-bytes/key is what the cache counts against its bound
 // (KEYGATE_AUTH_CACHE_BYTES): it must not be far below the measure.
 func BenchmarkCacheBytesPerKey(b *testing.B) {
@@ -46,7 +51,7 @@ func BenchmarkCacheBytesPerKey(b *testing.B) {
 	b.ReportAllocs()
 	var perKey, estimate float64
 	for b.Loop() {
-		a := keys.NewAuthenticator(st, keys.AuthOptions{TTL: time.Hour})
+		a := keys.NewAuthenticator(freshStrings{st}, keys.AuthOptions{TTL: time.Hour})
 		before := heapInUse()
 		for _, s := range secrets {
 			if _, err := a.Authenticate(ctx, keys.Credential{Secret: s}); err != nil {
@@ -73,4 +78,15 @@ func heapInUse() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// freshStrings is the embedded store with the strings of each key it reads
+// copied, as a store that decodes its records (Redis) returns them.
+type freshStrings struct{ *memstore.Store }
+
+func (s freshStrings) KeyByHash(ctx context.Context, h keys.SecretHash) (keys.Key, error) {
+	k, err := s.Store.KeyByHash(ctx, h)
+	k.UID, k.OrgID, k.Name, k.Comment = strings.Clone(k.UID), strings.Clone(k.OrgID), strings.Clone(k.Name), strings.Clone(k.Comment)
+	k.Permissions = slices.Clone(k.Permissions)
+	return k, err
 }
