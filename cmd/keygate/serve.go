@@ -179,6 +179,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	go func() { defer close(usageDone); sc.Book.Run(bg) }()
 	touchDone := make(chan struct{})
 	go func() { defer close(touchDone); toucher.Run(bg) }()
+	if gcTunable(cfg.GCHeadroom) {
+		go tuneGC(bg, cfg.GCHeadroom, log)
+	}
 
 	errc := make(chan error, len(servers)+1)
 	for _, s := range servers {
