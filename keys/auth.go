@@ -257,7 +257,11 @@ func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.T
 			a.mu.Lock()
 			delete(a.loading, h)
 			if err == nil && a.gen == gen {
-				a.cache.put(h, p, now)
+				// Callers get the cached principal: its strings are the
+				// entry's, so what they keep (the last-used times, a
+				// lease's key) holds no second copy of them.
+				e := a.cache.put(h, p, now)
+				p = a.cache.principal(e)
 			}
 			a.mu.Unlock()
 			l.p, l.err = p, err

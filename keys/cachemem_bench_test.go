@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/keygate/keygate/keys"
 	"github.com/keygate/keygate/keys/memstore"
@@ -89,4 +90,24 @@ func (s freshStrings) KeyByHash(ctx context.Context, h keys.SecretHash) (keys.Ke
 	k.UID, k.OrgID, k.Name, k.Comment = strings.Clone(k.UID), strings.Clone(k.OrgID), strings.Clone(k.Name), strings.Clone(k.Comment)
 	k.Permissions = slices.Clone(k.Permissions)
 	return k, err
+}
+
+// TestMissSharesCachedStrings: the principal a store read returns is the
+// cached one, so a caller that keeps its uid (the Toucher's last-used
+// times, the lease counter's per-key tallies) keeps no second copy of it.
+func TestMissSharesCachedStrings(t *testing.T) {
+	st, _, secret := setup(t)
+	a := keys.NewAuthenticator(freshStrings{st.Store.(*memstore.Store)}, keys.AuthOptions{TTL: time.Hour})
+	ctx := context.Background()
+	miss, err := a.Authenticate(ctx, keys.Credential{Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hit, err := a.Authenticate(ctx, keys.Credential{Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if unsafe.StringData(miss.Key.UID) != unsafe.StringData(hit.Key.UID) || unsafe.StringData(miss.Key.Name) != unsafe.StringData(hit.Key.Name) {
+		t.Fatal("the principal of a store read holds its own copies of the strings the cache holds")
+	}
 }

@@ -142,9 +142,10 @@ func (c *credCache) principal(e *cacheEntry) Principal {
 }
 
 // put caches p under h, verified at v, replacing an entry h had, and evicts
-// until the cache fits its bound again. p's organization and plan replace
-// the slot's: they were read no earlier than the slot's were confirmed.
-func (c *credCache) put(h SecretHash, p Principal, v time.Time) {
+// until the cache fits its bound again; it returns the new entry, which an
+// eviction never drops. p's organization and plan replace the slot's: they
+// were read no earlier than the slot's were confirmed.
+func (c *credCache) put(h SecretHash, p Principal, v time.Time) *cacheEntry {
 	c.dropPrefix(prefix(h))
 	slot := c.orgs[p.Org.ID]
 	if slot == nil {
@@ -193,6 +194,7 @@ func (c *credCache) put(h SecretHash, p Principal, v time.Time) {
 	for (c.bytes > c.maxBytes || len(c.entries) > c.maxEntries) && len(c.entries) > 1 {
 		c.evict(e)
 	}
+	return e
 }
 
 // evict drops the entry the CLOCK hand finds unused first, never keep.
