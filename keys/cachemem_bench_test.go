@@ -81,9 +81,16 @@ func heapInUse() uint64 {
 	return m.HeapAlloc
 }
 
-// freshStrings is the embedded store with the strings of each key it reads
-// copied, as a store that decodes its records (Redis) returns them.
+// freshStrings is the embedded store with the strings of each key and
+// organization it reads copied, as a store that decodes its records
+// (Redis) returns them.
 type freshStrings struct{ *memstore.Store }
+
+func (s freshStrings) Org(ctx context.Context, id string) (keys.Org, error) {
+	o, err := s.Store.Org(ctx, id)
+	o.ID, o.Name, o.Email = strings.Clone(o.ID), strings.Clone(o.Name), strings.Clone(o.Email)
+	return o, err
+}
 
 func (s freshStrings) KeyByHash(ctx context.Context, h keys.SecretHash) (keys.Key, error) {
 	k, err := s.Store.KeyByHash(ctx, h)
@@ -93,8 +100,9 @@ func (s freshStrings) KeyByHash(ctx context.Context, h keys.SecretHash) (keys.Ke
 }
 
 // TestMissSharesCachedStrings: the principal a store read returns is the
-// cached one, so a caller that keeps its uid (the Toucher's last-used
-// times, the lease counter's per-key tallies) keeps no second copy of it.
+// cached one, so a caller that keeps its uid or organization id (the
+// Toucher's last-used times, the lease counter's per-key tallies) keeps no
+// second copy of them.
 func TestMissSharesCachedStrings(t *testing.T) {
 	st, _, secret := setup(t)
 	a := keys.NewAuthenticator(freshStrings{st.Store.(*memstore.Store)}, keys.AuthOptions{TTL: time.Hour})
@@ -109,5 +117,19 @@ func TestMissSharesCachedStrings(t *testing.T) {
 	}
 	if unsafe.StringData(miss.Key.UID) != unsafe.StringData(hit.Key.UID) || unsafe.StringData(miss.Key.Name) != unsafe.StringData(hit.Key.Name) {
 		t.Fatal("the principal of a store read holds its own copies of the strings the cache holds")
+	}
+	// A second key of the organization, read later, gets the organization
+	// id the first was handed out with.
+	secret2, _ := keys.NewSecret()
+	uid, _ := keys.NewUUID()
+	if err := st.CreateKey(ctx, keys.Key{UID: uid, OrgID: "org1", Name: "k2", Permissions: []keys.Permission{keys.PermRead}, SecretHash: keys.HashSecret(secret2)}, -1); err != nil {
+		t.Fatal(err)
+	}
+	other, err := a.Authenticate(ctx, keys.Credential{Secret: secret2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if unsafe.StringData(other.Key.OrgID) != unsafe.StringData(miss.Key.OrgID) || unsafe.StringData(other.Org.ID) != unsafe.StringData(miss.Key.OrgID) {
+		t.Fatal("two keys of one organization read one after the other hold two copies of its id")
 	}
 }

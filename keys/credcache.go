@@ -153,6 +153,10 @@ func (c *credCache) put(h SecretHash, p Principal, v time.Time) *cacheEntry {
 		c.orgs[p.Org.ID] = slot
 	} else {
 		c.bytes -= int64(slot.size)
+		// Keep the id string the slot's keys were handed out with: what
+		// callers keep of them (last-used times, lease tallies) then
+		// holds one copy per organization, not one per key read.
+		p.Org.ID = slot.org.ID
 	}
 	slot.org, slot.plan = p.Org, p.Plan
 	slot.size = int32(slotFixed + orgBytes(p.Org) + planBytes(p.Plan))
