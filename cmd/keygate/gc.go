@@ -48,8 +48,12 @@ func gcTunable(headroom int64) bool {
 
 // tuneGC paces the collector until ctx ends (see above).
 func tuneGC(ctx context.Context, headroom int64, log *zap.Logger) {
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/gogc:percent"}}
+	metrics.Read(sample)
 	cur := 100
+	if sample[1].Value.Kind() == metrics.KindUint64 {
+		cur = int(sample[1].Value.Uint64())
+	}
 	t := time.NewTicker(gcTuneEvery)
 	defer t.Stop()
 	for {

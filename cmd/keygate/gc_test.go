@@ -54,24 +54,22 @@ func TestGCPacingWithoutOperatorSettings(t *testing.T) {
 	}
 }
 
-// TestTuneGCSetsPercentFromLiveHeap holds a live heap of four times the
-// headroom and waits for the pacer to set GOGC to its floor, then for it
-// to go back to 100 once the heap is gone.
+// TestTuneGCSetsPercentFromLiveHeap runs the pacer with a headroom far
+// below the test's live heap, which must bring GOGC to its floor, then with
+// one far above it, which must bring it back to 100.
 func TestTuneGCSetsPercentFromLiveHeap(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	const headroom = 4 << 20
-	go tuneGC(ctx, headroom, zap.NewNop())
-
-	live := make([]byte, 4*headroom)
-	for i := range live {
-		live[i] = 1
+	for _, tc := range []struct {
+		headroom int64
+		want     int
+	}{{1 << 10, minGCPercent}, {1 << 50, 100}} {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); tuneGC(ctx, tc.headroom, zap.NewNop()) }()
+		waitGOGC(t, tc.want)
+		cancel()
+		<-done
 	}
-	waitGOGC(t, minGCPercent)
-	runtime.KeepAlive(live)
-	live = nil
-	waitGOGC(t, 100)
 }
 
 func waitGOGC(t *testing.T, want int) {
