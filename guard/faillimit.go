@@ -73,7 +73,8 @@ const (
 	// DefaultFailEntries clients with recent failures: about 2 MiB with
 	// netip.Addr keys (some 136 bytes each).
 	DefaultFailEntries = 1 << 14
-	// DefaultProvenEntries (client, credential) pairs: 512 KiB.
+	// DefaultProvenEntries (client, credential) pairs: 512 KiB at most,
+	// 4 KiB at first (the table grows with the pairs proven).
 	DefaultProvenEntries = 1 << 16
 )
 
@@ -107,9 +108,10 @@ const (
 // lookup that the attacker was allowed anyway. Fresh keys with one failure
 // each only ever evict one another.
 //
-// Proven pairs live in a separate fixed-size table (see UnknownSecrets for
+// Proven pairs live in a separate bounded table (see UnknownSecrets for
 // its structure): 64-bit fingerprints under a secret seed, eight per
-// bucket, a full bucket overwriting one slot. Only a successful
+// bucket, growing up to maxProven and from then on a full bucket
+// overwriting one slot. Only a successful
 // authentication adds one, so flooding it needs valid credentials.
 type FailLimiter[K, C comparable] struct {
 	interval int64 // nanoseconds of debt per failure

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"hash/maphash"
+	"sync"
 	"sync/atomic"
 )
 
@@ -14,7 +15,7 @@ type bucket [bucketSlots]atomic.Uint64
 // maxBuckets caps a set at 8Mi entries (64 MiB), whatever is asked.
 const maxBuckets = 1 << 20
 
-// fingerprints is a fixed-size, lock-free set of 64-bit fingerprints. A
+// fingerprints is a bounded, lock-free set of 64-bit fingerprints. A
 // value's fingerprint is a hash under a secret seed, mixed with the current
 // generation: nobody outside can aim at a bucket or forge a collision, and
 // Reset is one atomic increment after which no old fingerprint matches
@@ -22,29 +23,60 @@ const maxBuckets = 1 << 20
 // slot of its bucket, or else overwrites one picked by a shared counter
 // (in effect at random): no clock, no lock, no background work.
 //
+// The table starts small and doubles, up to the capacity asked for, each
+// time half its slots are filled or an add finds its bucket full, so a sidecar pays for the entries it has
+// seen rather than for the bound: a flood can grow it to the bound and no
+// further. Growing copies every slot into a table of twice the buckets (a
+// fingerprint's bucket is its top bits, so bucket i splits into 2i and
+// 2i+1 and every slot fits); an add that lands in the old table while it is
+// copied may be lost, which costs what an overwrite costs (one more store
+// lookup, one more proof).
+//
 // A false positive needs a 64-bit collision within one bucket (about 2^-61
 // per lookup at worst).
 type fingerprints struct {
+	tab    atomic.Pointer[fpTable]
+	max    int // buckets at most
+	gen    atomic.Uint64
+	victim atomic.Uint32
+	// filled counts the slots adds filled in the current table; growing
+	// takes grow's lock.
+	filled atomic.Int64
+	grow   sync.Mutex
+}
+
+// fpTable is one size of the table.
+type fpTable struct {
 	buckets []bucket
 	shift   uint // bucket index = fingerprint >> shift
-	gen     atomic.Uint64
-	victim  atomic.Uint32
 }
+
+// initialBuckets is the size a set starts at: 512 slots in 4 KiB.
+const initialBuckets = 64
 
 // newFingerprints returns a set holding at least capacity values (rounded
 // up to a power of two buckets of eight, at least one bucket, at most
-// maxBuckets).
+// maxBuckets), starting at initialBuckets.
 func newFingerprints(capacity int) *fingerprints {
 	n := 1
 	for n*bucketSlots < capacity && n < maxBuckets {
 		n <<= 1
 	}
+	f := &fingerprints{max: n}
+	f.tab.Store(newFpTable(min(n, initialBuckets)))
+	return f
+}
+
+func newFpTable(n int) *fpTable {
 	shift := uint(64)
 	for m := n; m > 1; m >>= 1 {
 		shift--
 	}
-	return &fingerprints{buckets: make([]bucket, n), shift: shift}
+	return &fpTable{buckets: make([]bucket, n), shift: shift}
 }
+
+// capacity returns the slots of the set at its largest.
+func (f *fingerprints) capacity() int { return f.max * bucketSlots }
 
 // mix turns a seeded hash into a generation's fingerprint (never zero:
 // zero marks an empty slot).
@@ -62,16 +94,16 @@ func mix(h, gen uint64) uint64 {
 	return x
 }
 
-func (f *fingerprints) bucket(fp uint64) *bucket {
-	if f.shift == 64 {
-		return &f.buckets[0]
+func (t *fpTable) bucket(fp uint64) *bucket {
+	if t.shift == 64 {
+		return &t.buckets[0]
 	}
-	return &f.buckets[fp>>f.shift]
+	return &t.buckets[fp>>t.shift]
 }
 
 func (f *fingerprints) has(h uint64) bool {
 	fp := mix(h, f.gen.Load())
-	b := f.bucket(fp)
+	b := f.tab.Load().bucket(fp)
 	for i := range b {
 		if b[i].Load() == fp {
 			return true
@@ -82,20 +114,80 @@ func (f *fingerprints) has(h uint64) bool {
 
 // add inserts h as of generation gen; when gen is no longer current the
 // entry can never match, which is what a lookup that raced a reset needs.
+// A full bucket doubles the table while it is below its capacity, so that
+// nothing is overwritten before then.
 func (f *fingerprints) add(gen, h uint64) {
 	fp := mix(h, gen)
-	b := f.bucket(fp)
+	for {
+		t := f.tab.Load()
+		switch t.insert(fp) {
+		case slotPresent:
+			return
+		case slotFilled:
+			if int(f.filled.Add(1))*2 >= len(t.buckets)*bucketSlots && len(t.buckets) < f.max {
+				f.double(t)
+			}
+			return
+		}
+		if len(t.buckets) >= f.max || !f.double(t) {
+			t.bucket(fp)[f.victim.Add(1)%bucketSlots].Store(fp)
+			return
+		}
+	}
+}
+
+// Outcomes of an insert.
+const (
+	slotFilled = iota
+	slotPresent
+	bucketFull
+)
+
+// insert puts fp in an empty slot of its bucket.
+func (t *fpTable) insert(fp uint64) int {
+	b := t.bucket(fp)
 	for i := range b {
 		switch b[i].Load() {
 		case fp:
-			return
+			return slotPresent
 		case 0:
 			if b[i].CompareAndSwap(0, fp) {
-				return
+				return slotFilled
 			}
 		}
 	}
-	b[f.victim.Add(1)%bucketSlots].Store(fp)
+	return bucketFull
+}
+
+// double replaces t, the current table, by one of twice its buckets, and
+// reports whether t is no longer current. An add that finds another one
+// doubling goes on without waiting.
+func (f *fingerprints) double(t *fpTable) bool {
+	if !f.grow.TryLock() {
+		return false
+	}
+	defer f.grow.Unlock()
+	if f.tab.Load() != t {
+		return true
+	}
+	next := newFpTable(2 * len(t.buckets))
+	var filled int64
+	copySlots := func() {
+		for i := range t.buckets {
+			for j := range t.buckets[i] {
+				if fp := t.buckets[i][j].Load(); fp != 0 && next.insert(fp) == slotFilled {
+					filled++
+				}
+			}
+		}
+	}
+	copySlots()
+	f.tab.Store(next)
+	// Adds that loaded t before the swap may have landed after their
+	// bucket was copied: a second pass picks up those that are done.
+	copySlots()
+	f.filled.Store(filled)
+	return true
 }
 
 func (f *fingerprints) reset() { f.gen.Add(1) }
@@ -116,12 +208,13 @@ type UnknownSecrets struct {
 }
 
 // DefaultUnknownSecrets is the capacity used when NewUnknownSecrets is given
-// zero or less: 65,536 secrets in 512 KiB.
+// zero or less: 65,536 secrets in 512 KiB at most.
 const DefaultUnknownSecrets = 1 << 16
 
 // NewUnknownSecrets returns an empty memory of at least capacity secrets
-// (DefaultUnknownSecrets when capacity <= 0). Memory is 8 bytes per entry,
-// allocated here, never more.
+// (DefaultUnknownSecrets when capacity <= 0). Memory is 8 bytes per entry
+// of capacity at most, 4 KiB at first: the table grows with the secrets
+// remembered (see fingerprints).
 func NewUnknownSecrets(capacity int) *UnknownSecrets {
 	if capacity <= 0 {
 		capacity = DefaultUnknownSecrets
@@ -153,4 +246,4 @@ func (u *UnknownSecrets) Has(hash [32]byte) bool {
 func (u *UnknownSecrets) Reset() { u.set.reset() }
 
 // Cap returns the number of secrets the memory holds at most.
-func (u *UnknownSecrets) Cap() int { return len(u.set.buckets) * bucketSlots }
+func (u *UnknownSecrets) Cap() int { return u.set.capacity() }

@@ -139,3 +139,67 @@ func BenchmarkUnknownSecretsHas(b *testing.B) {
 		}
 	})
 }
+
+// TestUnknownSecretsGrowLazily: a new memory holds a small table whatever
+// its capacity, grows as secrets arrive, keeps every secret it was given
+// while below its capacity (a full bucket doubles the table instead of
+// overwriting, and each doubling copies every slot), and a flood
+// grows it to its capacity and no further.
+func TestUnknownSecretsGrowLazily(t *testing.T) {
+	u := NewUnknownSecrets(DefaultUnknownSecrets)
+	slots := func() int { return len(u.set.tab.Load().buckets) * bucketSlots }
+	if got := slots(); got != initialBuckets*bucketSlots {
+		t.Fatalf("a new memory holds %d slots, want %d", got, initialBuckets*bucketSlots)
+	}
+	const some = 5000
+	for i := range some {
+		u.Add(u.Generation(), secretHash(i))
+	}
+	// Doubling at half full, or at the first full bucket: between two and
+	// eight slots per secret.
+	if got := slots(); got < 2*some || got > 8*some {
+		t.Fatalf("after %d secrets the table has %d slots, want between %d and %d", some, got, 2*some, 8*some)
+	}
+	for i := range some {
+		if !u.Has(secretHash(i)) {
+			t.Fatalf("secret %d lost while the table grew", i)
+		}
+	}
+	for i := some; i < 20*DefaultUnknownSecrets; i++ {
+		u.Add(u.Generation(), secretHash(i))
+	}
+	if got := slots(); got != u.Cap() {
+		t.Fatalf("after a flood the table has %d slots, want its capacity %d", got, u.Cap())
+	}
+}
+
+// TestFingerprintsGrowConcurrently adds from several goroutines while the
+// table doubles (run with -race): the table stays within its capacity, and
+// once the adds are done, what is added below the capacity is never lost.
+func TestFingerprintsGrowConcurrently(t *testing.T) {
+	f := newFingerprints(1 << 20)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 3000 {
+				h := uint64(g)<<32 | uint64(i)
+				f.add(0, h)
+				_ = f.has(h)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := len(f.tab.Load().buckets); got >= f.max {
+		t.Fatalf("12,000 values grew the table to its capacity (%d buckets)", got)
+	}
+	for i := range 1000 {
+		f.add(0, uint64(9)<<32|uint64(i))
+	}
+	for i := range 1000 {
+		if !f.has(uint64(9)<<32 | uint64(i)) {
+			t.Fatalf("value %d added below the capacity not found", i)
+		}
+	}
+}

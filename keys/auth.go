@@ -192,7 +192,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, c Credential) (Princip
 	if ok {
 		var last int64
 		fresh, last = a.trusted(e.verified, &e.slot.org, now)
-		cached = e.principal()
+		cached = a.cache.principal(e)
 		cached.VerifiedAt = time.Unix(0, last)
 	}
 	a.mu.RUnlock()
@@ -240,7 +240,7 @@ func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.T
 	// A read that finished since the caller looked may have cached it.
 	if e, ok := a.cache.get(h); ok {
 		if fresh, _ := a.trusted(e.verified, &e.slot.org, now); fresh {
-			p := e.principal()
+			p := a.cache.principal(e)
 			a.mu.Unlock()
 			return p, nil
 		}
@@ -257,7 +257,11 @@ func (a *Authenticator) loadShared(ctx context.Context, h SecretHash, now time.T
 			a.mu.Lock()
 			delete(a.loading, h)
 			if err == nil && a.gen == gen {
-				a.cache.put(h, p, now)
+				// Callers get the cached principal: its strings are the
+				// entry's, so what they keep (the last-used times, a
+				// lease's key) holds no second copy of them.
+				e := a.cache.put(h, p, now)
+				p = a.cache.principal(e)
 			}
 			a.mu.Unlock()
 			l.p, l.err = p, err
@@ -306,7 +310,8 @@ func (a *Authenticator) load(ctx context.Context, h SecretHash, now time.Time) (
 
 // principalOf completes a key read from the store with its organization (a
 // plan change scheduled for this period applied) and plan, as verified now.
-// The sealed secrets stay out of the principal.
+// The sealed secrets and the comment (no decision reads it) stay out of
+// the principal.
 func (a *Authenticator) principalOf(ctx context.Context, k Key, now time.Time) (Principal, error) {
 	o, err := a.store.Org(ctx, k.OrgID)
 	if err != nil {
@@ -317,7 +322,7 @@ func (a *Authenticator) principalOf(ctx context.Context, k Key, now time.Time) (
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Principal{}, fmt.Errorf("reading plan of org: %w", err)
 	}
-	k.SealedSecret = nil
+	k.SealedSecret, k.Comment = nil, ""
 	if k.Previous != nil {
 		prev := *k.Previous
 		prev.Sealed = nil
@@ -443,7 +448,7 @@ func (a *Authenticator) Cached(c Credential) bool {
 	fresh := false
 	if ok {
 		fresh, _ = a.trusted(e.verified, &e.slot.org, now)
-		p = e.principal()
+		p = a.cache.principal(e)
 	}
 	a.mu.RUnlock()
 	if !fresh {

@@ -74,6 +74,10 @@ type config struct {
 	// AuthCacheBytes bounds the heap of the credential cache (an estimate);
 	// past it the least recently used keys are evicted.
 	AuthCacheBytes int64 `env:"AUTH_CACHE_BYTES" envDefault:"67108864"`
+	// GCHeadroom is how much the heap may grow between collections: no more
+	// than the live heap (GOGC=100) and no less than half of it (gc.go). 0
+	// leaves the collector to GOGC; GOGC or GOMEMLIMIT set win.
+	GCHeadroom int64 `env:"GC_HEADROOM" envDefault:"8388608"`
 	// MetricsMaxOrgs caps distinct org label values; later ones are "other".
 	MetricsMaxOrgs int `env:"METRICS_MAX_ORGS" envDefault:"1000"`
 	// Provider is the provider field of the stats routes.
@@ -191,6 +195,9 @@ func (c config) validate() error {
 	}
 	if c.AuthCacheBytes < minAuthCacheBytes {
 		bad("AUTH_CACHE_BYTES", "must be at least %d", minAuthCacheBytes)
+	}
+	if c.GCHeadroom < 0 {
+		bad("GC_HEADROOM", "must not be negative")
 	}
 	if c.MetricsMaxOrgs < 1 {
 		bad("METRICS_MAX_ORGS", "must be at least 1")

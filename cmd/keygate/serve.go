@@ -179,6 +179,9 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	go func() { defer close(usageDone); sc.Book.Run(bg) }()
 	touchDone := make(chan struct{})
 	go func() { defer close(touchDone); toucher.Run(bg) }()
+	if gcTunable(cfg.GCHeadroom) {
+		go tuneGC(bg, cfg.GCHeadroom, log)
+	}
 
 	errc := make(chan error, len(servers)+1)
 	for _, s := range servers {
@@ -198,6 +201,7 @@ func serve(ctx context.Context, cfg config, logOut io.Writer, ready func(listene
 	} else {
 		log.Debug("start-up pages released", zap.Int64("bytes", n))
 	}
+	go releaseBinaryPagesEvery(bg, binaryReleaseEvery)
 	if ready != nil {
 		l := listeners{AuthzGRPC: authzGRPC.boundAddr()}
 		for _, s := range servers {
@@ -302,6 +306,30 @@ func (s *namedServer) serve() error {
 func (s *namedServer) close() {
 	if s.ln != nil {
 		_ = s.ln.Close()
+	}
+}
+
+// binaryReleaseEvery is how often the binary's pages are given back again
+// while serving (releaseBinaryPagesEvery).
+const binaryReleaseEvery = 30 * time.Second
+
+// releaseBinaryPagesEvery gives back the binary's read-only pages every
+// period until ctx ends, as at start-up: what the request path uses is
+// mapped back at its next use (a minor fault, from the page cache), what
+// ran once since (an admin burst, a reconnect, a log line) and the
+// neighbours the kernel mapped with it leave the resident set.
+func releaseBinaryPagesEvery(ctx context.Context, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := releaseStartupPages(); err != nil {
+				return
+			}
+		}
 	}
 }
 

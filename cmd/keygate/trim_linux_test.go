@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // rssFileKiB reads the file-backed part of this process's resident set.
@@ -43,4 +46,27 @@ func TestReleaseStartupPages(t *testing.T) {
 		t.Fatalf("configuration after the release: %v", err)
 	}
 	t.Logf("file-backed resident set %d KiB → %d KiB (released %d KiB of mappings)", before, after, n>>10)
+}
+
+// TestReleaseBinaryPagesEvery: the periodic release gives the binary's
+// pages back while serving, and stops when its context ends.
+func TestReleaseBinaryPagesEvery(t *testing.T) {
+	before := rssFileKiB(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); releaseBinaryPagesEvery(ctx, 10*time.Millisecond) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for rssFileKiB(t) >= before {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("file-backed resident set still %d KiB after 5s of releases", before)
+		}
+		runtime.Gosched()
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the release loop did not stop with its context")
+	}
 }
