@@ -811,10 +811,11 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 	// before the read: a settlement applied in between is then counted
 	// twice (too high, never too low) until the next read.
 	id := orgWindow{orgID, period.Window(at).ID}
-	var orgUnbooked, keyUnbooked, keyFlying, orgFlying int64
+	var orgUnbooked, keyUnbooked, keyFlying, orgFlying, avail int64
 	var doubtSeq uint64
 	c.mu.Lock()
 	if ol := c.orgs[id]; ol != nil {
+		avail = ol.avail
 		if ol.doubt != nil {
 			doubtSeq = ol.doubt.seq
 		}
@@ -841,7 +842,11 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 	// Mine is what Redis counts as held by this sidecar: its unspent units
 	// and what it admitted without booking it into the per-key hash yet
 	// (its held counts among it, which the read leaves out of the key's).
-	u.Org -= u.Mine - orgUnbooked
+	// Of the unspent units, only those this sidecar can still spend are
+	// left out: a block whose reply was lost is in Mine but counts as used
+	// (read before the call, avail may also lack a grant in flight, which
+	// shows as used until the reply: too high for a moment, never too low).
+	u.Org -= min(u.Mine-orgUnbooked, avail)
 	if keyID != "" {
 		u.Key += keyUnbooked + u.Pending
 	}
