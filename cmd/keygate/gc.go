@@ -34,10 +34,12 @@ const (
 // gcPercentFor returns the GOGC that gives live bytes of live heap about
 // headroom bytes of growth, within [minGCPercent, 100].
 func gcPercentFor(live, headroom int64) int {
-	if live <= 0 {
+	// A headroom at least the live heap is the default; checked first, so
+	// that 100*headroom cannot overflow for a huge KEYGATE_GC_HEADROOM.
+	if live <= 0 || headroom >= live {
 		return 100
 	}
-	return int(max(minGCPercent, min(100, 100*headroom/live)))
+	return int(max(minGCPercent, 100*headroom/live))
 }
 
 // gcTunable reports whether keygate paces the collector: KEYGATE_GC_HEADROOM

@@ -24,6 +24,7 @@ func TestGCPercentFor(t *testing.T) {
 		{16 * mib, 8 * mib, 50},   // twice the headroom: half the live heap
 		{1 << 34, 8 * mib, 50},    // never less, however many keys
 		{100 * mib, 1 << 40, 100}, // never more than the default
+		{100 * mib, 1 << 62, 100}, // a huge headroom does not overflow into the floor
 	} {
 		if got := gcPercentFor(tt.live, tt.headroom); got != tt.want {
 			t.Errorf("gcPercentFor(%d, %d) = %d, want %d", tt.live, tt.headroom, got, tt.want)
