@@ -220,6 +220,7 @@ func (c *Counter) startKey(kl *keyLease, need int64) *flight {
 	need = max(need, 0)
 	f := &flight{done: make(chan struct{})}
 	kl.flight = f
+	ol.calls++
 	if kl.toReturn > 0 {
 		kl.sent += kl.toReturn
 		ol.keyHeld -= kl.toReturn

@@ -244,6 +244,9 @@ type orgLease struct {
 	keyHeld  int64
 	keyDoubt int64
 	keyGen   uint64
+	// calls counts the calls started for the org's block and its keys'
+	// (a usage read sees whether one started while it read).
+	calls uint64
 }
 
 // hasPending says some keys' counts are not sent yet (oldest dates them).
@@ -559,6 +562,7 @@ func (c *Counter) start(ol *orgLease, need int64) *flight {
 	now := c.opt.Now()
 	f := &flight{done: make(chan struct{})}
 	ol.flight = f
+	ol.calls++
 	isProbe := need == probeNeed
 	need = max(need, 0)
 	// A settlement that finds the block low renews it too: requests would
@@ -807,17 +811,69 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 	if err := quota.CheckOrgID(orgID); err != nil {
 		return quota.Usage{}, err
 	}
+	id := orgWindow{orgID, period.Window(at).ID}
+	for attempt := 1; ; attempt++ {
+		// A call in progress may have changed Redis's counts before its
+		// reply reaches this sidecar's own: the read waits for it, and is
+		// made again when one started while it was read (a few times at
+		// most: then it may be too high for a moment, never too low).
+		last := attempt == usageAttempts
+		if !last {
+			if err := c.awaitCalls(ctx, id); err != nil {
+				return quota.Usage{}, err
+			}
+		}
+		u, steady, err := c.readUsage(ctx, id, orgID, keyID, period, at)
+		if err != nil || steady || last {
+			return u, err
+		}
+	}
+}
+
+// usageAttempts bounds the reads of one Usage.
+const usageAttempts = 4
+
+// awaitCalls waits for the calls in progress on id's blocks.
+func (c *Counter) awaitCalls(ctx context.Context, id orgWindow) error {
+	c.mu.Lock()
+	var wait []*flight
+	if ol := c.orgs[id]; ol != nil {
+		if ol.flight != nil {
+			wait = append(wait, ol.flight)
+		}
+		for _, kl := range ol.kb {
+			if kl.flight != nil {
+				wait = append(wait, kl.flight)
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, f := range wait {
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return fmt.Errorf("lease: usage: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// readUsage is one read of Usage; steady says no call on id's blocks started
+// or ended while Redis was read, so what this sidecar holds and what Redis
+// counts for it were seen at the same point.
+func (c *Counter) readUsage(ctx context.Context, id orgWindow, orgID, keyID string, period quota.Period, at time.Time) (quota.Usage, bool, error) {
 	// What this sidecar admitted and Redis may not count yet is taken
 	// before the read: a settlement applied in between is then counted
 	// twice (too high, never too low) until the next read.
-	id := orgWindow{orgID, period.Window(at).ID}
-	var orgUnbooked, keyUnbooked, keyFlying, orgFlying, avail int64
-	var doubtSeq uint64
+	var orgUnbooked, keyUnbooked, keyFlying, orgFlying, spendable, doubtRet int64
+	var doubtSeq, calls uint64
 	c.mu.Lock()
-	if ol := c.orgs[id]; ol != nil {
-		avail = ol.avail
+	ol := c.orgs[id]
+	if ol != nil {
+		calls = ol.calls
+		spendable = ol.avail + ol.toReturn
 		if ol.doubt != nil {
-			doubtSeq = ol.doubt.seq
+			doubtSeq, doubtRet = ol.doubt.seq, ol.doubt.ret
 		}
 		for k, t := range ol.keys {
 			orgUnbooked += t.pending + t.held
@@ -831,26 +887,32 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 	gen := c.keyBlocksGen(id)
 	u, err := c.rc.LeaseUsage(ctx, orgID, keyID, period, at, c.holder)
 	if err != nil {
-		return quota.Usage{}, err
+		return quota.Usage{}, false, err
 	}
 	orgHeld, keyHeld := c.keyBlocksHeld(id, keyID, gen)
+	c.mu.Lock()
+	now := c.orgs[id]
+	steady := now == ol && (ol == nil || (ol.calls == calls && ol.flight == nil && ol.keyGen == gen))
+	c.mu.Unlock()
 	u.Org, u.Key = u.Org-orgHeld, u.Key-keyHeld
 	if doubtSeq > u.Seq { // the settlement in flight is not applied yet
 		orgUnbooked += orgFlying
 		keyUnbooked += keyFlying
+		// what it gives back is still in Mine, and goes back: it is
+		// resent unchanged until applied
+		spendable += doubtRet
 	}
 	// Mine is what Redis counts as held by this sidecar: its unspent units
 	// and what it admitted without booking it into the per-key hash yet
 	// (its held counts among it, which the read leaves out of the key's).
-	// Of the unspent units, only those this sidecar can still spend are
-	// left out: a block whose reply was lost is in Mine but counts as used
-	// (read before the call, avail may also lack a grant in flight, which
-	// shows as used until the reply: too high for a moment, never too low).
-	u.Org -= min(u.Mine-orgUnbooked, avail)
+	// Of the unspent units, only those this sidecar can still spend or is
+	// giving back are left out: a block whose reply was lost is in Mine but
+	// counts as used.
+	u.Org -= min(u.Mine-orgUnbooked, spendable)
 	if keyID != "" {
 		u.Key += keyUnbooked + u.Pending
 	}
-	return u.Usage, nil
+	return u.Usage, steady, nil
 }
 
 // Add books meters per request (leases do not cover meters).

@@ -49,3 +49,76 @@ func TestLostBlockShowsAsUsed(t *testing.T) {
 		t.Errorf("usage read by the sidecar that lost the block: %d, want the %d Redis counts (the lost block is used)", u.Org, counted)
 	}
 }
+
+// TestUsageWaitsForGrantInFlight: a reservation Redis applied whose reply
+// has not reached the sidecar yet is not read as used: the usage read
+// through that sidecar waits for the reply (CI read an org at 23 when 15
+// had been admitted: a block of 8 in flight).
+func TestUsageWaitsForGrantInFlight(t *testing.T) {
+	srv := redistest.Start(t)
+	d := redistest.NewReplyDropper(t, srv.Addr())
+	client := redis.NewClient(&redis.Options{Addr: d.Addr(), MaxRetries: -1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	// No background work: the only calls are the charges' and the read's.
+	c := newLease(t, client, Options{Tick: time.Hour, IdleReturn: time.Hour})
+	now := time.Now()
+	if _, err := c.Charge(t.Context(), orgCharge("org1", "k1", 1000, now)); err != nil {
+		t.Fatal(err)
+	}
+	if u, err := c.Usage(t.Context(), "org1", "", quota.PeriodHour, now); err != nil || u.Org != 1 {
+		t.Fatalf("usage after one charge: %d, %v; want 1", u.Org, err)
+	}
+	// A charge larger than what the block has left waits for a renewal,
+	// whose reply is held back.
+	d.Hold()
+	big := orgCharge("org1", "k1", 1000, now)
+	big.Cost = 10
+	charged := make(chan error, 1)
+	go func() {
+		_, err := c.Charge(t.Context(), big)
+		charged <- err
+	}()
+	select {
+	case <-d.Held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the renewal's reply was not held")
+	}
+	type read struct {
+		u   quota.Usage
+		err error
+	}
+	reads := make(chan read, 1)
+	go func() {
+		u, err := c.Usage(t.Context(), "org1", "", quota.PeriodHour, now)
+		reads <- read{u, err}
+	}()
+	// A read that does not wait answers while the reply is held (300 ms
+	// tells it apart from one that waits, which answers after the release;
+	// it bounds no outcome): either must be exact for its moment.
+	var r read
+	early := false
+	select {
+	case r = <-reads:
+		early = true
+	case <-time.After(300 * time.Millisecond):
+	}
+	d.Release()
+	if err := <-charged; err != nil {
+		t.Fatalf("charge of 10: %v", err)
+	}
+	if !early {
+		r = <-reads
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	// The read began with 1 admitted, and the charge of 10 may have been
+	// admitted before it ended: 1 or 11, never the 9 that 1 plus the block
+	// in flight makes.
+	if r.u.Org != 1 && (early || r.u.Org != 11) {
+		t.Errorf("usage read while a grant was in flight (answered before its reply: %v): %d, want 1 or, after the reply, 11", early, r.u.Org)
+	}
+	if u, err := c.Usage(t.Context(), "org1", "", quota.PeriodHour, now); err != nil || u.Org != 11 {
+		t.Errorf("usage after both charges: %d, %v; want 11", u.Org, err)
+	}
+}
