@@ -820,7 +820,7 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 		last := attempt == usageAttempts
 		if !last {
 			if err := c.awaitCalls(ctx, id); err != nil {
-				return quota.Usage{}, err
+				return quota.Usage{}, fmt.Errorf("reading usage of org %s: %w: %w", orgID, quota.ErrUnavailable, err)
 			}
 		}
 		u, steady, err := c.readUsage(ctx, id, orgID, keyID, period, at)
@@ -833,7 +833,9 @@ func (c *Counter) Usage(ctx context.Context, orgID, keyID string, period quota.P
 // usageAttempts bounds the reads of one Usage.
 const usageAttempts = 4
 
-// awaitCalls waits for the calls in progress on id's blocks.
+// awaitCalls waits for the calls in progress on id's blocks, or for ctx:
+// they end by their own deadline, so a Redis that does not answer makes
+// the read unavailable, as its own read would.
 func (c *Counter) awaitCalls(ctx context.Context, id orgWindow) error {
 	c.mu.Lock()
 	var wait []*flight
@@ -852,7 +854,7 @@ func (c *Counter) awaitCalls(ctx context.Context, id orgWindow) error {
 		select {
 		case <-f.done:
 		case <-ctx.Done():
-			return fmt.Errorf("lease: usage: %w", ctx.Err())
+			return ctx.Err()
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -120,5 +121,42 @@ func TestUsageWaitsForGrantInFlight(t *testing.T) {
 	}
 	if u, err := c.Usage(t.Context(), "org1", "", quota.PeriodHour, now); err != nil || u.Org != 11 {
 		t.Errorf("usage after both charges: %d, %v; want 11", u.Org, err)
+	}
+}
+
+// TestUsageUnavailableWhileCallHangs: a usage read that waits for a call in
+// progress that does not answer ends with its own deadline as unavailable
+// (the account routes answer 503), not as an internal error.
+func TestUsageUnavailableWhileCallHangs(t *testing.T) {
+	srv := redistest.Start(t)
+	d := redistest.NewReplyDropper(t, srv.Addr())
+	client := redis.NewClient(&redis.Options{Addr: d.Addr(), MaxRetries: -1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	c := newLease(t, client, Options{Tick: time.Hour, IdleReturn: time.Hour})
+	now := time.Now()
+	if _, err := c.Charge(t.Context(), orgCharge("org1", "k1", 1000, now)); err != nil {
+		t.Fatal(err)
+	}
+	d.Hold()
+	big := orgCharge("org1", "k1", 1000, now)
+	big.Cost = 10 // more than the block has left: a renewal, whose reply is held
+	charged := make(chan error, 1)
+	go func() {
+		_, err := c.Charge(t.Context(), big)
+		charged <- err
+	}()
+	select {
+	case <-d.Held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the renewal's reply was not held")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := c.Usage(ctx, "org1", "", quota.PeriodHour, now); !errors.Is(err, quota.ErrUnavailable) {
+		t.Errorf("usage read while a call does not answer: %v, want ErrUnavailable", err)
+	}
+	d.Release()
+	if err := <-charged; err != nil {
+		t.Errorf("charge of 10 after the reply: %v", err)
 	}
 }
