@@ -51,16 +51,17 @@ func TestLostBlockShowsAsUsed(t *testing.T) {
 	}
 }
 
-// TestUsageWaitsForGrantInFlight: a reservation Redis applied whose reply
-// has not reached the sidecar yet is not read as used: the usage read
-// through that sidecar waits for the reply (CI read an org at 23 when 15
-// had been admitted: a block of 8 in flight).
-func TestUsageWaitsForGrantInFlight(t *testing.T) {
+// renewalHeld charges org1 once through a lease whose calls pass a reply
+// dropper, then starts a charge of 10, more than the block has left, whose
+// renewal's reply the dropper holds back until Release. The charge's error
+// arrives on the channel returned.
+func renewalHeld(t *testing.T) (*Counter, *redistest.ReplyDropper, time.Time, <-chan error) {
+	t.Helper()
 	srv := redistest.Start(t)
 	d := redistest.NewReplyDropper(t, srv.Addr())
 	client := redis.NewClient(&redis.Options{Addr: d.Addr(), MaxRetries: -1, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = client.Close() })
-	// No background work: the only calls are the charges' and the read's.
+	// No background work: the only calls are the charges' and the reads'.
 	c := newLease(t, client, Options{Tick: time.Hour, IdleReturn: time.Hour})
 	now := time.Now()
 	if _, err := c.Charge(t.Context(), orgCharge("org1", "k1", 1000, now)); err != nil {
@@ -69,8 +70,6 @@ func TestUsageWaitsForGrantInFlight(t *testing.T) {
 	if u, err := c.Usage(t.Context(), "org1", "", quota.PeriodHour, now); err != nil || u.Org != 1 {
 		t.Fatalf("usage after one charge: %d, %v; want 1", u.Org, err)
 	}
-	// A charge larger than what the block has left waits for a renewal,
-	// whose reply is held back.
 	d.Hold()
 	big := orgCharge("org1", "k1", 1000, now)
 	big.Cost = 10
@@ -84,6 +83,15 @@ func TestUsageWaitsForGrantInFlight(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the renewal's reply was not held")
 	}
+	return c, d, now, charged
+}
+
+// TestUsageWaitsForGrantInFlight: a reservation Redis applied whose reply
+// has not reached the sidecar yet is not read as used: the usage read
+// through that sidecar waits for the reply (CI read an org at 23 when 15
+// had been admitted: a block of 8 in flight).
+func TestUsageWaitsForGrantInFlight(t *testing.T) {
+	c, d, now, charged := renewalHeld(t)
 	type read struct {
 		u   quota.Usage
 		err error
@@ -128,28 +136,7 @@ func TestUsageWaitsForGrantInFlight(t *testing.T) {
 // progress that does not answer ends with its own deadline as unavailable
 // (the account routes answer 503), not as an internal error.
 func TestUsageUnavailableWhileCallHangs(t *testing.T) {
-	srv := redistest.Start(t)
-	d := redistest.NewReplyDropper(t, srv.Addr())
-	client := redis.NewClient(&redis.Options{Addr: d.Addr(), MaxRetries: -1, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = client.Close() })
-	c := newLease(t, client, Options{Tick: time.Hour, IdleReturn: time.Hour})
-	now := time.Now()
-	if _, err := c.Charge(t.Context(), orgCharge("org1", "k1", 1000, now)); err != nil {
-		t.Fatal(err)
-	}
-	d.Hold()
-	big := orgCharge("org1", "k1", 1000, now)
-	big.Cost = 10 // more than the block has left: a renewal, whose reply is held
-	charged := make(chan error, 1)
-	go func() {
-		_, err := c.Charge(t.Context(), big)
-		charged <- err
-	}()
-	select {
-	case <-d.Held:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the renewal's reply was not held")
-	}
+	c, d, now, charged := renewalHeld(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	if _, err := c.Usage(ctx, "org1", "", quota.PeriodHour, now); !errors.Is(err, quota.ErrUnavailable) {
