@@ -478,13 +478,38 @@ func steadyRedis(m *meter, tr traffic, targets []target, keysOf func(target) []s
 		return nil
 	}
 	t := targets[i]
+	idle := m.redisIdle()
 	r, err := m.load(t, keysOf(t), tr.skew, o.conns[0], o.steady)
 	if err != nil {
 		return fmt.Errorf("%s steady: %w", t.name, err)
 	}
 	fmt.Printf("%s alone, steady for %s at %d connections: %.0f req/s, RSS %.1f MiB, Redis CPU %.2f µs/req, Redis cmds/req %.3f (%s)\n",
 		t.name, o.steady, o.conns[0], r.rps, float64(r.rss)/1024, r.redisUS, r.redisCmd, topCommands(r.redisBy, 10))
+	if r.rps > 0 {
+		fmt.Printf("Redis with no traffic (its own timers, keygate idle): %.0f µs of CPU per second, %.2f µs per request at this rate (part of the figure above)\n",
+			idle, idle/r.rps)
+	}
 	return nil
+}
+
+// idleSettle and idleSpan frame redisIdle's measurement: blocks given back
+// after the traffic that came before, then a measurement of Redis at rest.
+const (
+	idleSettle = 2 * time.Second
+	idleSpan   = 5 * time.Second
+)
+
+// redisIdle returns the CPU Redis spends per second without traffic
+// (microseconds): its own timers (expiry sampling, cron at hz 10) and
+// keygate's idle background calls. The per-request figures include it, and
+// at a few thousand requests per second on a slow machine it is a
+// noticeable part of them.
+func (m *meter) redisIdle() float64 {
+	time.Sleep(idleSettle)
+	before := m.redisStats()
+	time.Sleep(idleSpan)
+	after := m.redisStats()
+	return (after.cpu - before.cpu) * 1e6 / idleSpan.Seconds()
 }
 
 // meter runs measurements and samples the processes around them.
