@@ -74,7 +74,7 @@ func main() {
 	flag.StringVar(&o.leases, "leases", "auto", "KEYGATE_QUOTA_LEASES of both gateways: auto or off (a keygate without leases ignores it)")
 	flag.BoolVar(&o.nginx, "nginx", true, "with nginx installed, the one-key case also measures nginx alone and nginx + keygate authz (deploy/authz/nginx.conf); -nginx=false leaves them out")
 	flag.Var(&env, "env", "extra KEYGATE_*=value for both gateways (repeatable), e.g. -env KEYGATE_AUTH_CACHE_TTL=120s")
-	flag.DurationVar(&o.steady, "steady", 0, "after each case's rounds, load keygate on Redis alone this long at the first -c (e.g. 150s: longer than the background work's periods, last_used_at every minute and per-key folds every 2 minutes) and report Redis's CPU and commands per request over the whole of it; 0 leaves it out")
+	flag.DurationVar(&o.steady, "steady", 0, "after each case's rounds, load keygate on Redis alone this long at the first -c (e.g. 150s: longer than the background work's periods, last_used_at every minute and per-key folds every 2 minutes) and report Redis's CPU and commands per request over the whole of it, beside Redis's CPU at rest (5 s without traffic, measured first); 0 leaves it out")
 	flag.Parse()
 	for _, c := range strings.Split(conns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(c))
